@@ -1,0 +1,19 @@
+# `make demo` and `make test` each do the whole set-up first (idempotent, seconds when done).
+PY := .venv/bin/python
+export YOLO_OFFLINE := 1
+export YOLO_CONFIG_DIR := $(CURDIR)/.venv/ultralytics-config
+export MPLCONFIGDIR := $(CURDIR)/.venv/mpl-config
+
+.PHONY: setup demo test bench
+
+setup:
+	bash tools/setup.sh
+
+demo: setup
+	$(PY) tools/demo.py
+
+test: setup
+	$(PY) -m pytest -q tests
+
+bench: setup
+	$(PY) bench/bench_tradeoff.py

@@ -1,0 +1,49 @@
+"""The ``tinysaver`` command line: one sub-command per module in :mod:`tinysaver.commands`.
+
+Command modules import only the standard library at import time, so ``tinysaver select`` starts
+fast; heavy libraries (torch, matplotlib) are imported by the commands that need them.
+Input problems (:class:`~tinysaver.errors.TinySaverError`) become one line on stderr and exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+from .errors import TinySaverError
+
+#: sub-command name -> module with ``add_arguments(parser)`` and ``run(args) -> int``
+COMMANDS = {
+    "select": "tinysaver.commands.select",
+    "tradeoff": "tinysaver.commands.tradeoff",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tinysaver",
+        description="TinySaver: a tiny pre-trained model answers the inputs it is sure about, "
+                    "a large model the rest.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        doc = (module.__doc__ or "").strip()
+        p = sub.add_parser(name, help=doc.splitlines()[0] if doc else None, description=doc,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except TinySaverError as exc:
+        print(f"tinysaver {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

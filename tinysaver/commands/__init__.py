@@ -1,0 +1,1 @@
+"""Sub-commands of the ``tinysaver`` CLI (see :mod:`tinysaver.cli`)."""

@@ -1,0 +1,36 @@
+"""Rank candidate savers for a base model by ΔC (paper section 3.3).
+
+Give records of the base and of each candidate on the same split (the paper uses the augmented
+training split). ΔC = C_S/C_B − r_match: below 0 the saver cuts cost at no accuracy loss there.
+
+Example:
+  tinysaver select --base base_train.npz --saver a_train.npz b_train.npz --json ranking.json
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base", required=True, metavar="B.npz", help="record of the base model")
+    p.add_argument("--saver", required=True, nargs="+", metavar="S.npz", help="records of the candidates")
+    p.add_argument("--json", metavar="OUT.json", help="write the ranking as a JSON list")
+    p.add_argument("--markdown", metavar="OUT.md", help="write the ranking as a markdown table")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..analysis import rank_savers
+    from ..io import write_json, write_text
+    from ..records import load_record
+    from ..report import selection_markdown
+
+    base = load_record(args.base)
+    savers = [load_record(path) for path in args.saver]
+    ranking = rank_savers(base, savers)
+    table = selection_markdown(base.name, ranking)
+    if args.json:
+        write_json(args.json, [s.to_json() for s in ranking])
+    if args.markdown:
+        write_text(args.markdown, table)
+    print(table, end="")
+    return 0

@@ -1,0 +1,56 @@
+"""Accuracy-vs-GMACs trade-off of a saver/base pair, as a row of the paper's Tables 1/5.
+
+For each allowed accuracy drop (percentage points) it reports the lowest expected GMACs and its
+threshold, plus the max-performance point. With --calib-base/--calib-saver the thresholds are chosen
+on that split and the accuracy and cost are measured on --base/--saver (the honest mode); without,
+they are chosen on the reported split itself, as in the paper.
+
+Example:
+  tinysaver tradeoff --base base_val.npz --saver s_val.npz \\
+      --calib-base base_train.npz --calib-saver s_train.npz --json row.json --plot row.png
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base", required=True, metavar="B.npz", help="record of the base model (reported split)")
+    p.add_argument("--saver", required=True, metavar="S.npz", help="record of the saver (reported split)")
+    p.add_argument("--calib-base", metavar="CB.npz", help="base record of the calibration split")
+    p.add_argument("--calib-saver", metavar="CS.npz", help="saver record of the calibration split")
+    p.add_argument("--drops", type=float, nargs="+", default=[1.0, 0.5, 0.1, 0.0], metavar="PT",
+                   help="allowed accuracy drops in percentage points (default: 1 0.5 0.1 0)")
+    p.add_argument("--json", metavar="OUT.json", help="write the row as JSON (accuracies as fractions)")
+    p.add_argument("--markdown", metavar="OUT.md", help="write the markdown table")
+    p.add_argument("--plot", metavar="OUT.png", help="plot accuracy vs GMACs")
+    p.add_argument("--curve-csv", metavar="OUT.csv", help="write the exit curve at every threshold")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..analysis import ExitCurve, tradeoff
+    from ..errors import TinySaverError
+    from ..io import write_json, write_text
+    from ..records import load_record
+    from ..report import curve_table, plot_tradeoff, tradeoff_markdown, write_csv
+
+    if (args.calib_base is None) != (args.calib_saver is None):
+        raise TinySaverError("--calib-base and --calib-saver go together")
+    saver, base = load_record(args.saver), load_record(args.base)
+    curve = ExitCurve.from_records(saver, base)
+    calib = None
+    if args.calib_base:
+        calib = ExitCurve.from_records(load_record(args.calib_saver), load_record(args.calib_base))
+    result = tradeoff(curve, args.drops, saver=saver.name, base=base.name, calibration=calib)
+    table = tradeoff_markdown([result])
+    # Everything is computed before the first file is written.
+    if args.json:
+        write_json(args.json, result.to_json())
+    if args.markdown:
+        write_text(args.markdown, table)
+    if args.curve_csv:
+        write_csv(args.curve_csv, curve_table(curve))
+    if args.plot:
+        plot_tradeoff(curve, result, args.plot)
+    print(table, end="")
+    return 0

@@ -1,0 +1,189 @@
+"""Confidence functions: how sure the saver is about one input.
+
+A sample exits at the saver when ``confidence >= threshold``. Each function is registered in
+:data:`CONFIDENCES` with the range its values live in, so records can be checked (a "max-softmax"
+confidence of 1.3 means the record holds logits or garbage, not probabilities).
+
+Classification functions take **logits** ``[N, C]`` (what timm/torchvision models return) as a numpy
+array or a torch tensor and return ``[N]`` of the same kind, so the same registered function serves
+the numpy analysis and the live torch cascade. Detection functions take one array of box scores per
+image.
+
+Add your own::
+
+    from tinysaver.confidence import CONFIDENCES, ConfidenceFn
+
+    @CONFIDENCES.register("top5_mass")
+    class Top5Mass(ConfidenceFn):
+        value_range = (0.0, 1.0)
+        def __call__(self, logits):
+            ...
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence, Tuple
+
+import numpy as np
+
+from .registry import Registry
+
+CONFIDENCES: Registry = Registry("confidence function")
+
+
+def _is_torch(x: Any) -> bool:
+    # Checked by module name so that importing this file never imports torch.
+    return type(x).__module__.startswith("torch")
+
+
+def _softmax(logits: Any) -> Any:
+    if _is_torch(logits):
+        return logits.float().softmax(dim=-1)
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _top2(probs: Any) -> Tuple[Any, Any]:
+    if _is_torch(probs):
+        top = probs.topk(2, dim=-1).values
+        return top[..., 0], top[..., 1]
+    part = -np.partition(-probs, 1, axis=-1)
+    return part[..., 0], part[..., 1]
+
+
+class ConfidenceFn:
+    """Base class: a callable with the closed range its values lie in (for record validation)."""
+
+    #: (low, high) bounds every value must respect; ``None`` for an open side.
+    value_range: Tuple[float | None, float | None] = (None, None)
+
+    def __call__(self, outputs: Any) -> Any:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+@CONFIDENCES.register("max_softmax")
+class MaxSoftmax(ConfidenceFn):
+    """Highest class probability, the paper's confidence (eq. 7)."""
+
+    value_range = (0.0, 1.0)
+
+    def __call__(self, logits: Any) -> Any:
+        probs = _softmax(logits)
+        return probs.max(dim=-1).values if _is_torch(probs) else probs.max(axis=-1)
+
+
+@CONFIDENCES.register("margin")
+class Margin(ConfidenceFn):
+    """Top-1 minus top-2 probability: low when two classes compete."""
+
+    value_range = (0.0, 1.0)
+
+    def __call__(self, logits: Any) -> Any:
+        first, second = _top2(_softmax(logits))
+        return first - second
+
+
+@CONFIDENCES.register("neg_entropy")
+class NegEntropy(ConfidenceFn):
+    """Negative entropy of the class distribution (nats): 0 for a one-hot prediction."""
+
+    value_range = (None, 0.0)
+
+    def __call__(self, logits: Any) -> Any:
+        probs = _softmax(logits)
+        if _is_torch(probs):
+            return (probs * probs.clamp_min(1e-30).log()).sum(dim=-1)
+        return (probs * np.log(np.maximum(probs, 1e-30))).sum(axis=-1)
+
+
+@CONFIDENCES.register("mean_box_score")
+class MeanBoxScore(ConfidenceFn):
+    """Mean score of the boxes scoring above ``min_score`` (paper 4.5); 0 when there is none.
+
+    An image without a confident box gets confidence 0, so it exits only at threshold 0 and
+    otherwise goes to the base model.
+
+    Args:
+        min_score: Boxes at or below this score are ignored (0.05 in the paper).
+    """
+
+    value_range = (0.0, 1.0)
+
+    def __init__(self, min_score: float = 0.05) -> None:
+        self.min_score = float(min_score)
+
+    def __call__(self, scores_per_image: Sequence[Any]) -> np.ndarray:
+        out = np.zeros(len(scores_per_image), dtype=np.float64)
+        for i, scores in enumerate(scores_per_image):  # one small array per image
+            s = _as_numpy(scores)
+            kept = s[s > self.min_score]
+            out[i] = kept.mean() if kept.size else 0.0
+        return out
+
+    def __repr__(self) -> str:
+        return f"MeanBoxScore(min_score={self.min_score})"
+
+
+@CONFIDENCES.register("max_box_score")
+class MaxBoxScore(MeanBoxScore):
+    """Highest box score above ``min_score``; 0 when there is none."""
+
+    def __call__(self, scores_per_image: Sequence[Any]) -> np.ndarray:
+        out = np.zeros(len(scores_per_image), dtype=np.float64)
+        for i, scores in enumerate(scores_per_image):
+            s = _as_numpy(scores)
+            kept = s[s > self.min_score]
+            out[i] = kept.max() if kept.size else 0.0
+        return out
+
+
+@CONFIDENCES.register("box_count")
+class BoxCount(MeanBoxScore):
+    """Number of boxes above ``min_score``: for savers that are reliable on sparse scenes only."""
+
+    value_range = (0.0, None)
+
+    def __call__(self, scores_per_image: Sequence[Any]) -> np.ndarray:
+        return np.array([float((_as_numpy(s) > self.min_score).sum()) for s in scores_per_image])
+
+
+def _as_numpy(x: Any) -> np.ndarray:
+    if _is_torch(x):
+        return x.detach().float().cpu().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def build_confidence(name: str, **kwargs: Any) -> ConfidenceFn:
+    """Creates the registered confidence function ``name`` with its options.
+
+    Examples:
+        >>> fn = build_confidence("max_softmax")
+        >>> float(fn(np.array([[0.0, 0.0]]))[0])
+        0.5
+    """
+    return CONFIDENCES.get(name)(**kwargs)
+
+
+def check_range(name: str, conf: np.ndarray) -> str | None:
+    """Returns a description of the first value of ``conf`` outside ``name``'s range, else None.
+
+    Unregistered names (user conventions) are not checked.
+    """
+    if name not in CONFIDENCES:
+        return None
+    low, high = CONFIDENCES.get(name).value_range
+    tol = 1e-6  # float32 softmax can overshoot 1 by an ulp or two
+    for bound, bad in ((low, conf < (low or 0) - tol), (high, conf > (high or 0) + tol)):
+        if bound is not None and bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            lo = "-inf" if low is None else f"{low:g}"
+            hi = "inf" if high is None else f"{high:g}"
+            return f"{name} confidence must lie in [{lo}, {hi}], but conf[{i}] = {conf[i]!r}"
+    return None
+
+
+__all__ = ["CONFIDENCES", "ConfidenceFn", "build_confidence", "check_range"]

@@ -1,0 +1,176 @@
+"""Prediction records: one ``.npz`` file per (model, split), the interchange format of TinySaver.
+
+Format (documented in the README so predictions made anywhere can be brought in):
+
+============  =============  ===========================================================
+key           type           meaning
+============  =============  ===========================================================
+``conf``      float [M]      the model's confidence for each sample (finite)
+``pred``      int [M]        its predicted class
+``label``     int [M]        the reference label (ground truth, or another model's top-1)
+``name``      str scalar     the model's name
+``gmacs``     float scalar   its cost per sample in GMACs (one fused multiply-add = 1 MAC)
+============  =============  ===========================================================
+
+Optional: ``confidence`` (str scalar, the registered confidence function that produced ``conf``;
+``max_softmax`` when absent, which is then range-checked), ``num_classes`` (int scalar; checks
+``pred``/``label``), ``logits`` or any other extra array of length M.
+
+Samples are matched between models by position: record the same split in the same order.
+"""
+from __future__ import annotations
+
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import numpy as np
+
+from .confidence import check_range
+from .errors import RecordError
+from .io import atomic_open
+
+PathLike = Union[str, os.PathLike]
+REQUIRED_ARRAYS = ("conf", "pred", "label")
+REQUIRED_SCALARS = ("name", "gmacs")
+DEFAULT_CONFIDENCE = "max_softmax"
+
+
+@dataclass
+class Record:
+    """The predictions of one model on one split.
+
+    Args:
+        name: Model name.
+        gmacs: Cost per sample in GMACs.
+        conf: Confidence per sample, ``[M]``.
+        pred: Predicted class per sample, ``[M]``.
+        label: Reference label per sample, ``[M]``.
+        confidence: Name of the confidence function that produced ``conf``.
+        num_classes: Number of classes, when known (validates ``pred`` and ``label``).
+        extras: Further arrays of length M (e.g. ``logits``) kept alongside.
+        path: Where the record was loaded from (for error messages).
+    """
+
+    name: str
+    gmacs: float
+    conf: np.ndarray
+    pred: np.ndarray
+    label: np.ndarray
+    confidence: str = DEFAULT_CONFIDENCE
+    num_classes: Optional[int] = None
+    extras: Dict[str, np.ndarray] = field(default_factory=dict)
+    path: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def __len__(self) -> int:
+        return int(self.conf.shape[0])
+
+    @property
+    def correct(self) -> np.ndarray:
+        """Boolean ``[M]``: the prediction equals the label."""
+        return self.pred == self.label
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.correct.mean())
+
+    def validate(self) -> None:
+        """Raises :class:`RecordError` naming the first problem found."""
+        fail = lambda problem: RecordError(self.path, problem)  # noqa: E731
+        for key in REQUIRED_ARRAYS:
+            arr = np.asarray(getattr(self, key))
+            if arr.ndim != 1:
+                raise fail(f"array {key!r} must be 1-D, got shape {arr.shape}")
+            setattr(self, key, arr)
+        lengths = {k: len(getattr(self, k)) for k in REQUIRED_ARRAYS}
+        lengths.update({k: len(v) for k, v in self.extras.items() if np.ndim(v) >= 1})
+        if len(set(lengths.values())) > 1:
+            raise fail(f"arrays have different lengths: {lengths}")
+        if len(self.conf) == 0:
+            raise fail("record is empty (0 samples)")
+        if not np.issubdtype(self.conf.dtype, np.floating):
+            raise fail(f"'conf' must be float, got {self.conf.dtype}")
+        bad = ~np.isfinite(self.conf)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise fail(f"'conf' has {int(bad.sum())} non-finite value(s) (NaN/inf), first at index {i}: {self.conf[i]}")
+        for key in ("pred", "label"):
+            if not np.issubdtype(getattr(self, key).dtype, np.integer):
+                raise fail(f"{key!r} must hold integer class ids, got {getattr(self, key).dtype}")
+        if not np.isfinite(self.gmacs) or self.gmacs < 0:
+            raise fail(f"'gmacs' must be a finite cost >= 0, got {self.gmacs}")
+        out_of_range = check_range(self.confidence, self.conf)
+        if out_of_range:
+            raise fail(out_of_range)
+        if self.num_classes is not None:
+            for key in ("pred", "label"):
+                arr = getattr(self, key)
+                if arr.min() < 0 or arr.max() >= self.num_classes:
+                    raise fail(f"{key!r} has class ids in [{arr.min()}, {arr.max()}], outside "
+                               f"0..{self.num_classes - 1} for num_classes={self.num_classes}")
+
+    def to_arrays(self) -> Dict[str, Any]:
+        arrays: Dict[str, Any] = dict(self.extras)
+        arrays.update(conf=self.conf, pred=self.pred, label=self.label, name=np.str_(self.name),
+                      gmacs=np.float64(self.gmacs), confidence=np.str_(self.confidence))
+        if self.num_classes is not None:
+            arrays["num_classes"] = np.int64(self.num_classes)
+        return arrays
+
+
+def save_record(path: PathLike, record: Record) -> Path:
+    """Writes ``record`` to ``path`` (``.npz``) atomically: temp file in the same folder + rename.
+
+    Examples:
+        >>> rec = Record("tiny", 0.1, np.array([0.9]), np.array([1]), np.array([1]))
+        >>> save_record("tiny_val.npz", rec)  # doctest: +SKIP
+    """
+    path = Path(path)
+    with atomic_open(path, "wb") as f:
+        np.savez(f, **record.to_arrays())
+    return path
+
+
+def load_record(path: PathLike) -> Record:
+    """Reads and validates a record; every problem is a :class:`RecordError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecordError(path, "no such file" if not path.exists() else "not a regular file")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            data = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise RecordError(path, f"unreadable record ({type(exc).__name__}: {exc}); expected an .npz "
+                                f"with arrays {', '.join(REQUIRED_ARRAYS)}") from None
+    missing = [k for k in REQUIRED_ARRAYS + REQUIRED_SCALARS if k not in data]
+    if missing:
+        raise RecordError(path, f"missing array(s) {', '.join(map(repr, missing))} "
+                                f"(found: {', '.join(sorted(data)) or 'nothing'})")
+    try:
+        name = str(data.pop("name").item())
+        gmacs = float(data.pop("gmacs"))
+        confidence = str(data.pop("confidence").item()) if "confidence" in data else DEFAULT_CONFIDENCE
+        num_classes = int(data.pop("num_classes")) if "num_classes" in data else None
+    except (TypeError, ValueError) as exc:
+        raise RecordError(path, f"bad scalar field: {exc}") from None
+    arrays = {k: data.pop(k) for k in REQUIRED_ARRAYS}
+    return Record(name=name, gmacs=gmacs, confidence=confidence, num_classes=num_classes,
+                  extras=data, path=str(path), **arrays)
+
+
+def check_pair(saver: Record, base: Record) -> None:
+    """Checks that two records describe the same samples (same length, same labels)."""
+    if len(saver) != len(base):
+        raise RecordError(saver.path, f"has {len(saver)} samples but the base record {base.path} has "
+                                      f"{len(base)}: record both models on the same split")
+    differ = saver.label != base.label
+    if differ.any():
+        i = int(np.flatnonzero(differ)[0])
+        raise RecordError(saver.path, f"labels differ from the base record {base.path} at "
+                                      f"{int(differ.sum())} sample(s), first at index {i} "
+                                      f"({saver.label[i]} vs {base.label[i]}): the samples are not in the same order")
