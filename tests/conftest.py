@@ -3,7 +3,12 @@ from __future__ import annotations
 import os
 
 # Offline by construction: ultralytics must never probe the network or write to ~/.config.
+import tempfile
+
 os.environ.setdefault("YOLO_OFFLINE", "1")
+_CONFIG = tempfile.mkdtemp(prefix="tinysaver-test-config-")
+os.environ.setdefault("YOLO_CONFIG_DIR", _CONFIG)
+os.environ.setdefault("MPLCONFIGDIR", _CONFIG)
 
 import numpy as np
 import pytest

@@ -17,6 +17,9 @@ from .errors import TinySaverError
 COMMANDS = {
     "select": "tinysaver.commands.select",
     "tradeoff": "tinysaver.commands.tradeoff",
+    "complexity": "tinysaver.commands.complexity",
+    "record": "tinysaver.commands.record",
+    "imagenet": "tinysaver.commands.imagenet",
 }
 
 

@@ -1,0 +1,116 @@
+"""Datasets that install offline, plus ImageNet's folder layout.
+
+- Fashion-MNIST from the Debian package ``dataset-fashion-mnist`` (idx files). Splits: ``train``
+  (first 50,000 official training images: what the demo pool is trained on), ``holdout`` (last
+  10,000 official training images, never trained on: a calibration split), ``test`` (official 10k).
+- ImageNet (or any) ``ImageFolder`` layout: ``DIR/<class>/<image>``.
+- Real photos shipped by installed packages (scikit-image, opencv-doc, ultralytics).
+
+Items are PIL images so that each model applies its own timm eval transform to one decode.
+"""
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import os
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from tinysaver.errors import TinySaverError
+
+FASHION_MNIST_DIR = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                         "Sneaker", "Bag", "Ankle boot")
+FASHION_MNIST_SPLITS = {"train": ("train", slice(0, 50_000)), "holdout": ("train", slice(50_000, 60_000)),
+                        "test": ("t10k", slice(0, 10_000))}
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    if not path.exists():
+        raise TinySaverError(f"{path}: not found; install the Debian package dataset-fashion-mnist "
+                             f"(tools/setup.sh does) or set FASHION_MNIST_DIR")
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def load_fashion_mnist(split: str) -> Tuple[np.ndarray, np.ndarray]:
+    """Returns ``(images uint8 [N, 28, 28], labels int64 [N])`` of ``train``/``holdout``/``test``."""
+    if split not in FASHION_MNIST_SPLITS:
+        raise TinySaverError(f"unknown Fashion-MNIST split {split!r} (known: {', '.join(FASHION_MNIST_SPLITS)})")
+    prefix, rows = FASHION_MNIST_SPLITS[split]
+    images = _read_idx(FASHION_MNIST_DIR / f"{prefix}-images-idx3-ubyte.gz")[rows]
+    labels = _read_idx(FASHION_MNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz")[rows].astype(np.int64)
+    return images, labels
+
+
+class ArrayImageDataset:
+    """Grayscale uint8 images in memory served as PIL images (``mode 'L'``) with their labels.
+
+    Args:
+        images: ``[N, H, W]`` uint8.
+        labels: ``[N]`` int.
+        transform: Applied to each PIL image (e.g. a :class:`~tinysaver.plugins.timm.MultiTransform`).
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Optional[Callable] = None) -> None:
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        img = Image.fromarray(self.images[i], mode="L")
+        return (self.transform(img) if self.transform else img), int(self.labels[i])
+
+
+def image_folder(root: str, transform: Optional[Callable] = None):
+    """ImageNet layout ``root/<class>/<image>`` as a torchvision ``ImageFolder`` (RGB PIL)."""
+    from torchvision.datasets import ImageFolder
+
+    if not Path(root).is_dir():
+        raise TinySaverError(f"{root}: no such dataset folder (expected ROOT/<class>/<image>)")
+    return ImageFolder(root, transform=transform)
+
+
+def shipped_photos() -> List[Tuple[str, np.ndarray]]:
+    """Real photos that ship with installed packages, as ``(name, RGB uint8 HWC)``.
+
+    Sources: scikit-image's bundled images (colour ones), the ``opencv-doc`` Debian package's
+    examples/data photos, and ultralytics' ``assets/`` (bus.jpg, zidane.jpg).
+    """
+    from PIL import Image
+
+    photos: List[Tuple[str, np.ndarray]] = []
+    try:
+        import skimage.data as skd
+
+        for name in ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
+                     "retina", "colorwheel", "logo"):
+            try:
+                img = np.asarray(getattr(skd, name)())
+            except Exception:  # an image that would need a download: skip it
+                continue
+            if img.ndim == 3 and img.shape[2] >= 3:
+                photos.append((f"skimage/{name}", np.ascontiguousarray(img[..., :3])))
+    except ImportError:
+        pass
+    folders: Sequence[Path] = [Path("/usr/share/doc/opencv-doc/examples/data")]
+    spec = importlib.util.find_spec("ultralytics")  # located, not imported (its import is slow)
+    if spec is not None and spec.origin:
+        folders = [*folders, Path(spec.origin).parent / "assets"]
+    for folder in folders:
+        for path in sorted(folder.glob("*")):
+            if path.suffix.lower() not in (".jpg", ".jpeg", ".png", ".bmp") or path.stat().st_size < 20_000:
+                continue
+            with Image.open(path) as im:
+                if im.mode not in ("RGB", "RGBA", "P") or min(im.size) < 128:
+                    continue  # grayscale test patterns and icons are not photos
+                photos.append((f"{folder.name}/{path.name}", np.asarray(im.convert("RGB"))))
+    return photos

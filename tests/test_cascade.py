@@ -1,0 +1,81 @@
+"""The live cascade: per-sample routing, = saver at t=0, = base above 1, = simulation from records."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tinysaver import Cascade
+from tinysaver.plugins.timm import MultiTransform, create_classifier, eval_transform
+from tinysaver.recording import record_predictions
+
+from .helpers import fmnist_dataset, stack_inputs, weights
+
+N = 512
+
+
+@pytest.fixture(scope="module")
+def pair():
+    saver = create_classifier("fmnist_cnn_xs", weights("fmnist_cnn_xs"))
+    base = create_classifier("fmnist_cnn_m", weights("fmnist_cnn_m"))
+    x, y = stack_inputs(fmnist_dataset("test", N, eval_transform(saver)))
+    return saver, base, x, y
+
+
+def _run(cascade, x, batch=128):
+    outs = [cascade(x[i:i + batch]) for i in range(0, len(x), batch)]
+    return (torch.cat([o.logits for o in outs]), torch.cat([o.stage for o in outs]),
+            torch.cat([o.confidence for o in outs]))
+
+
+@torch.no_grad()
+def test_threshold_zero_is_saver_and_above_one_is_base(pair):
+    saver, base, x, _ = pair
+    cascade = Cascade(saver, base, threshold=0.0)
+    logits, stage, _ = _run(cascade, x)
+    assert (stage == 0).all()
+    assert torch.equal(logits, torch.cat([saver(x[i:i + 128]) for i in range(0, N, 128)]).float())
+    cascade.threshold = 1.01  # changed at run time
+    logits, stage, _ = _run(cascade, x)
+    assert (stage == 1).all()
+    assert torch.equal(logits.argmax(1), torch.cat([base(x[i:i + 128]) for i in range(0, N, 128)]).argmax(1))
+
+
+@torch.no_grad()
+def test_live_cascade_equals_simulation_from_records(pair, tmp_path):
+    saver, base, x, y = pair
+    ds_s = fmnist_dataset("test", N, eval_transform(saver))
+    ds_b = fmnist_dataset("test", N, eval_transform(base))
+    rs = record_predictions(saver, ds_s, tmp_path / "s.npz", name="s", gmacs=1, batch_size=128, progress=False)
+    rb = record_predictions(base, ds_b, tmp_path / "b.npz", name="b", gmacs=2, batch_size=128, progress=False)
+    for t in (np.quantile(rs.conf, 0.3), np.median(rs.conf), np.quantile(rs.conf, 0.8)):
+        cascade = Cascade(saver, base, threshold=float(t))
+        logits, stage, conf = _run(cascade, x)
+        sim_exit = rs.conf >= t
+        assert np.array_equal(stage.numpy() == 0, sim_exit)
+        sim_pred = np.where(sim_exit, rs.pred, rb.pred)
+        assert np.array_equal(logits.argmax(1).numpy(), sim_pred)
+        assert (logits.argmax(1).numpy() == y).mean() == (sim_pred == y).mean()
+        assert 0 < sim_exit.mean() < 1
+
+
+@torch.no_grad()
+def test_per_stage_inputs_and_base_preprocess(pair):
+    saver, base, x, _ = pair
+    seen = []
+    cascade = Cascade(saver, base, threshold=0.9, base_preprocess=lambda t: seen.append(len(t)) or t)
+    x_base = x.clone()
+    out = cascade(x[:64], x_base[:64])
+    assert seen == [int((out.stage == 1).sum())]  # the base saw exactly the escalated samples
+
+
+def test_works_under_torch_compile(pair):
+    saver, base, x, _ = pair
+    cascade = Cascade(saver, base, threshold=0.9)
+    compiled = torch.compile(cascade, dynamic=True)
+    with torch.no_grad():
+        eager, fast = cascade(x[:128]), compiled(x[:128])
+        assert torch.equal(eager.stage, fast.stage)
+        torch.testing.assert_close(eager.logits, fast.logits, rtol=1e-4, atol=1e-4)
+        cascade.threshold = 0.5  # no rebuild needed
+        assert torch.equal(cascade(x[:128]).stage, compiled(x[:128]).stage)

