@@ -17,3 +17,4 @@ test: setup
 
 bench: setup
 	$(PY) bench/bench_tradeoff.py
+	$(PY) bench/bench_cascade.py

@@ -114,3 +114,30 @@ def shipped_photos() -> List[Tuple[str, np.ndarray]]:
                     continue  # grayscale test patterns and icons are not photos
                 photos.append((f"{folder.name}/{path.name}", np.asarray(im.convert("RGB"))))
     return photos
+
+
+class PhotoViews:
+    """``views`` randomly augmented views of each photo (item ``i`` is photo ``i // views``), for
+    real images without labels. Wrap in :class:`tinysaver.recording.SeededItems` so view ``i`` is
+    the same crop for every model and run. Labels are placeholders (-1): use a model's top-1 as the
+    reference.
+
+    Args:
+        photos: ``(name, RGB uint8 HWC)`` pairs, e.g. from :func:`shipped_photos`.
+        views: Views per photo.
+        transform: A random (training) transform, PIL in.
+    """
+
+    def __init__(self, photos: Sequence[Tuple[str, np.ndarray]], views: int, transform: Optional[Callable] = None) -> None:
+        from PIL import Image
+
+        self.names = [name for name, _ in photos]
+        self.images = [Image.fromarray(img) for _, img in photos]
+        self.views, self.transform = views, transform
+
+    def __len__(self) -> int:
+        return len(self.images) * self.views
+
+    def __getitem__(self, i: int):
+        img = self.images[i // self.views]
+        return (self.transform(img) if self.transform else img), -1

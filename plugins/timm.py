@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import random
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -98,13 +99,23 @@ def train_transform(model: nn.Module, scale: Tuple[float, float] = (0.5, 1.0)) -
 
 class MultiTransform:
     """Applies several transforms to one decoded image and returns their outputs as a tuple, so a
-    saver at 224 and a base at 260 each see their own preprocessing of the same decode."""
+    saver at 224 and a base at 260 each see their own preprocessing of the same decode.
+
+    Every transform starts from the same random state, so random augmentations draw the same crop
+    and flip for each model as they would alone (what a seeded recording of that model saw).
+    """
 
     def __init__(self, transforms: Sequence[Callable]) -> None:
         self.transforms = list(transforms)
 
     def __call__(self, img: Any) -> Tuple[Any, ...]:
-        return tuple(t(img) for t in self.transforms)
+        py_state, torch_state = random.getstate(), torch.get_rng_state()
+        outs = []
+        for t in self.transforms:
+            random.setstate(py_state)
+            torch.set_rng_state(torch_state)
+            outs.append(t(img))
+        return tuple(outs)
 
     def __repr__(self) -> str:
         return f"MultiTransform({self.transforms!r})"

@@ -20,6 +20,7 @@ COMMANDS = {
     "complexity": "tinysaver.commands.complexity",
     "record": "tinysaver.commands.record",
     "imagenet": "tinysaver.commands.imagenet",
+    "det-tradeoff": "tinysaver.commands.det_tradeoff",
 }
 
 

