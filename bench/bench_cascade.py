@@ -1,6 +1,6 @@
 """Benchmark (not a test): live cascade throughput vs the base alone, next to the ideal speed-up.
 
-Pair: the Fashion-MNIST demo's committed models (default saver fmnist_cnn_s, base fmnist_cnn_xl).
+Pair: the Fashion-MNIST demo's committed models (default saver fmnist_cnn_s, base fmnist_cnn_l).
 Threshold: the zero-loss threshold chosen on the held-out split's records (recorded here if
 needed). Measured on test images at batch 1 and batch 64: saver alone, base alone and cascade, best
 of N interleaved passes; the ideal is ``1 / (t_S/t_B + 1 − r)``. Goal: >= 90 % of the ideal.
@@ -42,7 +42,7 @@ def zero_loss_threshold(saver_name: str, base_name: str, saver, base, folder: Pa
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--saver", default="fmnist_cnn_s")
-    ap.add_argument("--base", default="fmnist_cnn_xl")
+    ap.add_argument("--base", default="fmnist_cnn_l")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
     ap.add_argument("--samples", type=int, nargs="+", default=[500, 4096], help="test images per batch size")

@@ -28,7 +28,7 @@ WEIGHTS = ROOT / "weights" / "fashion_mnist"
 
 def fmnist_inputs(n: int):
     saver = create_classifier("fmnist_cnn_s", str(WEIGHTS / "fmnist_cnn_s.pth"))
-    base = create_classifier("fmnist_cnn_xl", str(WEIGHTS / "fmnist_cnn_xl.pth"))
+    base = create_classifier("fmnist_cnn_l", str(WEIGHTS / "fmnist_cnn_l.pth"))
     images, labels = load_fashion_mnist("test")
     ds = ArrayImageDataset(images, labels, eval_transform(saver))
     x = torch.stack([ds[i % len(ds)][0] for i in range(n)])
@@ -54,7 +54,7 @@ def main() -> None:
     args = ap.parse_args()
     device = "cuda"
     results = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "rows": []}
-    for pair, build, threshold in (("fmnist s->xl", fmnist_inputs, args.fmnist_threshold),
+    for pair, build, threshold in (("fmnist s->l", fmnist_inputs, args.fmnist_threshold),
                                    ("lite0->lite2", lite_inputs, args.lite_threshold)):
         saver, base, xs, xb = build(4096)
         for compile_mode in (False, True):

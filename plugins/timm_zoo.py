@@ -1,8 +1,8 @@
 """Small classifiers registered in timm's model registry, trained on Fashion-MNIST by
-``tools/train_fashion_mnist.py`` (the demo's pool: ~0.5 to ~65 MMACs, one family scaled in width and
+``tools/train_fashion_mnist.py`` (the demo's pool: ~0.13 to ~29 MMACs, one family scaled in width and
 depth, like the paper's pools of scaled architectures).
 
-Importing this module registers ``fmnist_cnn_{xs,s,m,l,xl}``; then the ordinary timm calls work,
+Importing this module registers ``fmnist_cnn_{xxs,xs,s,m,l}``; then the ordinary timm calls work,
 pretrained data config included::
 
     import timm, tinysaver.plugins.timm_zoo  # noqa: F401
@@ -23,11 +23,11 @@ FASHION_MNIST_STD = (0.3530,)
 
 # name -> (stage widths, convs per stage)
 ARCHS: Dict[str, tuple] = {
+    "fmnist_cnn_xxs": ((4, 8, 16), 1),
     "fmnist_cnn_xs": ((8, 16, 32), 1),
     "fmnist_cnn_s": ((16, 32, 64), 1),
     "fmnist_cnn_m": ((24, 48, 96), 2),
     "fmnist_cnn_l": ((32, 64, 128), 2),
-    "fmnist_cnn_xl": ((48, 96, 192), 2),
 }
 
 
@@ -90,6 +90,11 @@ def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> SmallConvN
 
 
 @register_model
+def fmnist_cnn_xxs(pretrained: bool = False, **kwargs: Any) -> SmallConvNet:
+    return _create("fmnist_cnn_xxs", pretrained, **kwargs)
+
+
+@register_model
 def fmnist_cnn_xs(pretrained: bool = False, **kwargs: Any) -> SmallConvNet:
     return _create("fmnist_cnn_xs", pretrained, **kwargs)
 
@@ -108,7 +113,3 @@ def fmnist_cnn_m(pretrained: bool = False, **kwargs: Any) -> SmallConvNet:
 def fmnist_cnn_l(pretrained: bool = False, **kwargs: Any) -> SmallConvNet:
     return _create("fmnist_cnn_l", pretrained, **kwargs)
 
-
-@register_model
-def fmnist_cnn_xl(pretrained: bool = False, **kwargs: Any) -> SmallConvNet:
-    return _create("fmnist_cnn_xl", pretrained, **kwargs)

@@ -45,3 +45,10 @@ def test_other_confidence_ranges():
 def test_negative_gmacs_rejected():
     with pytest.raises(RecordError, match="gmacs"):
         Record("m", -1.0, np.ones(1) * 0.5, np.zeros(1, int), np.zeros(1, int))
+
+
+def test_written_files_get_normal_permissions(tmp_path):
+    mask = os.umask(0)
+    os.umask(mask)
+    path = save_record(tmp_path / "m.npz", Record("m", 1.0, np.ones(1) * 0.5, np.zeros(1, int), np.zeros(1, int)))
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask

@@ -142,7 +142,9 @@ def exit_curve(conf: Sequence[float] | np.ndarray, saver_correct: Sequence[float
         raise TinySaverError("no samples")
     if not np.isfinite(conf).all():
         raise TinySaverError("conf holds NaN or inf")
-    order = np.argsort(-conf, kind="stable")
+    # No stable sort needed: tied samples form one group whatever their order (and quicksort is
+    # ~5x faster than the stable sort on 500k softmax values).
+    order = np.argsort(-conf)
     conf_desc = conf[order]
     # The last sample of each run of equal confidences closes one exit group.
     group_end = np.flatnonzero(np.append(conf_desc[1:] != conf_desc[:-1], True))

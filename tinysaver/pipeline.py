@@ -25,7 +25,7 @@ from .analysis import ExitCurve, rank_savers, tradeoff
 from .cascade import Cascade
 from .complexity import count_gmacs
 from .io import write_json, write_text
-from .recording import SeededItems, default_record_path, record_predictions
+from .recording import SeededItems, default_record_path, record_predictions, recording_settings
 from .records import Record, load_record
 from .report import plot_exit_accuracy, plot_tradeoff, selection_markdown, tradeoff_markdown
 from .speed import measure_cascade_speed, speed_table
@@ -101,17 +101,20 @@ class _Models:
 
 def _record(models: _Models, spec: ModelSpec, split: Split, cfg: PipelineConfig) -> Record:
     path = default_record_path(cfg.out_dir / "records", spec.name, split.name, split.augment)
+    settings = {"weights": spec.weights, "split": split.name, "augment": split.augment, "seed": split.seed}
     if path.exists() and not cfg.force:
-        return load_record(path)
+        rec = load_record(path)
+        made_with = recording_settings(rec)
+        same = {k: made_with.get(k) for k in settings} == settings
+        if same and len(rec) == len(split.factory(None)):
+            return rec  # same weights, split, size and augmentation: reuse
     m = models.get(spec)
     dataset = SeededItems(split.factory(_transform(m, split)), split.seed)
     # Placeholder labels of unlabelled data are not class ids: skip that check for them.
     num_classes = getattr(m["model"], "num_classes", None) if cfg.reference == "labels" else None
     rec = record_predictions(m["model"], dataset, path, name=spec.name, gmacs=m["gmacs"],
                              batch_size=cfg.batch_size, workers=cfg.workers, device=cfg.device, amp=cfg.amp,
-                             channels_last=cfg.channels_last, num_classes=num_classes,
-                             extra_meta={"weights": spec.weights, "split": split.name,
-                                         "augment": split.augment, "seed": split.seed})
+                             channels_last=cfg.channels_last, num_classes=num_classes, extra_meta=settings)
     assert rec is not None
     return rec
 

@@ -182,9 +182,17 @@ def _merge(partial: Path, num_batches: int, meta: Dict[str, Any], num_classes: O
                 parts.setdefault(key, []).append(chunk[key])
     arrays = {k: np.concatenate(v) for k, v in parts.items()}
     extras = {k: v for k, v in arrays.items() if k not in ("conf", "pred", "label")}
+    # How the record was made, so a later run can tell whether it may reuse it.
+    extras["recording"] = np.str_(json.dumps(meta, sort_keys=True))
     return Record(name=meta["name"], gmacs=float(meta["gmacs"]), conf=arrays["conf"], pred=arrays["pred"],
                   label=arrays["label"], confidence=meta["confidence"], num_classes=num_classes,
                   extras=extras, path=str(out))
+
+
+def recording_settings(record: Record) -> Dict[str, Any]:
+    """The settings a record was made with (empty for records made elsewhere)."""
+    text = record.extras.get("recording")
+    return json.loads(str(text)) if text is not None else {}
 
 
 def default_record_path(folder: os.PathLike | str, model: str, split: str, augment: bool) -> Path:

@@ -21,7 +21,7 @@ def _pct(value: float, reference: float) -> str:
 
 
 def _cell(point, base_gmacs: float) -> str:
-    return "-" if point is None else f"{point.gmacs:.3f} ({_pct(point.gmacs, base_gmacs)})"
+    return "-" if point is None else f"{point.gmacs:.4g} ({_pct(point.gmacs, base_gmacs)})"
 
 
 def tradeoff_markdown(rows: Iterable[Tradeoff]) -> str:
@@ -34,7 +34,7 @@ def tradeoff_markdown(rows: Iterable[Tradeoff]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         mp = r.max_performance
-        cells = [r.base, f"{r.base_gmacs:.3f}", f"{r.base_acc:.2%}", r.saver, f"{r.saver_gmacs:.3f}",
+        cells = [r.base, f"{r.base_gmacs:.4g}", f"{r.base_acc:.2%}", r.saver, f"{r.saver_gmacs:.4g}",
                  f"{r.saver_acc:.2%}"]
         cells += [_cell(r.required[d], r.base_gmacs) for d in drops]
         cells += [_cell(mp, r.base_gmacs), f"{mp.acc:.2%} ({(mp.acc - r.base_acc) * 100:+.2f} pt)",
@@ -51,7 +51,7 @@ def selection_markdown(base_name: str, scores: Sequence[SaverScore]) -> str:
     for i, s in enumerate(scores, 1):
         verdict = ("compresses" if s.compresses
                    else "does not compress this base")
-        lines.append(f"| {i} | {s.saver} | {s.saver_gmacs:.3f} | {s.saver_gmacs / s.base_gmacs:.3f} | "
+        lines.append(f"| {i} | {s.saver} | {s.saver_gmacs:.4g} | {s.saver_gmacs / s.base_gmacs:.3f} | "
                      f"{s.saver_acc:.2%} | {s.r_match:.4f} | {s.threshold:.6g} | {s.delta_c:+.4f} | {verdict} |")
     return "\n".join(lines) + "\n"
 

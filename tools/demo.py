@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The main job on the embedded default data: the paper's pipeline on Fashion-MNIST.
 
-Pool: five classifiers of one family (``fmnist_cnn_{xs,s,m,l,xl}``, ~0.5 to ~65 MMACs), trained by
+Pool: five classifiers of one family (``fmnist_cnn_{xxs,xs,s,m,l}``, ~0.13 to ~29 MMACs), trained by
 ``tools/train_fashion_mnist.py`` on the first 50k training images; their weights are committed in
 ``weights/fashion_mnist/``. Base: the largest. Steps: record train (augmented), holdout and test;
 rank savers by ΔC on train; Tables 1/5 rows on test with thresholds chosen on test, on train and
@@ -9,11 +9,14 @@ on the held-out split; plots; the live cascade checked against the simulation; i
 speed-up on this CPU.
 
 Outputs land in ``outputs/fashion_mnist/`` (records are reused on a second run; ``--force``
-re-records).
+re-records). Then the EfficientNet-Lite run on the shipped photos reports its verdict
+(``tools/eval_efficientnet_lite.py``, outputs in ``outputs/efficientnet_lite/``).
 """
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -23,8 +26,8 @@ from tinysaver.plugins.datasets import ArrayImageDataset, load_fashion_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "weights" / "fashion_mnist"
-POOL = ["fmnist_cnn_xs", "fmnist_cnn_s", "fmnist_cnn_m", "fmnist_cnn_l"]
-BASE = "fmnist_cnn_xl"
+POOL = ["fmnist_cnn_xxs", "fmnist_cnn_xs", "fmnist_cnn_s", "fmnist_cnn_m"]
+BASE = "fmnist_cnn_l"
 
 
 def split(name: str, augment: bool = False) -> Split:
@@ -37,6 +40,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "outputs" / "fashion_mnist"))
     ap.add_argument("--force", action="store_true", help="re-record even when records exist")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--lite-views", type=int, default=10, help="views per photo for the EfficientNet-Lite run (0: skip)")
     args = ap.parse_args()
     spec = lambda name: ModelSpec(name, str(WEIGHTS / f"{name}.pth"))  # noqa: E731
     cfg = PipelineConfig(base=spec(BASE), savers=[spec(n) for n in POOL],
@@ -46,6 +50,9 @@ def main() -> None:
     run_pipeline(cfg)
     print((Path(args.out) / "summary.md").read_text())
     print(f"Tables, plots and records: {args.out}")
+    if args.lite_views:
+        subprocess.run([sys.executable, str(ROOT / "tools" / "eval_efficientnet_lite.py"), "--views", str(args.lite_views),
+                        "--device", args.device] + (["--force"] if args.force else []), check=True)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,18 @@ def _cascade_metric(cfg) -> dict:
     raise SystemExit("the config's test_evaluator has no TinySaverCascadeMetric: is it a TinySaver cascade config?")
 
 
+def _join_cpu_process_group(cfg) -> None:
+    """mmengine's ``pytorch`` launcher calls ``torch.cuda.set_device`` unconditionally; on a machine
+    without CUDA, join torchrun's group here with gloo instead. The Runner then reads rank and world
+    size from the initialised group: the sampler shards the data and the evaluator gathers results."""
+    import torch
+
+    if cfg.launcher == "pytorch" and not torch.cuda.is_available():
+        if not torch.distributed.is_initialized():
+            torch.distributed.init_process_group(backend="gloo")
+        cfg.launcher = "none"
+
+
 def build_cfg(args: argparse.Namespace):
     from mmengine.config import Config
 
@@ -81,6 +93,7 @@ def main(argv=None) -> dict:
 
     register_all_modules(init_default_scope=False)
     cfg = build_cfg(args)
+    _join_cpu_process_group(cfg)
     runner = Runner.from_cfg(cfg)
     metrics = runner.test()
     summary = {"config": args.config, "threshold": runner.model.module.threshold if hasattr(runner.model, "module")
