@@ -11,6 +11,7 @@ setup:
 
 demo: setup
 	$(PY) tools/demo.py
+	$(PY) tools/demo_det.py
 
 test: setup
 	$(PY) -m pytest -q tests
