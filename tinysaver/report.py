@@ -82,11 +82,15 @@ def plot_tradeoff(curve: ExitCurve, result: Tradeoff, path: PathLike,
             label=f"TinySaver {result.saver} → {result.base}")
     ax.plot([result.base_gmacs], [result.base_acc * 100], "s", ms=8, label=f"base {result.base}")
     ax.plot([result.saver_gmacs], [result.saver_acc * 100], "o", ms=8, label=f"saver {result.saver}")
+    # Drops that land on the same point share one label ("≤1/0.5pt").
+    labels: Dict[tuple, list] = {}
     for drop, p in result.required.items():
         if p is not None:
-            ax.plot([p.gmacs], [p.acc * 100], "x", color="k")
-            ax.annotate(f"≤{drop:g}pt", (p.gmacs, p.acc * 100), textcoords="offset points",
-                        xytext=(4, -10), fontsize=7)
+            labels.setdefault((p.gmacs, p.acc), []).append(f"{drop:g}")
+    for (gmacs, acc), drops in labels.items():
+        ax.plot([gmacs], [acc * 100], "x", color="k")
+        ax.annotate(f"≤{'/'.join(drops)}pt", (gmacs, acc * 100), textcoords="offset points", xytext=(4, -10),
+                    fontsize=7)
     ax.set_xlabel("expected GMACs per sample")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title or f"{result.base} with saver {result.saver} ({result.mode})", fontsize=9)
