@@ -112,6 +112,8 @@ class MeanBoxScore(ConfidenceFn):
     """
 
     value_range = (0.0, 1.0)
+    #: how the kept scores of one image become its confidence
+    reduce = staticmethod(np.mean)
 
     def __init__(self, min_score: float = 0.05) -> None:
         self.min_score = float(min_score)
@@ -121,24 +123,18 @@ class MeanBoxScore(ConfidenceFn):
         for i, scores in enumerate(scores_per_image):  # one small array per image
             s = _as_numpy(scores)
             kept = s[s > self.min_score]
-            out[i] = kept.mean() if kept.size else 0.0
+            out[i] = self.reduce(kept) if kept.size else 0.0
         return out
 
     def __repr__(self) -> str:
-        return f"MeanBoxScore(min_score={self.min_score})"
+        return f"{type(self).__name__}(min_score={self.min_score})"
 
 
 @CONFIDENCES.register("max_box_score")
 class MaxBoxScore(MeanBoxScore):
     """Highest box score above ``min_score``; 0 when there is none."""
 
-    def __call__(self, scores_per_image: Sequence[Any]) -> np.ndarray:
-        out = np.zeros(len(scores_per_image), dtype=np.float64)
-        for i, scores in enumerate(scores_per_image):
-            s = _as_numpy(scores)
-            kept = s[s > self.min_score]
-            out[i] = kept.max() if kept.size else 0.0
-        return out
+    reduce = staticmethod(np.max)
 
 
 @CONFIDENCES.register("box_count")
@@ -146,9 +142,7 @@ class BoxCount(MeanBoxScore):
     """Number of boxes above ``min_score``: for savers that are reliable on sparse scenes only."""
 
     value_range = (0.0, None)
-
-    def __call__(self, scores_per_image: Sequence[Any]) -> np.ndarray:
-        return np.array([float((_as_numpy(s) > self.min_score).sum()) for s in scores_per_image])
+    reduce = staticmethod(np.size)
 
 
 def _as_numpy(x: Any) -> np.ndarray:
