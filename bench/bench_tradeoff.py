@@ -9,7 +9,6 @@ Usage: python bench/bench_tradeoff.py [--samples 500000] [--repeats 5] [--out be
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys

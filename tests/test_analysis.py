@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinysaver import (ExitCurve, Record, exit_curve, match_point, rank_savers, tradeoff,
+from tinysaver import (Record, exit_curve, match_point, rank_savers, tradeoff,
                        tradeoff_from_records)
 from tinysaver.errors import TinySaverError
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tinysaver import Cascade
-from tinysaver.plugins.timm import MultiTransform, create_classifier, eval_transform
+from tinysaver.plugins.timm import create_classifier, eval_transform
 from tinysaver.recording import record_predictions
 
 from .helpers import fmnist_dataset, stack_inputs, weights

@@ -3,8 +3,8 @@
 Records the base and every candidate saver on the training split (augmented), the validation
 split and an optional held-out split; ranks the savers by ΔC on train; writes the Tables 1/5 rows
 (thresholds chosen on val itself, on train, and on the held-out split), the accuracy-vs-GMACs and
-Fig. 3 plots for the chosen pair; then runs the live cascade at the zero-loss threshold chosen on
-train against the simulation and measures its speed-up.
+Fig. 3 plots for the chosen pair; then runs the live cascade at the zero-loss threshold (chosen on
+the held-out split when given, else on train) against the simulation and measures its speed-up.
 
 Example:
   tinysaver imagenet --data /data/imagenet --base convnextv2_huge=ckpt/cnv2_h.pth \\
