@@ -18,7 +18,9 @@ import pytest
 import torch
 
 from tinysaver.cli import main as cli
-from tinysaver.detection import DetRecord, det_tradeoff, load_det_record, save_det_record
+from tinysaver.confidence import build_confidence
+from tinysaver.detection import (DetRecord, cascade_detections, det_tradeoff, load_det_record,
+                                 save_det_record)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "tinysaver" / "yolov8n_retinanet-r18-tiny_fashion-det.py"
@@ -99,12 +101,27 @@ def test_two_processes_and_packed_checkpoint_give_the_same_metrics(recorded, det
     out = proc_dir / "summary.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
            str(ROOT / "tools" / "test.py"), str(CONFIG), str(packed), "--launcher", "pytorch", "--threshold", "0.5",
-           "--work-dir", str(proc_dir), "--out-json", str(out), "--flops-images", "0"]
+           "--work-dir", str(proc_dir), "--out-json", str(out), "--flops-images", "0",
+           "--cfg-options", f"test_evaluator.0.outfile_prefix={proc_dir / 'live'}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(det_root), timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     two = json.loads(out.read_text())["metrics"]
     for key, value in one.items():
         assert two[key] == pytest.approx(value, abs=1e-4), key
+    # Detection by detection: this run sent only the escalated images to the base, in smaller
+    # batches; the records ran both models on every image. Same detections.
+    _, saver, base = recorded
+    live = json.loads((proc_dir / "live.bbox.json").read_text())
+    conf = build_confidence("mean_box_score", min_score=0.05)(saver.scores_per_image())
+    sim = cascade_detections(saver, base, conf >= 0.5)
+    for i, image_id in enumerate(saver.image_ids):
+        mine = sorted((d for d in live if d["image_id"] == image_id), key=lambda d: -d["score"])
+        ref = np.flatnonzero(sim["image"] == i)
+        ref = ref[np.argsort(-sim["scores"][ref], kind="stable")]
+        assert len(mine) == len(ref), image_id
+        np.testing.assert_allclose([d["score"] for d in mine], sim["scores"][ref], atol=1e-4)
+        xyxy = np.array([[x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in mine)]).reshape(-1, 4)
+        np.testing.assert_allclose(xyxy, sim["boxes"][ref], atol=1e-2)
 
 
 def test_det_tradeoff_cli(recorded, det_root, tmp_path, capsys):
