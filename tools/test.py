@@ -95,10 +95,9 @@ def main(argv=None) -> dict:
     _join_cpu_process_group(cfg)
     runner = Runner.from_cfg(cfg)
     metrics = runner.test()
-    summary = {"config": args.config, "threshold": runner.model.module.threshold if hasattr(runner.model, "module")
-               else runner.model.threshold, "metrics": metrics}
+    detector = runner.model.module if hasattr(runner.model, "module") else runner.model  # DDP-wrapped or not
+    summary = {"config": args.config, "threshold": detector.threshold, "metrics": metrics}
     if get_rank() == 0:
-        detector = runner.model.module if hasattr(runner.model, "module") else runner.model
         if args.flops_images > 0:
             from tinysaver.plugins.mmdet import cascade_gflops_report
 
