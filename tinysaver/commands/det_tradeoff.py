@@ -1,5 +1,6 @@
-"""Detection trade-off from records: COCO box AP and average GFLOPs of the cascade at each
-threshold (paper Table 4), without running any model again.
+"""Detection trade-off from records: COCO box AP and GFLOPs of the cascade per threshold.
+
+Paper Table 4, computed from the two models' saved detections, without running any model again.
 
 The records come from `tools/test.py CONFIG none --dump-records DIR` (saver.npz, base.npz).
 The image-level confidence is computed from the saver's box scores (default: mean score of the
