@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Sequence
+from typing import Any, Callable, Dict, Sequence
 
 import torch
 from torch import nn
@@ -57,19 +57,26 @@ def measure_speed(model: nn.Module, input_size: Sequence[int], batch_size: int =
     ctx = torch.autocast(device_type=torch.device(device).type, enabled=amp)
     with torch.no_grad(), ctx:
         for i in range(warmup + iters):
-            _sync(device)
-            start = time.perf_counter()
-            model(x)
-            _sync(device)
+            elapsed = timed(lambda: model(x), device)
             if i >= warmup:
-                times.append(time.perf_counter() - start)
+                times.append(elapsed)
     median = sorted(times)[len(times) // 2]
     return Speed(batch_size, device, median * 1000, batch_size / median, iters)
 
 
-def _sync(device: str) -> None:
+def sync(device: str) -> None:
+    """Waits for queued GPU work, so wall time measures it (no-op on the CPU)."""
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], Any], device: str) -> float:
+    """Wall time of ``fn()`` with the device synchronised before and after."""
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
 
 
 def complexity_report(model: nn.Module, input_size: Sequence[int], name: str = "",

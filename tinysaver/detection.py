@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
@@ -25,6 +24,7 @@ import numpy as np
 from .confidence import build_confidence
 from .errors import RecordError, TinySaverError
 from .io import atomic_open
+from .records import read_npz
 
 PathLike = Union[str, os.PathLike]
 COCO_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -87,17 +87,7 @@ def save_det_record(path: PathLike, rec: DetRecord) -> Path:
 
 
 def load_det_record(path: PathLike) -> DetRecord:
-    path = Path(path)
-    if not path.is_file():
-        raise RecordError(path, "no such file")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            data = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise RecordError(path, f"unreadable detection record ({type(exc).__name__}: {exc})") from None
-    missing = [k for k in (*_ARRAYS, "name", "gflops") if k not in data]
-    if missing:
-        raise RecordError(path, f"missing array(s) {', '.join(map(repr, missing))}")
+    data = read_npz(path, (*_ARRAYS, "name", "gflops"), kind="detection record")
     return DetRecord(name=str(data["name"]), gflops=float(data["gflops"]), path=str(path),
                      **{k: data[k] for k in _ARRAYS})
 

@@ -24,7 +24,7 @@ import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 import numpy as np
 
@@ -136,8 +136,9 @@ def save_record(path: PathLike, record: Record) -> Path:
     return path
 
 
-def load_record(path: PathLike) -> Record:
-    """Reads and validates a record; every problem is a :class:`RecordError` naming the file."""
+def read_npz(path: PathLike, required: Sequence[str], kind: str = "record") -> Dict[str, np.ndarray]:
+    """All arrays of an ``.npz`` file, after checking it exists, reads and holds ``required``;
+    every problem is a :class:`RecordError` naming the file (records of any kind share this)."""
     path = Path(path)
     if not path.is_file():
         raise RecordError(path, "no such file" if not path.exists() else "not a regular file")
@@ -145,12 +146,18 @@ def load_record(path: PathLike) -> Record:
         with np.load(path, allow_pickle=False) as npz:
             data = {k: npz[k] for k in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise RecordError(path, f"unreadable record ({type(exc).__name__}: {exc}); expected an .npz "
-                                f"with arrays {', '.join(REQUIRED_ARRAYS)}") from None
-    missing = [k for k in REQUIRED_ARRAYS + REQUIRED_SCALARS if k not in data]
+        raise RecordError(path, f"unreadable {kind} ({type(exc).__name__}: {exc}); expected an .npz "
+                                f"with arrays {', '.join(required)}") from None
+    missing = [k for k in required if k not in data]
     if missing:
         raise RecordError(path, f"missing array(s) {', '.join(map(repr, missing))} "
                                 f"(found: {', '.join(sorted(data)) or 'nothing'})")
+    return data
+
+
+def load_record(path: PathLike) -> Record:
+    """Reads and validates a record; every problem is a :class:`RecordError` naming the file."""
+    data = read_npz(path, REQUIRED_ARRAYS + REQUIRED_SCALARS)
     try:
         name = str(data.pop("name").item())
         gmacs = float(data.pop("gmacs"))

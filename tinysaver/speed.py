@@ -7,13 +7,13 @@ the ideal the routing (gather, second batch, merge) keeps.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Sequence
+from typing import Dict, List, Sequence
 
 import torch
 
 from .cascade import Cascade
+from .complexity import timed
 
 
 @dataclass
@@ -33,19 +33,6 @@ class CascadeSpeed:
 
     def to_json(self) -> Dict[str, float]:
         return asdict(self)
-
-
-def _sync(device: str) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _timed(fn: Callable[[], None], device: str) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - start
 
 
 def measure_cascade_speed(cascade: Cascade, x_saver: torch.Tensor, x_base: torch.Tensor, batch_size: int,
@@ -87,9 +74,9 @@ def measure_cascade_speed(cascade: Cascade, x_saver: torch.Tensor, x_base: torch
         run_cascade()  # warm-up (allocator, kernels, compilation)
         run_base()
         for _ in range(repeats):
-            runs["saver"].append(_timed(run_saver, device))
-            runs["base"].append(_timed(run_base, device))
-            runs["cascade"].append(_timed(run_cascade, device))
+            runs["saver"].append(timed(run_saver, device))
+            runs["base"].append(timed(run_base, device))
+            runs["cascade"].append(timed(run_cascade, device))
     n = len(x_saver)
     t_s, t_b, t_c = (min(runs[k]) for k in ("saver", "base", "cascade"))
     r = exited / n
