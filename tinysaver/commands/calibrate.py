@@ -1,0 +1,57 @@
+"""A threshold that keeps the accuracy drop within a target with probability >= 1 - delta.
+
+Learn then Test (Angelopoulos et al., 2021) with fixed-sequence testing from the most confident
+threshold down, on the per-sample loss 1[base right] - 1[saver right] of the exited samples: with
+probability >= 1 - delta over the draw of the calibration records, the accuracy drop vs the base on
+new data from the same distribution is <= --drop points. --method: wsr (default; Waudby-Smith &
+Ramdas betting bound), bernstein (Maurer & Pontil empirical Bernstein) or hoeffding-bentkus (Bates
+et al.). For a chain (--stages S1 S2 B) half the records order the chain's configurations and the
+other half tests them (data splitting). See tinysaver/calibrate.py for the references.
+
+Example:
+  tinysaver calibrate --base outputs/fashion_mnist/records/fmnist_cnn_l_holdout.npz \\
+      --saver outputs/fashion_mnist/records/fmnist_cnn_s_holdout.npz --drop 0.5 --delta 0.1 --json cal.json
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base", metavar="B.npz", help="base record of the calibration split")
+    p.add_argument("--saver", metavar="S.npz", help="saver record of the calibration split")
+    p.add_argument("--stages", nargs="+", metavar="S.npz",
+                   help="instead of --saver/--base: a chain by increasing cost, the base last")
+    p.add_argument("--drop", type=float, required=True, metavar="PT", help="allowed accuracy drop (points)")
+    p.add_argument("--delta", type=float, default=0.1, help="allowed failure probability (default 0.1)")
+    p.add_argument("--method", default="wsr", choices=["wsr", "bernstein", "hoeffding-bentkus"],
+                   help="upper confidence bound of the drop (default wsr)")
+    p.add_argument("--seed", type=int, default=0, help="sample order (wsr) and data split (chains)")
+    p.add_argument("--json", metavar="OUT.json", help="write the result as JSON")
+    p.add_argument("--markdown", metavar="OUT.md", help="write the result as markdown")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..calibrate import calibrate_records, check_target
+    from ..errors import TinySaverError
+    from ..io import write_json, write_text
+    from ..plan_report import calibration_markdown
+    from ..records import load_record
+
+    if args.stages and (args.saver or args.base):
+        raise TinySaverError("give either --stages or --saver and --base, not both")
+    if not args.stages and not (args.saver and args.base):
+        raise TinySaverError("give --saver and --base (or a chain with --stages S1 S2 B)")
+    check_target(args.drop, args.delta, args.method)
+    paths = args.stages or [args.saver, args.base]
+    if len(paths) < 2:
+        raise TinySaverError("--stages needs at least one saver and the base")
+    result = calibrate_records([load_record(path) for path in paths], args.drop, args.delta, args.method,
+                               args.seed)
+    text = calibration_markdown(result)
+    if args.json:
+        write_json(args.json, result.to_json())
+    if args.markdown:
+        write_text(args.markdown, text)
+    print(text, end="")
+    return 0

@@ -1,0 +1,41 @@
+"""What an N-stage chain of savers does at given thresholds: answered shares, accuracy, GMACs.
+
+Give the stages in order of increasing cost, the base last, all recorded on the same split, and one
+threshold per stage before the base (a sample exits at the first stage whose confidence reaches its
+threshold; ``inf`` lets nothing exit there). Cost model: a sample answered at stage k paid stages
+1..k.
+
+Example:
+  tinysaver chain --stages outputs/fashion_mnist/records/fmnist_cnn_xxs_test.npz \\
+      outputs/fashion_mnist/records/fmnist_cnn_s_test.npz outputs/fashion_mnist/records/fmnist_cnn_l_test.npz \\
+      --thresholds 0.99 0.95 --json chain.json
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--stages", required=True, nargs="+", metavar="S.npz",
+                   help="records of the stages by increasing cost, the base last (same split)")
+    p.add_argument("--thresholds", required=True, nargs="+", type=float, metavar="T",
+                   help="one threshold per stage before the base ('inf': nothing exits there)")
+    p.add_argument("--json", metavar="OUT.json", help="write the result as JSON (accuracy as a fraction)")
+    p.add_argument("--markdown", metavar="OUT.md", help="write the markdown table")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..chain import chain_from_records
+    from ..io import write_json, write_text
+    from ..plan_report import chain_markdown
+    from ..records import load_record
+
+    records = [load_record(path) for path in args.stages]
+    point = chain_from_records(records, args.thresholds)
+    table = chain_markdown(point)
+    if args.json:
+        write_json(args.json, point.to_json())
+    if args.markdown:
+        write_text(args.markdown, table)
+    print(table, end="")
+    return 0
