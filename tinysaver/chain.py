@@ -309,8 +309,9 @@ def chain_counts(ranks: Sequence[np.ndarray], sizes: Sequence[int], corrects: Se
         for axis in range(k):
             r = _exclusive_prefix(r, axis)
         reach.append(expand(r))
-        cost = cost + reach[-1] * gmacs[k]
-    return ChainTable(correct=correct, cost=cost / total, reach=reach, total=total)
+        cost += reach[-1] * gmacs[k]
+    cost /= total
+    return ChainTable(correct=correct, cost=cost, reach=reach, total=total)
 
 
 def chain_table(ranks: Sequence[np.ndarray], sizes: Sequence[int], corrects: Sequence[np.ndarray],
@@ -462,6 +463,7 @@ def enumerate_chains(num_savers: int, max_stages: int) -> List[Tuple[int, ...]]:
 def _best_per_correct(correct: np.ndarray, cost: np.ndarray, m: int) -> Tuple[np.ndarray, np.ndarray]:
     """Lowest cost for each correct count 0..M, and the first flat cell reaching it."""
     count = np.rint(correct).astype(np.int64).ravel()
+    del correct
     cost = cost.ravel()
     best = np.full(m + 1, np.inf)
     np.minimum.at(best, count, cost)
@@ -533,9 +535,10 @@ def search_chains(stages: Sequence[Stage], max_stages: int = 3, *, grid: int = D
             if key not in rank_cache:
                 rank_cache[key] = grid_ranks(stages[i].conf, g)
             ranks.append(rank_cache[key])
-        correct, cost = chain_table(ranks, [len(g) for g in grids], [stages[i].correct for i in chain],
-                                    [stages[i].gmacs for i in chain])
-        best_cost[c], best_cell[c] = _best_per_correct(correct, cost, m)
+        table = chain_counts(ranks, [len(g) for g in grids], [stages[i].correct for i in chain],
+                             [stages[i].gmacs for i in chain])
+        best_cost[c], best_cell[c] = _best_per_correct(table.correct, table.cost, m)
+        del table
         grids_all.append(grids)
         exact_all.append(exact)
     return ChainSearch(stages=list(stages), chains=list(chains), grids=grids_all, exact=exact_all,
