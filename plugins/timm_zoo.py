@@ -2,20 +2,34 @@
 ``tools/train_fashion_mnist.py`` (the demo's pool: ~0.13 to ~29 MMACs, one family scaled in width and
 depth, like the paper's pools of scaled architectures).
 
-Importing this module registers ``fmnist_cnn_{xxs,xs,s,m,l}``; then the ordinary timm calls work,
-pretrained data config included::
+Importing this module registers ``fmnist_cnn_{xxs,xs,s,m,l}`` with their committed weights
+(``weights/fashion_mnist/``, installed as the package data ``tinysaver.weights``) under timm's
+pretrained tag ``fashion_mnist``, so the ordinary timm call loads them by name::
 
     import timm, tinysaver.plugins.timm_zoo  # noqa: F401
-    model = timm.create_model("fmnist_cnn_s", pretrained=True,
-                              pretrained_cfg_overlay=dict(file="weights/fashion_mnist/fmnist_cnn_s.pth"))
+    model = timm.create_model("fmnist_cnn_s", pretrained=True)
+
+Each file is checked against the sha256 in its ``manifest.json`` and unpickled with
+``weights_only=True`` (:mod:`tinysaver.checkpoint`) before timm gets its state dict: a file that was
+changed, or that would run code, is refused with one line.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Sequence
+import functools
+import json
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 from torch import nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._builder import resolve_pretrained_cfg
+
+from tinysaver.checkpoint import load_state_dict
+from tinysaver.errors import TinySaverError
+
+#: timm pretrained tag of the committed weights (``fmnist_cnn_s.fashion_mnist``).
+PRETRAINED_TAG = "fashion_mnist"
 
 # Fashion-MNIST statistics over the 60k training images (grayscale, in [0, 1]).
 FASHION_MNIST_MEAN = (0.2860,)
@@ -74,19 +88,78 @@ class SmallConvNet(nn.Module):
         return self.head
 
 
+def weights_dir() -> Path:
+    """Folder of the committed weights and their ``manifest.json``.
+
+    Installed, this module is ``tinysaver/plugins/timm_zoo.py`` and the weights are the package data
+    ``tinysaver/weights/`` (setup.cfg); in the source tree they are ``weights/`` next to
+    ``plugins/``: the same place relative to this file either way.
+    """
+    return Path(__file__).resolve().parents[1] / "weights" / PRETRAINED_TAG
+
+
+@functools.lru_cache(maxsize=None)
+def manifest() -> Dict[str, Dict[str, Any]]:
+    """``manifest.json``: per model its file, sha256 and how it was trained."""
+    path = weights_dir() / "manifest.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise TinySaverError(f"{path}: unreadable weights manifest ({exc})") from None
+
+
+def pretrained_file(name: str) -> Path:
+    """Path of the committed weights of pool model ``name``."""
+    return weights_dir() / f"{name}.pth"
+
+
+def load_pretrained_state_dict(name: str) -> Dict[str, torch.Tensor]:
+    """The committed state dict of pool model ``name``, its sha256 checked against the manifest."""
+    entry = manifest().get(name) or {}
+    if "sha256" not in entry:
+        raise TinySaverError(f"{weights_dir() / 'manifest.json'}: no sha256 for {name}")
+    return load_state_dict(pretrained_file(name), sha256=entry["sha256"])
+
+
 def _cfg(**kwargs: Any) -> Dict[str, Any]:
     return dict(num_classes=10, input_size=(1, 28, 28), pool_size=(7, 7), crop_pct=1.0,
                 interpolation="bilinear", mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD,
-                first_conv="features.0.0", classifier="head", **kwargs)
+                first_conv="features.0.0", classifier="head",
+                description="Fashion-MNIST, first 50k training images (tools/train_fashion_mnist.py)",
+                **kwargs)
 
 
-default_cfgs = generate_default_cfgs({f"{name}.fashion_mnist": _cfg() for name in ARCHS})
+default_cfgs = generate_default_cfgs({f"{name}.{PRETRAINED_TAG}": _cfg(file=str(pretrained_file(name)))
+                                      for name in ARCHS})
+
+
+def _safe_overlay(variant: str, pretrained_cfg: Any, overlay: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """A ``pretrained_cfg_overlay`` that hands timm a safely loaded state dict instead of a path.
+
+    The registered file is checked against the manifest; a file the caller names
+    (``pretrained_cfg_overlay=dict(file=...)``) goes through the same safe loader, unchecked.
+    """
+    overlay = dict(overlay or {})
+    resolved = resolve_pretrained_cfg(variant, pretrained_cfg=pretrained_cfg, pretrained_cfg_overlay=dict(overlay))
+    if resolved.state_dict is not None or not resolved.file:
+        return overlay  # a state dict already, or no file: timm says what is missing
+    if Path(resolved.file) == pretrained_file(variant):
+        overlay["state_dict"] = load_pretrained_state_dict(variant)
+    else:
+        overlay["state_dict"] = load_state_dict(resolved.file)
+    return overlay
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> SmallConvNet:
     widths, depth = ARCHS[variant]
-    return build_model_with_cfg(SmallConvNet, variant, pretrained, widths=widths, depth=depth,
-                                in_chans=kwargs.pop("in_chans", 1), **kwargs)
+    if pretrained:
+        kwargs["pretrained_cfg_overlay"] = _safe_overlay(variant, kwargs.get("pretrained_cfg"),
+                                                         kwargs.get("pretrained_cfg_overlay"))
+    model = build_model_with_cfg(SmallConvNet, variant, pretrained, widths=widths, depth=depth,
+                                 in_chans=kwargs.pop("in_chans", 1), **kwargs)
+    # The state dict only carried the weights into timm; the model's config keeps their source.
+    model.pretrained_cfg.pop("state_dict", None)
+    return model
 
 
 @register_model
@@ -112,4 +185,3 @@ def fmnist_cnn_m(pretrained: bool = False, **kwargs: Any) -> SmallConvNet:
 @register_model
 def fmnist_cnn_l(pretrained: bool = False, **kwargs: Any) -> SmallConvNet:
     return _create("fmnist_cnn_l", pretrained, **kwargs)
-

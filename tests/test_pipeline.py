@@ -74,7 +74,8 @@ def test_imagenet_command_on_an_image_folder(tmp_path, capsys):
             Image.fromarray(img).resize((160, 120)).save(folder / f"{i}.png")
     out = tmp_path / "out"
     assert main(["imagenet", "--data", str(tmp_path / "data"), "--base", "mobilenetv3_small_100",
-                 "--savers", "mobilenetv3_small_050", "--out", str(out), "--batch-size", "4", "--workers", "0"]) == 0
+                 "--savers", "mobilenetv3_small_050", "--out", str(out), "--batch-size", "4", "--workers", "0",
+                 "--random-init"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["base"] == "mobilenetv3_small_100" and summary["chosen_saver"] == "mobilenetv3_small_050"
     assert (out / "records" / "mobilenetv3_small_050_train_aug.npz").exists()

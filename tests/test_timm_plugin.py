@@ -12,14 +12,14 @@ from tinysaver.plugins.timm import (MultiTransform, create_classifier, data_conf
 
 
 def test_each_model_gets_its_own_transform_from_one_decode():
-    saver = create_classifier("tf_efficientnet_lite0")
-    base = create_classifier("tf_efficientnet_lite2")
+    saver = create_classifier("tf_efficientnet_lite0", random_init=True)
+    base = create_classifier("tf_efficientnet_lite2", random_init=True)
     assert data_config(saver)["input_size"] == (3, 224, 224)
     assert data_config(base)["input_size"] == (3, 260, 260)
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 400, 3), dtype=np.uint8))
     xs, xb = MultiTransform([eval_transform(saver), eval_transform(base)])(img)
     assert xs.shape == (3, 224, 224) and xb.shape == (3, 260, 260)
-    tv = create_classifier("tv:resnet18")
+    tv = create_classifier("tv:resnet18", random_init=True)
     assert data_config(tv)["input_size"] == (3, 224, 224) and data_config(tv)["interpolation"] == "bilinear"
 
 

