@@ -191,7 +191,7 @@ def plot_det_tradeoff(result: Dict[str, object], path: PathLike) -> None:
     ax.plot([result["base"]["gflops"]], [result["base"]["AP"] * 100], "s", ms=8, label=f"base {result['base']['name']}")
     ax.plot([result["saver"]["gflops"]], [result["saver"]["AP"] * 100], "o", ms=8, label=f"saver {result['saver']['name']}")
     ax.set_xlabel("average GFLOPs per image (2 FLOPs per multiply-add)")
-    ax.set_ylabel("COCO box AP")
+    ax.set_ylabel("COCO box AP (%)")
     ax.set_title(f"confidence: {result['confidence']} (min score {result['min_score']})", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")

@@ -6,9 +6,12 @@ The records come from `tools/test.py CONFIG none --dump-records DIR` (saver.npz,
 The image-level confidence is computed from the saver's box scores (default: mean score of the
 boxes above 0.05; an image with none goes to the base).
 
-Example:
-  tinysaver det-tradeoff --ann data/coco/annotations/instances_val2017.json \\
-      --saver records/saver.npz --base records/base.npz --json det.json --plot det.png
+On COCO: --ann data/coco/annotations/instances_val2017.json with the records of your models.
+
+Example (the detection records and annotations `make demo` writes):
+  tinysaver det-tradeoff --ann data/fashion_det/annotations/instances_val.json \\
+      --saver outputs/fashion_det/records/saver.npz --base outputs/fashion_det/records/base.npz \\
+      --json det.json --plot det.png
 """
 from __future__ import annotations
 
