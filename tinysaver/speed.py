@@ -8,12 +8,13 @@ the ideal the routing (gather, second batch, merge) keeps.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
 from .cascade import Cascade
 from .complexity import timed
+from .numerics import Numerics
 
 
 @dataclass
@@ -36,7 +37,8 @@ class CascadeSpeed:
 
 
 def measure_cascade_speed(cascade: Cascade, x_saver: torch.Tensor, x_base: torch.Tensor, batch_size: int,
-                          device: str = "cpu", repeats: int = 3, amp: bool = False) -> CascadeSpeed:
+                          device: str = "cpu", repeats: int = 3, amp: bool = False,
+                          numerics: Optional[Numerics] = None) -> CascadeSpeed:
     """Times the saver alone, the base alone and the cascade over the same samples in batches of
     ``batch_size``; each figure is the best of ``repeats`` passes, the three interleaved so that
     machine noise hits them alike.
@@ -49,10 +51,13 @@ def measure_cascade_speed(cascade: Cascade, x_saver: torch.Tensor, x_base: torch
         device: Where to run.
         repeats: Passes per measurement (the minimum is kept).
         amp: Autocast.
+        numerics: How to run (device, dtype, autocast, memory format); overrides ``device``/``amp``.
     """
-    cascade = cascade.eval().to(device)
-    xs = [x_saver[i:i + batch_size].to(device) for i in range(0, len(x_saver), batch_size)]
-    xb = [x_base[i:i + batch_size].to(device) for i in range(0, len(x_base), batch_size)]
+    numerics = numerics or Numerics(device=device, amp=amp)
+    device = numerics.device
+    cascade = numerics.prepare_model(cascade)
+    xs = [numerics.prepare_inputs(x_saver[i:i + batch_size]) for i in range(0, len(x_saver), batch_size)]
+    xb = [numerics.prepare_inputs(x_base[i:i + batch_size]) for i in range(0, len(x_base), batch_size)]
     exited = 0
 
     def run_cascade() -> None:
@@ -70,7 +75,7 @@ def measure_cascade_speed(cascade: Cascade, x_saver: torch.Tensor, x_base: torch
             cascade.base(b)
 
     runs: Dict[str, List[float]] = {"saver": [], "base": [], "cascade": []}
-    with torch.no_grad(), torch.autocast(device_type=torch.device(device).type, enabled=amp):
+    with numerics.context():
         run_cascade()  # warm-up (allocator, kernels, compilation)
         run_base()
         for _ in range(repeats):

@@ -1,0 +1,226 @@
+"""The one routing routine every TinySaver cascade runs (classifier, detector, exit network, server).
+
+A cascade is a sequence of :class:`Stage` s ordered by cost. Stage 1 answers every sample; each
+later stage runs on exactly the samples that are still open, gathered into one batch. A sample is
+answered by stage k (k < N) when its confidence there is ``>= t_k``; the last stage answers whatever
+reaches it. Each framework adds only what it needs around this routine: how to gather a sub-batch
+(``take``) and how to merge the answers (tensors, ``DetDataSample`` s, ultralytics ``Results``).
+
+Thresholds are compared with float64 semantics whatever the dtype of the models (a float16 model's
+threshold 0.970924 is not silently rounded to 0.970703): the confidence is widened to float64 and
+compared with the float64 threshold, exactly as the records analysis compares a record's float64
+``conf`` with a threshold. A threshold of +inf lets nothing exit at that stage.
+
+Examples:
+    >>> import numpy as np
+    >>> small = Stage(model=lambda x: x * 0.5, confidence=lambda y: y, threshold=0.3, name="small")
+    >>> large = Stage(model=lambda x: x, confidence=lambda y: y, name="large")
+    >>> routed = route([small, large], [np.array([0.9, 0.2, 0.7])] * 2)
+    >>> routed.stage.tolist()          # 0.45 and 0.35 exit at "small", 0.1 goes on
+    [0, 1, 0]
+    >>> [run.indices.tolist() for run in routed.runs]
+    [[0, 1, 2], [1]]
+"""
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional, Sequence
+
+import numpy as np
+
+from .confidence import build_confidence
+
+#: gathers the samples ``indices`` of a batch (a tensor, an array, a list)
+Take = Callable[[Any, Any], Any]
+
+
+def _eager(fn: Callable) -> Callable:
+    """Keeps ``torch.compile`` out of a routing frame, not out of the models it calls.
+
+    Which stages ran and on which rows is data, not graph: compiled, every batch where all samples
+    exit early, or a new threshold, would recompile. When torch is loaded (it always is before a
+    torch cascade imports this module) the frame runs eagerly and the model calls inside it stay
+    compiled; without torch (the ONNX runtime) nothing changes and torch is not imported.
+    """
+    torch = sys.modules.get("torch")
+    return torch.compiler.disable(fn, recursive=False) if torch is not None else fn
+
+
+def _is_torch(x: Any) -> bool:
+    # Checked by module name so that the routing core imports torch only where torch is used.
+    return type(x).__module__.startswith("torch")
+
+
+def take(batch: Any, indices: Any) -> Any:
+    """The default gather: ``index_select`` for tensors, fancy indexing for arrays, a list for
+    sequences."""
+    if _is_torch(batch):
+        import torch
+
+        if not _is_torch(indices):
+            indices = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        return batch.index_select(0, indices.to(batch.device))
+    if isinstance(batch, np.ndarray):
+        return batch[np.asarray(indices.cpu() if _is_torch(indices) else indices)]
+    return [batch[int(i)] for i in (indices.tolist() if hasattr(indices, "tolist") else indices)]
+
+
+@dataclass
+class Stage:
+    """One model of a cascade.
+
+    Args:
+        model: Callable from a (gathered) batch to its outputs, e.g. an ``nn.Module``.
+        confidence: Registered confidence name (see :data:`tinysaver.confidence.CONFIDENCES`) or a
+            callable ``outputs -> [B]`` confidences (tensor or array).
+        threshold: A sample is answered here when its confidence is ``>= threshold`` (float64
+            semantics; +inf: never). Ignored for the last stage, which answers what reaches it.
+        preprocess: Applied to the gathered inputs of this stage before ``model`` (e.g. the
+            stage's own normalisation, on the device).
+        gmacs: Incremental cost of this stage per sample (its own cost).
+        name: For reports.
+    """
+
+    model: Callable[[Any], Any]
+    confidence: Any = "max_softmax"
+    threshold: float = math.inf
+    preprocess: Optional[Callable[[Any], Any]] = None
+    gmacs: float = 0.0
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.confidence, str):
+            self.confidence = build_confidence(self.confidence)
+        self.threshold = float(self.threshold)
+
+
+@dataclass
+class StageRun:
+    """What one stage did on one batch.
+
+    Attributes:
+        indices: Rows of the original batch this stage ran on (in order).
+        outputs: Its outputs on those rows (same order).
+        confidence: Its confidence on those rows.
+        exits: Which of those rows it answered (all of them for the last stage).
+    """
+
+    indices: Any
+    outputs: Any
+    confidence: Any
+    exits: Any
+
+    @property
+    def answered(self) -> Any:
+        """Original rows this stage answered."""
+        return self.indices[self.exits]
+
+
+@dataclass
+class Routed:
+    """The routing of one batch.
+
+    Attributes:
+        runs: One :class:`StageRun` per stage that received samples, in stage order.
+        stage: ``[B]`` index of the stage that answered each sample.
+        confidence: ``[B]`` the answering stage's confidence for each sample (float64).
+    """
+
+    runs: List[StageRun]
+    stage: Any
+    confidence: Any
+
+
+def exit_mask(confidence: Any, threshold: Any) -> Any:
+    """``confidence >= threshold`` compared in float64 (tensor in, tensor out; array in, array out).
+
+    ``threshold`` is a float or a 0-dim float64 tensor (a tensor lets ``torch.compile`` change it
+    without recompiling).
+    """
+    if _is_torch(confidence):
+        import torch
+
+        t = threshold if _is_torch(threshold) else torch.tensor(float(threshold), dtype=torch.float64)
+        return confidence.to(torch.float64) >= t.to(torch.float64)
+    return np.asarray(confidence, dtype=np.float64) >= float(threshold)
+
+
+@_eager
+def route(stages: Sequence[Stage], batches: Sequence[Any], *, thresholds: Optional[Sequence[Any]] = None,
+          gather: Take = take) -> Routed:
+    """Runs a batch through a cascade, each stage on exactly the samples that reach it.
+
+    Args:
+        stages: The cascade, cheapest first; the last one answers what reaches it.
+        batches: One input batch per stage (the same object may repeat: each stage can have its
+            own preprocessing of one decode). Row i of every batch is sample i.
+        thresholds: Overrides ``stage.threshold`` (e.g. 0-dim tensors kept by an ``nn.Module``).
+        gather: ``gather(batch, indices)`` returns the rows ``indices`` of a batch.
+
+    Returns:
+        The :class:`Routed` batch; merge ``runs`` into the framework's output type.
+    """
+    if len(batches) != len(stages):
+        raise ValueError(f"route() needs one input batch per stage: {len(stages)} stages, {len(batches)} batches")
+    thresholds = [s.threshold for s in stages] if thresholds is None else list(thresholds)
+    runs: List[StageRun] = []
+    open_rows: Any = None  # None: every row (no gather needed for the first stage)
+    for k, stage in enumerate(stages):
+        x = batches[k] if open_rows is None else gather(batches[k], open_rows)
+        if stage.preprocess is not None:
+            x = stage.preprocess(x)
+        outputs = stage.model(x)
+        conf = stage.confidence(outputs)
+        if open_rows is None:
+            open_rows = _arange_like(conf)
+        last = k == len(stages) - 1
+        exits = _ones_like(conf) if last else exit_mask(conf, thresholds[k])
+        runs.append(StageRun(indices=open_rows, outputs=outputs, confidence=conf, exits=exits))
+        open_rows = open_rows[~exits]
+        if len(open_rows) == 0:
+            break
+    stage_of, conf_of = _merge_stage_and_confidence(runs)
+    return Routed(runs=runs, stage=stage_of, confidence=conf_of)
+
+
+def _arange_like(conf: Any) -> Any:
+    if _is_torch(conf):
+        import torch
+
+        return torch.arange(len(conf), device=conf.device)
+    return np.arange(len(conf))
+
+
+def _ones_like(conf: Any) -> Any:
+    if _is_torch(conf):
+        import torch
+
+        return torch.ones(len(conf), dtype=torch.bool, device=conf.device)
+    return np.ones(len(conf), dtype=bool)
+
+
+@_eager
+def _merge_stage_and_confidence(runs: List[StageRun]) -> tuple:
+    first = runs[0]
+    if _is_torch(first.confidence):
+        import torch
+
+        stage = torch.zeros(len(first.indices), dtype=torch.long, device=first.confidence.device)
+        conf = torch.zeros(len(first.indices), dtype=torch.float64, device=first.confidence.device)
+        for k, run in enumerate(runs):
+            rows = run.answered
+            stage = stage.index_fill(0, rows, k)
+            conf = conf.index_copy(0, rows, run.confidence[run.exits].to(torch.float64))
+        return stage, conf
+    stage = np.zeros(len(first.indices), dtype=np.int64)
+    conf = np.zeros(len(first.indices), dtype=np.float64)
+    for k, run in enumerate(runs):
+        rows = run.answered
+        stage[rows] = k
+        conf[rows] = np.asarray(run.confidence, dtype=np.float64)[run.exits]
+    return stage, conf
+
+
+__all__ = ["Stage", "StageRun", "Routed", "route", "exit_mask", "take"]
