@@ -6,8 +6,9 @@ sort of the confidences plus cumulative sums of the correctness arrays give, for
 once, the exit ratio, the accuracy of each model on the exited samples and the system accuracy —
 no grid, no loop over thresholds, O(M log M).
 
-Point 0 of a curve is the threshold just above the highest confidence (nothing exits, cost
-C_S + C_B); point k >= 1 is the k-th highest distinct confidence.
+Point 0 of a curve is the threshold +inf (nothing exits on any split, cost C_S + C_B); point
+k >= 1 is the k-th highest distinct confidence. JSON has no infinity: +inf is written as the string
+``"inf"`` (see :func:`threshold_to_json`).
 
 Examples:
     >>> import numpy as np
@@ -41,7 +42,7 @@ class ExitCurve:
     """Exit statistics at every distinct threshold, ordered by increasing exit ratio.
 
     Attributes:
-        threshold: ``[K+1]`` thresholds, decreasing; ``threshold[0]`` lets nothing exit.
+        threshold: ``[K+1]`` thresholds, decreasing; ``threshold[0]`` is +inf: nothing exits.
         n_exit: ``[K+1]`` number of samples with ``conf >= threshold``, increasing.
         saver_correct: ``[K+1]`` saver's correct count on the exited samples.
         base_correct: ``[K+1]`` base's correct count on the exited samples.
@@ -150,9 +151,10 @@ def exit_curve(conf: Sequence[float] | np.ndarray, saver_correct: Sequence[float
     group_end = np.flatnonzero(np.append(conf_desc[1:] != conf_desc[:-1], True))
     cum_saver = np.cumsum(sc[order])[group_end]
     cum_base = np.cumsum(bc[order])[group_end]
-    nothing_exits = np.nextafter(conf_desc[0], np.inf)
+    # +inf, not "just above the highest confidence seen": a threshold chosen on one split must let
+    # nothing exit on any other split either.
     return ExitCurve(
-        threshold=np.concatenate(([nothing_exits], conf_desc[group_end])),
+        threshold=np.concatenate(([np.inf], conf_desc[group_end])),
         n_exit=np.concatenate(([0], group_end + 1)),
         saver_correct=np.concatenate(([0.0], cum_saver)),
         base_correct=np.concatenate(([0.0], cum_base)),
@@ -200,23 +202,49 @@ def max_performance_index(curve: ExitCurve) -> int:
     return int(np.flatnonzero(curve.system_correct >= best - _COUNT_TOL)[-1])
 
 
+def threshold_to_json(t: float) -> float | str:
+    """A threshold for JSON: +inf ("nothing exits") becomes the string ``"inf"``, which
+    ``float()`` reads back; JSON itself has no infinity."""
+    return "inf" if np.isposinf(t) else float(t)
+
+
+def threshold_from_json(value: float | str | None) -> float:
+    """Inverse of :func:`threshold_to_json` (``None`` is also read as +inf)."""
+    return np.inf if value is None else float(value)
+
+
 @dataclass
 class OperatingPoint:
-    """One row cell of Tables 1/5: a threshold and what it costs and achieves."""
+    """One cell of Tables 1/5: a threshold and what it did on the reported split.
+
+    In the honest (calibrated) mode the threshold was chosen on a calibration split; ``acc``,
+    ``exit_ratio`` and ``gmacs`` are what it *measured* on the reported split, ``calib_acc`` and
+    ``calib_exit_ratio`` what it did on the calibration split, and ``meets_target`` whether the
+    measured accuracy is within the allowed drop of the reported split's base accuracy.
+    """
 
     gmacs: float
     threshold: float
     acc: float
     exit_ratio: float
     calib_acc: Optional[float] = None
+    calib_exit_ratio: Optional[float] = None
+    meets_target: Optional[bool] = None
 
-    def to_json(self) -> Dict[str, float]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+    def to_json(self) -> Dict[str, object]:
+        out = {k: v for k, v in asdict(self).items() if v is not None}
+        out["threshold"] = threshold_to_json(self.threshold)
+        return out
 
 
 @dataclass
 class Tradeoff:
-    """The trade-off of one saver/base pair, in the layout of the paper's Tables 1 and 5."""
+    """The trade-off of one saver/base pair, in the layout of the paper's Tables 1 and 5.
+
+    ``r_match``/``delta_c`` are measured on the reported split (``split``); in the calibrated mode
+    ``calib_r_match``/``calib_delta_c`` are those of the calibration split (``calib_split``), the
+    one the thresholds were chosen on.
+    """
 
     saver: str
     base: str
@@ -230,17 +258,29 @@ class Tradeoff:
     delta_c: float
     mode: str = "same-split"
     num_samples: int = 0
+    split: str = "report"
+    calib_split: Optional[str] = None
+    calib_r_match: Optional[float] = None
+    calib_delta_c: Optional[float] = None
     extra: Dict[str, object] = field(default_factory=dict)
+
+    @property
+    def missed(self) -> List[float]:
+        """Drops whose chosen threshold did not meet its target on the reported split."""
+        return [d for d, p in self.required.items() if p is not None and p.meets_target is False]
 
     def to_json(self) -> Dict[str, object]:
         out: Dict[str, object] = {
             "saver": self.saver, "base": self.base, "mode": self.mode, "num_samples": self.num_samples,
-            "base_acc": self.base_acc, "base_gmacs": self.base_gmacs,
+            "split": self.split, "base_acc": self.base_acc, "base_gmacs": self.base_gmacs,
             "saver_acc": self.saver_acc, "saver_gmacs": self.saver_gmacs,
             "required": {repr(float(d)): (p.to_json() if p else None) for d, p in self.required.items()},
             "max_performance": self.max_performance.to_json(),
-            "r_match": self.r_match, "delta_c": self.delta_c,
+            "r_match": self.r_match, "delta_c": self.delta_c, "delta_c_split": self.split,
         }
+        if self.calib_split is not None:
+            out.update(calib_split=self.calib_split, calib_r_match=self.calib_r_match,
+                       calib_delta_c=self.calib_delta_c)
         out.update(self.extra)
         return out
 
@@ -251,8 +291,16 @@ def _point(curve: ExitCurve, k: int, threshold: Optional[float] = None) -> Opera
                           acc=float(curve.system_acc[k]), exit_ratio=float(curve.exit_ratio[k]))
 
 
+def meets_drop(curve: ExitCurve, k: int, drop_pct: float) -> bool:
+    """Whether point ``k`` of ``curve`` is within ``drop_pct`` points of the curve's base accuracy
+    (counted in samples, as :func:`cheapest_within_drop` chooses)."""
+    required = curve.base_total - drop_pct / 100.0 * curve.num_samples
+    return bool(curve.system_correct[k] >= required - _COUNT_TOL)
+
+
 def tradeoff(curve: ExitCurve, drops: Sequence[float] = PAPER_DROPS, *, saver: str = "saver",
-             base: str = "base", calibration: Optional[ExitCurve] = None) -> Tradeoff:
+             base: str = "base", calibration: Optional[ExitCurve] = None, split: str = "report",
+             calib_split: str = "calibration") -> Tradeoff:
     """The Tables 1/5 row of a pair.
 
     Args:
@@ -261,34 +309,53 @@ def tradeoff(curve: ExitCurve, drops: Sequence[float] = PAPER_DROPS, *, saver: s
         saver: Saver name for the report.
         base: Base name for the report.
         calibration: If given, the honest mode: each threshold is chosen on this curve (e.g. the
-            train or a held-out split) and its accuracy and cost are *measured* on ``curve``. Without
-            it, thresholds are chosen on ``curve`` itself, as in the paper.
+            train or a held-out split) and its accuracy, exit ratio and cost are *measured* on
+            ``curve``, with ``meets_target`` telling whether the measured accuracy kept the drop.
+            Without it, thresholds are chosen on ``curve`` itself, as in the paper.
+        split: Name of the reported split (tables say where ΔC comes from).
+        calib_split: Name of the calibration split.
 
     Returns:
-        A :class:`Tradeoff`; ``required[d]`` is None when no threshold meets the drop ``d``.
+        A :class:`Tradeoff`; ``required[d]`` is None when no threshold meets the drop ``d`` on the
+        split it is chosen on.
+
+    Examples:
+        >>> row = tradeoff(test_curve, calibration=holdout_curve, split="test",
+        ...                calib_split="holdout")  # doctest: +SKIP
+        >>> row.required[0.5].acc, row.required[0.5].meets_target  # doctest: +SKIP
     """
     chooser = calibration if calibration is not None else curve
     picks = {float(d): cheapest_within_drop(chooser, d) for d in drops}
-    picks_max = max_performance_index(chooser)
-    match = match_point(chooser)
+    match = match_point(curve)
 
-    def measured(k: Optional[int]) -> Optional[OperatingPoint]:
+    def measured(k: Optional[int], drop: Optional[float]) -> Optional[OperatingPoint]:
         if k is None:
             return None
         if calibration is None:
-            return _point(curve, k)
+            point = _point(curve, k)
+            point.meets_target = True if drop is not None else None  # chosen on this very split
+            return point
         t = float(calibration.threshold[k])
-        point = _point(curve, int(curve.index_at([t])[0]), threshold=t)
+        k_report = int(curve.index_at([t])[0])
+        point = _point(curve, k_report, threshold=t)
         point.calib_acc = float(calibration.system_acc[k])
+        point.calib_exit_ratio = float(calibration.exit_ratio[k])
+        if drop is not None:
+            point.meets_target = meets_drop(curve, k_report, drop)
         return point
 
-    return Tradeoff(
+    row = Tradeoff(
         saver=saver, base=base, saver_acc=curve.saver_acc, saver_gmacs=curve.saver_gmacs,
         base_acc=curve.base_acc, base_gmacs=curve.base_gmacs,
-        required={d: measured(k) for d, k in picks.items()}, max_performance=measured(picks_max),
+        required={d: measured(k, d) for d, k in picks.items()},
+        max_performance=measured(max_performance_index(chooser), None),
         r_match=match.r_match, delta_c=match.delta_c,
         mode="same-split" if calibration is None else "calibrated", num_samples=curve.num_samples,
-    )
+        split=split)
+    if calibration is not None:
+        calib_match = match_point(calibration)
+        row.calib_split, row.calib_r_match, row.calib_delta_c = calib_split, calib_match.r_match, calib_match.delta_c
+    return row
 
 
 def tradeoff_from_records(saver: Record, base: Record, drops: Sequence[float] = PAPER_DROPS,
@@ -324,7 +391,7 @@ class SaverScore:
         return self.delta_c < 0
 
     def to_json(self) -> Dict[str, object]:
-        return {"saver": self.saver, "r_match": self.r_match, "threshold": self.threshold,
+        return {"saver": self.saver, "r_match": self.r_match, "threshold": threshold_to_json(self.threshold),
                 "delta_c": self.delta_c, "saver_gmacs": self.saver_gmacs, "base_gmacs": self.base_gmacs,
                 "saver_acc": self.saver_acc, "compresses": self.compresses}
 
