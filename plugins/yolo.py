@@ -1,4 +1,4 @@
-"""Ultralytics YOLOv8 as a saver: ultralytics' own loading and preprocessing, BGR numpy in.
+"""Ultralytics YOLO models as cascade stages: ultralytics' own loading and preprocessing, BGR numpy in.
 
 A YOLO ``.pt`` file is a pickle by ultralytics' design (it stores the model object), so it is loaded
 through ultralytics (``YOLO(path)``), which is the only loader that understands it: load only
@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
 import numpy as np
 
+from tinysaver.detection import Detections
 from tinysaver.errors import TinySaverError
 
 
@@ -40,26 +40,13 @@ def prepare_offline(config_dir: Optional[str] = None) -> None:
 prepare_offline()
 
 
-@dataclass
-class Detections:
-    """One image's detections in original image coordinates."""
-
-    bboxes: np.ndarray  # [K, 4] xyxy float32
-    scores: np.ndarray  # [K] float32
-    labels: np.ndarray  # [K] int64, the dataset's class order
-
-    @classmethod
-    def empty(cls) -> "Detections":
-        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
-
-
-class YOLOSaver:
-    """A YOLOv8 checkpoint with fixed inference settings.
+class YOLOModel:
+    """A YOLO checkpoint with fixed inference settings, answering lists of BGR images.
 
     Args:
         checkpoint: Path of an ultralytics ``.pt`` file.
         imgsz: Letterbox size.
-        conf: Minimum score kept by NMS (0.001 as ultralytics' val, so AP matches its own numbers).
+        conf: Minimum score kept by NMS (0.001 as ultralytics' val uses for AP).
         iou: NMS IoU threshold.
         max_det: Maximum detections per image.
         device: ``cpu``, ``cuda:0``, ...
@@ -86,8 +73,10 @@ class YOLOSaver:
         """Detections for each BGR uint8 HWC image, in its original coordinates."""
         if len(images_bgr) == 0:
             return []
+        # `half` only when asked: ultralytics warns that the argument is deprecated whenever it is given.
+        extra = {"half": True} if self.half else {}
         results = self.yolo.predict(source=list(images_bgr), imgsz=self.imgsz, conf=self.conf, iou=self.iou,
-                                    max_det=self.max_det, device=self.device, half=self.half, verbose=False)
+                                    max_det=self.max_det, device=self.device, verbose=False, **extra)
         return [Detections(r.boxes.xyxy.cpu().numpy().astype(np.float32), r.boxes.conf.cpu().numpy().astype(np.float32),
                            r.boxes.cls.cpu().numpy().astype(np.int64)) for r in results]
 
@@ -96,3 +85,7 @@ class YOLOSaver:
         from ultralytics.utils.torch_utils import get_flops
 
         return float(get_flops(self.yolo.model, imgsz or self.imgsz))
+
+
+#: the name earlier versions used (a YOLO model was always the saver then)
+YOLOSaver = YOLOModel

@@ -77,8 +77,12 @@ def test_live_cascade_equals_records_simulation(recorded, det_root):
     # real, trained detectors
     assert sim["base"]["AP50"] > 0.3 and sim["saver"]["AP50"] > 0.3
     g = summary["gflops"]
-    assert g["cascade_gflops"] == pytest.approx(g["saver_gflops"] + (1 - m["tinysaver/exit_ratio"]) * g["base_gflops"])
-    assert saver.gflops == g["saver_gflops"] and base.gflops == g["base_gflops"]
+    saver_g, base_g = (stage["gflops"] for stage in g["stages"])
+    assert g["cascade_gflops"] == pytest.approx(saver_g + (1 - m["tinysaver/exit_ratio"]) * base_g)
+    assert saver.gflops == saver_g and base.gflops == base_g
+    assert (saver.name, base.name) == ("yolov8n", "retinanet_r18-tiny")
+    # one COCO maxDets for the live metric and the records
+    assert saver.max_dets == base.max_dets == tuple(summary["max_dets"]) == (100, 300, 1000)
 
 
 @pytest.mark.parametrize("threshold, who", [(0.0, "saver"), (1.01, "base")])
@@ -146,7 +150,9 @@ def test_image_without_confident_box_goes_to_base(det_root, monkeypatch):
     from mmdet.registry import DATASETS, MODELS
     from mmdet.utils import register_all_modules
 
-    from tinysaver.plugins.yolo import Detections
+    import mmcv
+
+    from tinysaver.detection import Detections
 
     monkeypatch.setenv("FASHION_DET_ROOT", str(det_root))
     register_all_modules()
@@ -157,12 +163,17 @@ def test_image_without_confident_box_goes_to_base(det_root, monkeypatch):
     data = detector.data_preprocessor(pseudo_collate([dataset[0], dataset[1]]), False)
     confident = Detections(np.array([[10, 10, 50, 50]], np.float32), np.array([0.9], np.float32), np.array([1]))
     weak = Detections(np.array([[10, 10, 50, 50]], np.float32), np.array([0.04], np.float32), np.array([1]))
-    monkeypatch.setattr(detector.saver, "predict", lambda images: [weak, confident])
+    seen = []
+    monkeypatch.setattr(detector.stages[0].yolo, "predict", lambda images: seen.extend(images) or [weak, confident])
+    # the original image comes from the pipeline (decoded once), never from disk again
+    monkeypatch.setattr(mmcv, "imread", lambda *a, **k: pytest.fail("read the image again"))
     with torch.no_grad():
         out = detector.predict(data["inputs"], data["data_samples"])
     assert [o.tinysaver_stage for o in out] == [1, 0]
-    assert out[0].tinysaver_conf == 0.0
+    assert seen[0].shape == tuple(out[0].ori_shape) + (3,)
     assert torch.equal(out[1].pred_instances.scores, torch.tensor([0.9]))
+    assert out[1].tinysaver_conf == pytest.approx(0.9)
+    assert len(out[0].pred_instances) > 0 and not torch.equal(out[0].pred_instances.scores, torch.tensor([0.04]))
 
 
 def test_runner_checkpoint_loads_with_weights_only_and_pickles_are_refused(tmp_path):
@@ -213,8 +224,11 @@ def test_paper_configs_load_and_plugin_imports_from_anywhere(tmp_path):
     assert "yolov8x_dino-swin-l_coco.py" in names
     for path in configs:
         cfg = Config.fromfile(path)
-        assert cfg.model.type == "TinySaverDetector"
-        assert cfg.model.saver["checkpoint"].endswith(".pt") and cfg.model.base["checkpoint"].endswith(".pth")
+        assert cfg.model.type == "TinySaverDetector" and len(cfg.model.stages) == 2
+        saver, base = cfg.model.stages
+        assert saver["type"] == "yolo" and saver["checkpoint"].endswith(".pt")
+        assert base["type"] == "mmdet" and base["checkpoint"].endswith(".pth")
+        assert any(t["type"] == "KeepOriginalImage" for t in cfg.test_dataloader.dataset.pipeline)
         assert cfg.custom_imports["imports"] == ["tinysaver.plugins.mmdet"]
         assert cfg.model.confidence == {"type": "mean_box_score", "min_score": 0.05}
     proc = subprocess.run([sys.executable, "-c", "import tinysaver.plugins.mmdet as m; print(m.TinySaverDetector)"],
@@ -233,3 +247,65 @@ def test_det_record_validation(tmp_path):
         DetRecord.from_lists("m", 1.0, [5], [np.array([[0, 0, 2, 2]])], [np.array([0.5])], [np.array([4])], [1, 2])
     with pytest.raises(RecordError, match="no such file"):
         load_det_record(tmp_path / "nope.npz")
+
+
+def test_more_than_100_boxes_per_image_give_the_same_stats_in_both_tools(det_root, tmp_path):
+    """tools/test.py (mmdet's CocoMetric) and det-tradeoff (from the dumped records) evaluate with
+    one maxDets: identical 12 stats even when images keep more than 100 boxes."""
+    from tinysaver.detection import CocoScorer, cascade_detections
+
+    work = tmp_path / "run"
+    summary = _test_py(det_root, work, "--threshold", "0", "--dump-records", str(work / "records"),
+                       "--cfg-options", "model.stages.0.max_det=300", "model.stages.0.conf=0.0001",
+                       "model.stages.0.iou=0.9")
+    saver = load_det_record(work / "records" / "saver.npz")
+    assert max(len(s) for s in saver.scores_per_image()) > 100
+    m = summary["metrics"]
+    assert m["tinysaver/exit_ratio"] == 1.0  # threshold 0: the saver answers every image
+    stats = CocoScorer(_ann(det_root), saver.max_dets).stats(
+        cascade_detections(saver, saver, np.ones(len(saver.image_ids), bool)), saver.image_ids, saver.cat_ids)
+    mmdet_names = ["mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l", "AR@100", "AR@300", "AR@1000",
+                   "AR_s@1000", "AR_m@1000", "AR_l@1000"]
+    for ours, theirs in zip(stats, mmdet_names):
+        # mmdet rounds its logged stats to 3 decimals
+        assert stats[ours] == pytest.approx(m[f"coco/bbox_{theirs}"], abs=5e-4 + 1e-9), (ours, theirs)
+
+
+def test_three_stage_detection_cascade_equals_its_records(det_root, tmp_path):
+    """Two YOLO stages (the checkpoint at 128 and at 192 px) in front of the mmdet base: the live
+    cascade, each stage on exactly the images that reach it, equals the chain simulated from the
+    records of every stage on every image."""
+    from tinysaver.detection import CocoScorer, chain_detections, chain_stages
+
+    config = tmp_path / "three_stage.py"
+    yolo = ROOT / "weights" / "det" / "yolov8n_fashion-det.pt"
+    config.write_text(
+        f"_base_ = [{str(CONFIG)!r}]\n"
+        "model = dict(stages=[\n"
+        f"    dict(type='yolo', name='yolo128', checkpoint={str(yolo)!r}, imgsz=128, conf=0.001, max_det=100),\n"
+        f"    dict(type='yolo', name='yolo192', checkpoint={str(yolo)!r}, imgsz=192, conf=0.001, max_det=100),\n"
+        "    {{_base_.retinanet_stage}}],\n"
+        "    thresholds=[0.6, 0.5])\n")
+    work = tmp_path / "records_run"
+    out = work / "summary.json"
+    cmd = [sys.executable, str(ROOT / "tools" / "test.py"), str(config), "none", "--work-dir", str(work),
+           "--out-json", str(out), "--flops-images", "1", "--dump-records", str(work / "records")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(det_root), timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    records = [load_det_record(work / "records" / f"stage{k}.npz") for k in range(3)]
+    assert [r.name for r in records] == ["yolo128", "yolo192", "retinanet_r18-tiny"]
+    for thresholds in ([0.6, 0.5], [0.45, 0.55]):
+        stage, _ = chain_stages(records, thresholds)
+        assert set(stage.tolist()) == {0, 1, 2}, thresholds  # every stage answers some images
+        live_dir = tmp_path / f"live_{thresholds[0]}"
+        cmd = [sys.executable, str(ROOT / "tools" / "test.py"), str(config), "none", "--work-dir", str(live_dir),
+               "--out-json", str(live_dir / "s.json"), "--flops-images", "0", "--thresholds", *map(str, thresholds)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(det_root), timeout=600, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        m = json.loads((live_dir / "s.json").read_text())["metrics"]
+        for k in range(3):
+            assert m[f"tinysaver/answered_{k}"] == pytest.approx(np.mean(stage == k))
+        sim = CocoScorer(_ann(det_root), records[0].max_dets).stats(chain_detections(records, stage),
+                                                                  records[0].image_ids, records[0].cat_ids)
+        assert m["coco/bbox_mAP"] == pytest.approx(sim["AP"], abs=5e-4)
+        assert m["coco/bbox_mAP_50"] == pytest.approx(sim["AP50"], abs=5e-4)

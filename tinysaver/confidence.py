@@ -29,6 +29,10 @@ from .registry import Registry
 
 CONFIDENCES: Registry = Registry("confidence function")
 
+#: Detection confidences ignore boxes scoring *below* this (paper 4.5: "we filter out boxes with
+#: scores below 0.05"); a box scoring exactly 0.05 counts.
+MIN_BOX_SCORE = 0.05
+
 
 def _is_torch(x: Any) -> bool:
     # Checked by module name so that importing this file never imports torch.
@@ -102,27 +106,28 @@ class NegEntropy(ConfidenceFn):
 
 @CONFIDENCES.register("mean_box_score")
 class MeanBoxScore(ConfidenceFn):
-    """Mean score of the boxes scoring above ``min_score`` (paper 4.5); 0 when there is none.
+    """Mean score of the boxes scoring at least ``min_score`` (paper 4.5); 0 when there is none.
 
     An image without a confident box gets confidence 0, so it exits only at threshold 0 and
     otherwise goes to the base model.
 
     Args:
-        min_score: Boxes at or below this score are ignored (0.05 in the paper).
+        min_score: Boxes scoring below this are ignored (:data:`MIN_BOX_SCORE`, 0.05 as in the
+            paper); a box scoring exactly ``min_score`` counts. Compared in float64.
     """
 
     value_range = (0.0, 1.0)
     #: how the kept scores of one image become its confidence
     reduce = staticmethod(np.mean)
 
-    def __init__(self, min_score: float = 0.05) -> None:
+    def __init__(self, min_score: float = MIN_BOX_SCORE) -> None:
         self.min_score = float(min_score)
 
     def __call__(self, scores_per_image: Sequence[Any]) -> np.ndarray:
         out = np.zeros(len(scores_per_image), dtype=np.float64)
         for i, scores in enumerate(scores_per_image):  # one small array per image
             s = _as_numpy(scores)
-            kept = s[s > self.min_score]
+            kept = s[s >= self.min_score]
             out[i] = self.reduce(kept) if kept.size else 0.0
         return out
 
@@ -132,14 +137,14 @@ class MeanBoxScore(ConfidenceFn):
 
 @CONFIDENCES.register("max_box_score")
 class MaxBoxScore(MeanBoxScore):
-    """Highest box score above ``min_score``; 0 when there is none."""
+    """Highest box score of at least ``min_score``; 0 when there is none."""
 
     reduce = staticmethod(np.max)
 
 
 @CONFIDENCES.register("box_count")
 class BoxCount(MeanBoxScore):
-    """Number of boxes above ``min_score``: for savers that are reliable on sparse scenes only."""
+    """Number of boxes scoring at least ``min_score``: for savers reliable on sparse scenes only."""
 
     value_range = (0.0, None)
     reduce = staticmethod(np.size)
@@ -180,4 +185,4 @@ def check_range(name: str, conf: np.ndarray) -> str | None:
     return None
 
 
-__all__ = ["CONFIDENCES", "ConfidenceFn", "build_confidence", "check_range"]
+__all__ = ["CONFIDENCES", "MIN_BOX_SCORE", "ConfidenceFn", "build_confidence", "check_range"]

@@ -1,15 +1,68 @@
-"""A tiny name → object registry, in the spirit of mmengine's ``Registry``.
+"""Name → object registries that plugins fill, in the spirit of mmengine's ``Registry`` and timm's
+``_registry``.
 
-Users extend TinySaver by registering their own objects (e.g. a confidence function) under a name
-that configs, records and the CLI can then refer to.
+The core defines the tables and never imports a plugin: a lookup that misses loads the plugins
+first. Plugins are found by the package entry-point group ``tinysaver.plugins`` (setup.cfg lists
+the built-in ones; a third-party package adds its own module to the same group), and importing a
+plugin module registers its objects.
+
+Tables defined here:
+
+- :data:`CLASSIFIER_SOURCES`: where classifiers come from (``timm``: timm and torchvision names)
+  — an object with ``create(name, weights, random_init)``, ``data_config(model)``,
+  ``eval_transform(model)``, ``train_transform(model)``, ``multi_transform(transforms)``.
+- :data:`DATASETS`: datasets by name (``fashion_mnist``, ``imagefolder``, ``photos``): callables
+  ``(root_or_name, split, transform, **options) -> dataset of (input, label)``.
+- :data:`STAGES`: detection stages by type (``yolo``, ``mmdet``): callables building a stage from
+  its config dict.
+
+Examples:
+    >>> FUNCS = Registry("function")
+    >>> @FUNCS.register("double")
+    ... def double(x):
+    ...     return 2 * x
+    >>> FUNCS.get("double")(3)
+    6
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Generic, Iterator, Optional, TypeVar
+import importlib
+from importlib import metadata
+from typing import Callable, Dict, Generic, Iterator, List, Optional, TypeVar
 
 from .errors import TinySaverError
 
 T = TypeVar("T")
+
+#: entry-point group whose modules register plugins into the tables below
+PLUGIN_GROUP = "tinysaver.plugins"
+# Used only when the package metadata is not installed (running from a source tree on
+# PYTHONPATH): the same modules setup.cfg declares as entry points.
+_SOURCE_TREE_PLUGINS = ("tinysaver.plugins.timm", "tinysaver.plugins.datasets", "tinysaver.plugins.imagenet",
+                        "tinysaver.plugins.stages")
+_loaded = False
+_failures: Dict[str, str] = {}
+
+
+def load_plugins() -> Dict[str, str]:
+    """Imports every plugin module once (entry points of :data:`PLUGIN_GROUP`).
+
+    Returns:
+        Plugins that failed to import (name → reason), e.g. a missing optional dependency; they
+        are named in lookup errors instead of breaking the others.
+    """
+    global _loaded
+    if _loaded:
+        return _failures
+    _loaded = True
+    found = list(metadata.entry_points(group=PLUGIN_GROUP))
+    targets = [(ep.name, ep.value) for ep in found] or [(m.rsplit(".", 1)[-1], m) for m in _SOURCE_TREE_PLUGINS]
+    for name, module in targets:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:  # an optional dependency missing: the other plugins still work
+            _failures[name] = f"{type(exc).__name__}: {exc}"
+    return _failures
 
 
 class Registry(Generic[T]):
@@ -17,18 +70,12 @@ class Registry(Generic[T]):
 
     Args:
         kind: What the registry holds, used in error messages ("confidence function").
-
-    Examples:
-        >>> FUNCS = Registry("function")
-        >>> @FUNCS.register("double")
-        ... def double(x):
-        ...     return 2 * x
-        >>> FUNCS.get("double")(3)
-        6
+        plugins: Load the plugin modules when a name is not found (tables that plugins fill).
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, plugins: bool = False) -> None:
         self.kind = kind
+        self.plugins = plugins
         self._items: Dict[str, T] = {}
 
     def register(self, name: Optional[str] = None, *, force: bool = False) -> Callable[[T], T]:
@@ -36,7 +83,7 @@ class Registry(Generic[T]):
 
         def add(obj: T) -> T:
             key = name or getattr(obj, "__name__")
-            if key in self._items and not force:
+            if key in self._items and not force and self._items[key] is not obj:
                 raise KeyError(f"{self.kind} {key!r} is already registered (pass force=True to replace it)")
             self._items[key] = obj
             return obj
@@ -45,17 +92,36 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         """Returns the object registered as ``name``; the error lists the known names."""
+        if name not in self._items and self.plugins:
+            load_plugins()
         try:
             return self._items[name]
         except KeyError:
             known = ", ".join(sorted(self._items)) or "none"
-            raise TinySaverError(f"unknown {self.kind} {name!r} (known: {known})") from None
+            failed = "".join(f"; plugin {p} failed to load ({why})" for p, why in _failures.items())
+            raise TinySaverError(f"unknown {self.kind} {name!r} (known: {known}){failed}") from None
+
+    def names(self) -> List[str]:
+        """Registered names (plugins loaded first)."""
+        if self.plugins:
+            load_plugins()
+        return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
+        if name not in self._items and self.plugins:
+            load_plugins()
         return name in self._items
 
     def __iter__(self) -> Iterator[str]:
-        return iter(sorted(self._items))
+        return iter(self.names())
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {sorted(self._items)})"
+
+
+CLASSIFIER_SOURCES: Registry = Registry("classifier source", plugins=True)
+DATASETS: Registry = Registry("dataset", plugins=True)
+STAGES: Registry = Registry("stage type", plugins=True)
+
+
+__all__ = ["Registry", "CLASSIFIER_SOURCES", "DATASETS", "STAGES", "PLUGIN_GROUP", "load_plugins"]

@@ -1,12 +1,12 @@
 #!/usr/bin/env python
-"""GFLOPs of a TinySaver cascade config: the saver, the base (averaged over test images, each with
-the base's own preprocessing) and the cascade at a given exit ratio.
+"""GFLOPs of a TinySaver cascade config: each stage (mmdet stages averaged over test images, each
+with the stage's own preprocessing) and the cascade for given shares of images answered per stage.
 
 Convention: GFLOPs = 2 x GMACs, as ultralytics and the paper's Table 4 report them.
 mmengine.analysis (mmdet's get_flops.py) counts one multiply-add as one "flop": its figure is doubled
 here; ultralytics' get_flops already is 2 x MACs.
 
-Usage: python tools/get_flops.py CONFIG [--images 5] [--exit-ratio 0.6] [--json OUT] [--cfg-options k=v ...]
+Usage: python tools/get_flops.py CONFIG [--images 5] [--answered 0.6 0.4] [--json OUT] [--cfg-options k=v ...]
 """
 from __future__ import annotations
 
@@ -19,9 +19,11 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("config")
-    ap.add_argument("--images", type=int, default=5, help="test images to average the base over")
-    ap.add_argument("--exit-ratio", type=float, help="also give the cascade's average GFLOPs at this r")
-    ap.add_argument("--mode", default="tensor", choices=["tensor", "predict"], help="what to trace in the base")
+    ap.add_argument("--images", type=int, default=5, help="test images to average mmdet stages over")
+    ap.add_argument("--answered", type=float, nargs="+", metavar="R",
+                    help="share of images each stage answers (summing to 1): also give the cascade's average")
+    ap.add_argument("--exit-ratio", type=float, help="two stages: the share the first answers (= --answered R 1-R)")
+    ap.add_argument("--mode", default="tensor", choices=["tensor", "predict"], help="what to trace in mmdet stages")
     ap.add_argument("--json", help="write the figures as JSON")
     ap.add_argument("--cfg-options", nargs="+", action=DictAction)
     args = ap.parse_args()
@@ -29,6 +31,7 @@ def main() -> None:
     from mmdet.registry import DATASETS, MODELS
     from mmdet.utils import register_all_modules
 
+    from tinysaver.errors import TinySaverError
     from tinysaver.io import write_json
     from tinysaver.plugins.mmdet import cascade_gflops_report
 
@@ -39,7 +42,12 @@ def main() -> None:
     detector = MODELS.build(cfg.model)
     dataset = DATASETS.build(cfg.test_dataloader.dataset)
     items = [dataset[i] for i in range(min(args.images, len(dataset)))]
-    report = cascade_gflops_report(detector, items, args.exit_ratio, args.mode)
+    answered = args.answered
+    if args.exit_ratio is not None:
+        answered = [args.exit_ratio, 1.0 - args.exit_ratio]
+    if answered is not None and (len(answered) != len(detector.stages) or abs(sum(answered) - 1) > 1e-6):
+        raise TinySaverError(f"--answered needs {len(detector.stages)} shares summing to 1, got {answered}")
+    report = cascade_gflops_report(detector, items, answered, args.mode)
     if args.json:
         write_json(args.json, report)
     print(json.dumps(report, indent=2))

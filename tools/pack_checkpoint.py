@@ -1,8 +1,8 @@
 #!/usr/bin/env python
-"""Packs a cascade config's two checkpoints into one cascade checkpoint for tools/test.py.
+"""Packs a cascade config's stage checkpoints into one cascade checkpoint for tools/test.py.
 
-The result holds the cascade's state dict (``saver_model.*`` = the YOLO weights, ``base.*`` = the
-mmdet weights) and plain metadata only, so mmengine's Runner loads it under torch's
+The result holds the cascade's state dict (``stages.<k>.*``: each stage's weights) and plain metadata
+only, so mmengine's Runner loads it under torch's
 ``weights_only`` protection like any checkpoint.
 
 Usage: python tools/pack_checkpoint.py CONFIG OUT.pth
@@ -29,9 +29,9 @@ def main() -> None:
     detector = MODELS.build(cfg.model)
     state = {k: v.detach().cpu() for k, v in detector.state_dict().items()}
     with atomic_open(args.out, "wb") as f:
-        torch.save({"state_dict": state, "meta": {"config": args.config, "saver": cfg.model.saver["checkpoint"],
-                                                  "base": cfg.model.base["checkpoint"]}}, f)
-    print(f"{args.out}: {len(state)} tensors (saver_model.* and base.*)")
+        torch.save({"state_dict": state, "meta": {"config": args.config,
+                                                  "stages": [s.get("checkpoint") for s in cfg.model.stages]}}, f)
+    print(f"{args.out}: {len(state)} tensors (stages.<k>.*)")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
 #!/usr/bin/env python
-"""Evaluate a TinySaver cascade config the mmdet way: COCO box AP (all 12 stats), exit ratio and
-the cascade's average GFLOPs per image (saver + exit-weighted base).
+"""Evaluate a TinySaver cascade config the mmdet way: COCO box AP (all 12 stats), the share of
+images each stage answered and the cascade's average GFLOPs per image (each stage's cost times the
+share of images that reached it).
 
-CHECKPOINT is a cascade checkpoint (a state dict with ``saver_model.``/``base.`` keys, loaded by
-mmengine's Runner as usual) or ``none`` to use the two checkpoints named in the config, which the
-cascade loads itself (mmengine's Runner loads one checkpoint and runs no ``init_cfg`` at test time).
+CHECKPOINT is a cascade checkpoint (a state dict with ``stages.<k>.`` keys, e.g. from
+``tools/pack_checkpoint.py``, loaded by mmengine's Runner as usual) or ``none`` to use the
+checkpoints named in the config, which the stages load themselves (mmengine's Runner loads one
+checkpoint and runs no ``init_cfg`` at test time).
 
 Examples:
   python tools/test.py configs/tinysaver/yolov8n_retinanet-r18-tiny_fashion-det.py none
@@ -18,8 +20,13 @@ import os
 import os.path as osp
 import sys
 
-COCO_ITEMS = ["mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l", "AR@100", "AR@300", "AR@1000",
-              "AR_s@1000", "AR_m@1000", "AR_l@1000"]
+
+
+def coco_items(max_dets) -> list:
+    """mmdet CocoMetric's names of the 12 COCO stats for these maxDets (its ``proposal_nums``)."""
+    a, b, c = max_dets
+    return ["mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l", f"AR@{a}", f"AR@{b}", f"AR@{c}",
+            f"AR_s@{c}", f"AR_m@{c}", f"AR_l@{c}"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -29,9 +36,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("config", help="test config file path")
     ap.add_argument("checkpoint", help="cascade checkpoint, or 'none'")
     ap.add_argument("--work-dir", help="where logs and results go (default ./work_dirs/<config name>)")
-    ap.add_argument("--threshold", type=float, help="override the config's threshold")
+    ap.add_argument("--threshold", type=float, help="override the first stage's threshold")
+    ap.add_argument("--thresholds", type=float, nargs="+", metavar="T", help="override every threshold (one per stage but the last)")
     ap.add_argument("--flops-images", type=int, default=5, help="test images the base's GFLOPs are averaged over (0: skip)")
-    ap.add_argument("--dump-records", metavar="DIR", help="run both models on every image and write detection records")
+    ap.add_argument("--dump-records", metavar="DIR", help="run every stage on every image and write one detection record per stage")
     ap.add_argument("--out-json", help="write the summary here (default WORK_DIR/tinysaver_test.json)")
     ap.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config settings, key=value")
     ap.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
@@ -39,6 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.dump_records and args.flops_images <= 0:
         ap.error("--dump-records needs --flops-images > 0: the records carry each model's GFLOPs")
+    if args.threshold is not None and args.thresholds is not None:
+        ap.error("give --threshold or --thresholds, not both")
     if "LOCAL_RANK" not in os.environ:
         os.environ["LOCAL_RANK"] = str(args.local_rank)
     return args
@@ -74,12 +84,23 @@ def build_cfg(args: argparse.Namespace):
     cfg.work_dir = args.work_dir or cfg.get("work_dir") or osp.join("./work_dirs", osp.splitext(osp.basename(args.config))[0])
     cfg.load_from = None if args.checkpoint.lower() == "none" else args.checkpoint
     if args.threshold is not None:
-        cfg.model.threshold = args.threshold
-    for ev in cfg.test_evaluator if isinstance(cfg.test_evaluator, list) else [cfg.test_evaluator]:
+        cfg.model.thresholds = [args.threshold, *cfg.model.get("thresholds", [None])[1:]]
+    if args.thresholds is not None:
+        cfg.model.thresholds = list(args.thresholds)
+    # One COCO maxDets for the live metric and for the records det-tradeoff reads back.
+    from tinysaver.detection import DEFAULT_MAX_DETS, check_max_dets
+
+    evaluators = cfg.test_evaluator if isinstance(cfg.test_evaluator, list) else [cfg.test_evaluator]
+    for ev in evaluators:
         if ev.get("type") == "CocoMetric":
-            ev.setdefault("metric_items", COCO_ITEMS)
+            ev["proposal_nums"] = list(check_max_dets(ev.get("proposal_nums", DEFAULT_MAX_DETS)))
+            ev.setdefault("metric_items", coco_items(ev["proposal_nums"]))
+            cfg.tinysaver_max_dets = ev["proposal_nums"]
+    for ev in evaluators:
+        if ev.get("type") == "TinySaverCascadeMetric":
+            ev["max_dets"] = cfg.get("tinysaver_max_dets", list(DEFAULT_MAX_DETS))
     if args.dump_records:
-        cfg.model.record_both = True
+        cfg.model.record_all = True
         _cascade_metric(cfg)["record_dir"] = args.dump_records
     return cfg
 
@@ -96,16 +117,18 @@ def main(argv=None) -> dict:
     runner = Runner.from_cfg(cfg)
     metrics = runner.test()
     detector = runner.model.module if hasattr(runner.model, "module") else runner.model  # DDP-wrapped or not
-    summary = {"config": args.config, "threshold": detector.threshold, "metrics": metrics}
+    summary = {"config": args.config, "stages": detector.stage_names, "thresholds": detector.thresholds,
+               "threshold": detector.threshold, "metrics": metrics, "max_dets": list(cfg.get("tinysaver_max_dets", []))}
     if get_rank() == 0:
         if args.flops_images > 0:
             from tinysaver.plugins.mmdet import cascade_gflops_report
 
             dataset = runner.test_dataloader.dataset
             items = [dataset[i] for i in range(min(args.flops_images, len(dataset)))]
-            summary["gflops"] = cascade_gflops_report(detector, items, metrics.get("tinysaver/exit_ratio"))
+            answered = [metrics[f"tinysaver/answered_{k}"] for k in range(len(detector.stages))]
+            summary["gflops"] = cascade_gflops_report(detector, items, answered)
             if args.dump_records:
-                _stamp_gflops(args.dump_records, summary["gflops"])
+                _stamp_records(args.dump_records, summary["gflops"])
         _print(summary)
         from tinysaver.io import write_json
 
@@ -113,31 +136,37 @@ def main(argv=None) -> dict:
     return summary
 
 
-def _stamp_gflops(record_dir: str, gflops: dict) -> None:
-    """Writes each model's measured GFLOPs into its detection record (det-tradeoff's cost axis)."""
+def _stamp_records(record_dir: str, gflops: dict) -> None:
+    """Writes each stage's name and measured GFLOPs into its detection record (det-tradeoff's cost
+    axis); the files are named saver/base (two stages) or stage0, stage1… ."""
     from dataclasses import replace
 
     from tinysaver.detection import load_det_record, save_det_record
+    from tinysaver.plugins.mmdet import default_stage_names
 
-    for key in ("saver", "base"):
-        path = osp.join(record_dir, f"{key}.npz")
-        save_det_record(path, replace(load_det_record(path), gflops=gflops[f"{key}_gflops"]))
+    stages = gflops["stages"]
+    for file_name, stage in zip(default_stage_names(len(stages)), stages):
+        path = osp.join(record_dir, f"{file_name}.npz")
+        save_det_record(path, replace(load_det_record(path), name=stage["name"], gflops=stage["gflops"]))
 
 
 def _print(summary: dict) -> None:
     m = summary["metrics"]
-    print(f"\nTinySaver cascade {summary['config']} (threshold {summary['threshold']:g})")
-    for key in COCO_ITEMS:
+    chain = " → ".join(summary["stages"])
+    thresholds = ", ".join(f"{t:g}" for t in summary["thresholds"])
+    print(f"\nTinySaver cascade {summary['config']}\n  {chain}  (thresholds {thresholds})")
+    for key in coco_items(summary["max_dets"]) if summary["max_dets"] else []:
         name = f"coco/bbox_{key}"
         if name in m:
             print(f"  {name:<24} {m[name]:.4f}")
-    print(f"  {'exit ratio':<24} {m.get('tinysaver/exit_ratio', float('nan')):.4f}  over {int(m.get('tinysaver/images', 0))} images")
+    print(f"  {'images':<24} {int(m.get('tinysaver/images', 0))}")
     g = summary.get("gflops")
-    if g:
-        print(f"  {'saver GFLOPs':<24} {g['saver_gflops']:.3f}  (imgsz {g['saver_imgsz']})")
-        print(f"  {'base GFLOPs':<24} {g['base_gflops']:.3f}  (avg over {g['base_images']} images)")
-        if "cascade_gflops" in g:
-            print(f"  {'cascade GFLOPs':<24} {g['cascade_gflops']:.3f}  = saver + (1 - r) * base   [{g['convention']}]")
+    for k, name in enumerate(summary["stages"]):
+        cost = f"  {g['stages'][k]['gflops']:.3f} GFLOPs" if g else ""
+        print(f"  {'answered by ' + name:<24} {m.get(f'tinysaver/answered_{k}', float('nan')):.4f}{cost}")
+    if g and "cascade_gflops" in g:
+        print(f"  {'cascade GFLOPs':<24} {g['cascade_gflops']:.3f}  (each stage x share of images reaching it; "
+              f"GFLOPs averaged over {g['images']} images) [{g['convention']}]")
     sys.stdout.flush()
 
 

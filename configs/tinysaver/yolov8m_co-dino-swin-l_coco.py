@@ -3,4 +3,7 @@
 _base_ = ['_base_/co-dino-swin-l_coco.py']
 
 ckpt_dir = '{{$CKPT_DIR:checkpoints}}'
-model = dict(saver=dict(checkpoint=ckpt_dir + '/yolov8m.pt'))
+model = dict(stages=[
+    dict(type='yolo', name='yolov8m', checkpoint=ckpt_dir + '/yolov8m.pt', imgsz=640, conf=0.001, iou=0.7, max_det=300),
+    {{_base_.co_dino_stage}},
+])

@@ -4,7 +4,7 @@ Paper Table 4, computed from the two models' saved detections, without running a
 
 The records come from `tools/test.py CONFIG none --dump-records DIR` (saver.npz, base.npz).
 The image-level confidence is computed from the saver's box scores (default: mean score of the
-boxes above 0.05; an image with none goes to the base).
+boxes scoring at least 0.05; an image with none goes to the base).
 
 On COCO: --ann data/coco/annotations/instances_val2017.json with the records of your models.
 
@@ -23,7 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--saver", required=True, help="saver detection record")
     p.add_argument("--base", required=True, help="base detection record")
     p.add_argument("--confidence", default="mean_box_score", help="mean_box_score, max_box_score or box_count")
-    p.add_argument("--min-score", type=float, default=0.05, help="boxes at or below this score are ignored")
+    p.add_argument("--min-score", type=float, default=0.05,
+                   help="boxes scoring below this are ignored; exactly this counts (default 0.05, the paper's)")
     p.add_argument("--thresholds", type=float, nargs=3, default=[0.0, 1.0, 0.02], metavar=("START", "STOP", "STEP"),
                    help="grid, STOP included (default 0 1 0.02)")
     p.add_argument("--json", metavar="OUT.json")

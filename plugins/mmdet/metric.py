@@ -1,0 +1,99 @@
+"""``TinySaverCascadeMetric``: what share of the images each stage answered, the cascade's average
+GFLOPs per image and, optionally, one detection record per stage for ``tinysaver det-tradeoff``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+from mmengine.evaluator import BaseMetric
+
+from mmdet.registry import METRICS
+
+from tinysaver.detection import DEFAULT_MAX_DETS, DetRecord, save_det_record
+from tinysaver.errors import TinySaverError
+
+
+def cascade_cost(answered: Sequence[float], stage_gflops: Sequence[float]) -> float:
+    """Average cost per image: every image pays each stage it reached, ``Σ_k reach_k · gflops_k``
+    where ``reach_k`` is the share of images answered at stage k or later."""
+    reach = 1.0 - np.concatenate(([0.0], np.cumsum(answered)[:-1]))
+    return float(np.dot(reach, stage_gflops))
+
+
+@METRICS.register_module()
+class TinySaverCascadeMetric(BaseMetric):
+    """Share answered per stage and average GFLOPs of the cascade; optionally detection records.
+
+    Args:
+        stage_gflops: Each stage's GFLOPs per image (``tools/get_flops.py``), or None.
+        record_dir: Write one detection record per stage here (needs the detector's
+            ``record_all=True``; ``tools/test.py --dump-records`` sets both).
+        record_names: File names of the records (default ``saver``/``base`` for two stages,
+            ``stage0``… otherwise).
+        ann_file: COCO annotations: the category id of each class index is looked up by class name,
+            as ``CocoMetric`` does (needed for the records unless ``cat_ids`` is given).
+        cat_ids: COCO category id of each class index, explicitly.
+        max_dets: The COCO maxDets the config's ``CocoMetric`` evaluates with (its
+            ``proposal_nums``), stored in the records so ``det-tradeoff`` evaluates alike
+            (``tools/test.py`` sets it).
+    """
+
+    default_prefix = "tinysaver"
+
+    def __init__(self, stage_gflops: Optional[Sequence[float]] = None, record_dir: Optional[str] = None,
+                 record_names: Optional[Sequence[str]] = None, ann_file: Optional[str] = None,
+                 cat_ids: Optional[Sequence[int]] = None, max_dets: Sequence[int] = DEFAULT_MAX_DETS,
+                 collect_device: str = "cpu", prefix: Optional[str] = None) -> None:
+        super().__init__(collect_device=collect_device, prefix=prefix)
+        self.stage_gflops = None if stage_gflops is None else [float(g) for g in stage_gflops]
+        self.record_dir, self.record_names = record_dir, record_names
+        self.ann_file, self.cat_ids = ann_file, cat_ids
+        self.max_dets = tuple(max_dets)
+
+    def process(self, data_batch: Any, data_samples: Sequence[dict]) -> None:
+        for ds in data_samples:
+            row = {"img_id": int(ds["img_id"]), "stage": int(ds["tinysaver_stage"]), "conf": float(ds["tinysaver_conf"])}
+            if self.record_dir:
+                if "tinysaver_stage_dets" not in ds:
+                    raise TinySaverError("TinySaverCascadeMetric(record_dir=...) needs the detector's record_all=True")
+                row["dets"] = [tuple(np.asarray(a) for a in d) for d in ds["tinysaver_stage_dets"]]
+            self.results.append(row)
+
+    def compute_metrics(self, results: List[dict]) -> Dict[str, float]:
+        results = sorted(results, key=lambda r: r["img_id"])
+        stages = np.array([r["stage"] for r in results])
+        n_stages = max(len(self.stage_gflops or []), int(stages.max()) + 1, 2)
+        answered = [float(np.mean(stages == k)) for k in range(n_stages)]
+        metrics: Dict[str, float] = {"exit_ratio": answered[0], "images": float(len(results))}
+        metrics.update({f"answered_{k}": a for k, a in enumerate(answered)})
+        if self.stage_gflops is not None:
+            metrics.update({f"stage{k}_gflops": g for k, g in enumerate(self.stage_gflops)})
+            metrics["cascade_gflops"] = cascade_cost(answered, self.stage_gflops)
+        if self.record_dir:
+            self._write_records(results)
+        return metrics
+
+    def _write_records(self, results: List[dict]) -> None:
+        from .detector import default_stage_names
+
+        ids = [r["img_id"] for r in results]
+        cat_ids = self.cat_ids
+        if cat_ids is None:
+            if not (self.ann_file and self.dataset_meta):
+                raise TinySaverError("TinySaverCascadeMetric needs ann_file (or cat_ids) to write records")
+            from mmdet.datasets.api_wrappers import COCO
+
+            cat_ids = COCO(self.ann_file).get_cat_ids(cat_names=self.dataset_meta["classes"])
+        n_stages = len(results[0]["dets"])
+        names = list(self.record_names or default_stage_names(n_stages))
+        for k in range(n_stages):
+            gflops = self.stage_gflops[k] if self.stage_gflops else 0.0
+            rec = DetRecord.from_lists(names[k], gflops, ids, [r["dets"][k][0] for r in results],
+                                       [r["dets"][k][1] for r in results], [r["dets"][k][2] for r in results], cat_ids)
+            rec.max_dets = self.max_dets
+            save_det_record(Path(self.record_dir) / f"{names[k]}.npz", rec)
+
+
+__all__ = ["TinySaverCascadeMetric", "cascade_cost"]
