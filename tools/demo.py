@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from tinysaver.pipeline import ModelSpec, PipelineConfig, Split, run_pipeline
+from tinysaver.report import summary_console
 from tinysaver.plugins.datasets import ArrayImageDataset, load_fashion_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,8 +48,7 @@ def main() -> None:
                          select_split=split("train", augment=True), calib_splits=[split("holdout")],
                          report_split=split("test"), out_dir=Path(args.out), batch_size=256, device=args.device,
                          speed_batch_sizes=(1, 64), speed_samples={1: 300, 64: 2048}, force=args.force)
-    run_pipeline(cfg)
-    print((Path(args.out) / "summary.md").read_text())
+    print(summary_console(run_pipeline(cfg)))  # summary.md keeps the full markdown tables
     print(f"Tables, plots and records: {args.out}")
     if args.lite_views:
         subprocess.run([sys.executable, str(ROOT / "tools" / "eval_efficientnet_lite.py"), "--views", str(args.lite_views),

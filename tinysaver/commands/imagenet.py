@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from tinysaver.plugins.timm import RANDOM_INIT, check_weights
 
     from ..pipeline import ModelSpec, PipelineConfig, Split, run_pipeline
+    from ..report import summary_console
     from .record import build_dataset
 
     specs = [ModelSpec.parse(args.base), *(ModelSpec.parse(s) for s in args.savers)]
@@ -75,6 +76,6 @@ def run(args: argparse.Namespace) -> int:
         report_split=split(args.val_split), out_dir=Path(args.out), batch_size=args.batch_size,
         workers=args.workers, device=args.device, amp=args.amp, channels_last=args.channels_last,
         live_check=not args.no_live_check, force=args.force)
-    run_pipeline(cfg)
-    print((Path(args.out) / "summary.md").read_text())
+    print(summary_console(run_pipeline(cfg)))
+    print(f"Tables, plots and records: {args.out}")
     return 0

@@ -3,8 +3,10 @@
 Give records of the base and of each candidate on the same split (the paper uses the augmented
 training split). ΔC = C_S/C_B − r_match: below 0 the saver cuts cost at no accuracy loss there.
 
-Example:
-  tinysaver select --base base_train.npz --saver a_train.npz b_train.npz --json ranking.json
+Example (the demo's records of the augmented training split):
+  tinysaver select --base outputs/fashion_mnist/records/fmnist_cnn_l_train_aug.npz \\
+      --saver outputs/fashion_mnist/records/fmnist_cnn_s_train_aug.npz \\
+      outputs/fashion_mnist/records/fmnist_cnn_m_train_aug.npz --json ranking.json
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     from ..analysis import rank_savers
     from ..io import write_json, write_text
     from ..records import load_record
-    from ..report import selection_markdown
+    from ..report import selection_console, selection_markdown
 
     base = load_record(args.base)
     savers = [load_record(path) for path in args.saver]
@@ -32,5 +34,5 @@ def run(args: argparse.Namespace) -> int:
         write_json(args.json, [s.to_json() for s in ranking])
     if args.markdown:
         write_text(args.markdown, table)
-    print(table, end="")
+    print(selection_console(base.name, ranking), end="")
     return 0

@@ -5,9 +5,14 @@ threshold, plus the max-performance point. With --calib-base/--calib-saver the t
 on that split and the accuracy and cost are measured on --base/--saver (the honest mode); without,
 they are chosen on the reported split itself, as in the paper.
 
-Example:
-  tinysaver tradeoff --base base_val.npz --saver s_val.npz \\
-      --calib-base base_train.npz --calib-saver s_train.npz --json row.json --plot row.png
+The terminal gets a compact table (cost vs the base and measured accuracy per allowed drop, ✗ where
+a calibrated threshold missed its target); --markdown/--json/--curve-csv/--plot write the files.
+
+Example (the demo's records: thresholds chosen on holdout, reported on test):
+  tinysaver tradeoff --base outputs/fashion_mnist/records/fmnist_cnn_l_test.npz \\
+      --saver outputs/fashion_mnist/records/fmnist_cnn_m_test.npz \\
+      --calib-base outputs/fashion_mnist/records/fmnist_cnn_l_holdout.npz \\
+      --calib-saver outputs/fashion_mnist/records/fmnist_cnn_m_holdout.npz --json row.json --plot row.png
 """
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import TinySaverError
     from ..io import write_json, write_text
     from ..records import load_record
-    from ..report import curve_table, plot_tradeoff, tradeoff_markdown, write_csv
+    from ..report import curve_table, plot_tradeoff, tradeoff_console, tradeoff_markdown, write_csv
 
     if (args.calib_base is None) != (args.calib_saver is None):
         raise TinySaverError("--calib-base and --calib-saver go together")
@@ -52,5 +57,5 @@ def run(args: argparse.Namespace) -> int:
         write_csv(args.curve_csv, curve_table(curve))
     if args.plot:
         plot_tradeoff(curve, result, args.plot)
-    print(table, end="")
+    print(tradeoff_console([result]), end="")
     return 0
