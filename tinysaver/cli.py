@@ -23,6 +23,7 @@ COMMANDS = {
     "record": "tinysaver.commands.record",
     "imagenet": "tinysaver.commands.imagenet",
     "det-tradeoff": "tinysaver.commands.det_tradeoff",
+    "export": "tinysaver.commands.export",
 }
 
 

