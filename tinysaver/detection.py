@@ -8,8 +8,10 @@ Record format (``.npz``): ``image_ids`` int [M] (COCO image ids, in dataset orde
 int [K] (row into image_ids), ``det_boxes`` float [K, 4] (xyxy, original image coordinates),
 ``det_scores`` float [K], ``det_labels`` int [K] (class index in the dataset's order), ``cat_ids``
 int [C] (COCO category id of each class index), ``name`` str, ``gflops`` float (per image, 2 FLOPs
-per multiply-add), ``kind`` = "detection", optional ``max_dets`` int [3] (the COCO ``maxDets`` of the
-evaluation that produced it).
+per multiply-add: the average of ``image_gflops`` when present), ``kind`` = "detection", optional
+``max_dets`` int [3] (the COCO ``maxDets`` of the evaluation that produced it), optional
+``image_gflops`` float [M] (the model's GFLOPs on each image, at the size it actually ran at: a
+cascade's cost is then the sum over the images of the stages each one reached).
 
 COCO ``maxDets``: pycocotools' default is (1, 10, 100); mmdet's ``CocoMetric`` uses (100, 300, 1000)
 (its ``proposal_nums``), and AP is computed at the last value. For the same detections,
@@ -72,6 +74,7 @@ class DetRecord:
     cat_ids: np.ndarray
     path: Optional[str] = None
     max_dets: Optional[Tuple[int, int, int]] = None
+    image_gflops: Optional[np.ndarray] = None
 
     def __post_init__(self) -> None:
         fail = lambda p: RecordError(self.path, p)  # noqa: E731
@@ -89,6 +92,18 @@ class DetRecord:
             raise fail(f"det_labels outside 0..{len(self.cat_ids) - 1} ({len(self.cat_ids)} classes)")
         if self.max_dets is not None:
             self.max_dets = check_max_dets(self.max_dets, self.path)
+        if self.image_gflops is not None:
+            self.image_gflops = np.asarray(self.image_gflops, dtype=np.float64)
+            if self.image_gflops.shape != self.image_ids.shape or not np.all(np.isfinite(self.image_gflops)) \
+                    or (self.image_gflops < 0).any():
+                raise fail(f"image_gflops must hold one finite cost >= 0 per image ({len(self.image_ids)}), "
+                           f"got shape {self.image_gflops.shape}")
+
+    def cost_per_image(self) -> np.ndarray:
+        """``[M]`` GFLOPs of this model on each image (``image_gflops``, else ``gflops`` everywhere)."""
+        if self.image_gflops is not None:
+            return self.image_gflops
+        return np.full(len(self.image_ids), float(self.gflops))
 
     @classmethod
     def from_lists(cls, name: str, gflops: float, image_ids: Sequence[int], boxes: Sequence[np.ndarray],
@@ -127,6 +142,8 @@ def coco_stat_names(max_dets: Sequence[int] = DEFAULT_MAX_DETS) -> Tuple[str, ..
 def save_det_record(path: PathLike, rec: DetRecord) -> Path:
     path = Path(path)
     extra = {} if rec.max_dets is None else {"max_dets": np.asarray(rec.max_dets, dtype=np.int64)}
+    if rec.image_gflops is not None:
+        extra["image_gflops"] = np.asarray(rec.image_gflops, dtype=np.float64)
     with atomic_open(path, "wb") as f:
         np.savez(f, name=np.str_(rec.name), gflops=np.float64(rec.gflops), kind=np.str_("detection"),
                  **{k: getattr(rec, k) for k in _ARRAYS}, **extra)
@@ -137,7 +154,7 @@ def load_det_record(path: PathLike) -> DetRecord:
     data = read_npz(path, (*_ARRAYS, "name", "gflops"), kind="detection record")
     max_dets = tuple(data["max_dets"].tolist()) if "max_dets" in data else None
     return DetRecord(name=str(data["name"]), gflops=float(data["gflops"]), path=str(path), max_dets=max_dets,
-                     **{k: data[k] for k in _ARRAYS})
+                     image_gflops=data.get("image_gflops"), **{k: data[k] for k in _ARRAYS})
 
 
 def check_det_pair(saver: DetRecord, base: DetRecord) -> None:
@@ -206,13 +223,25 @@ class CocoScorer:
         with contextlib.redirect_stdout(io.StringIO()):
             self.gt = COCO(str(ann_file))
 
-    def stats(self, dets: Dict[str, np.ndarray], image_ids: np.ndarray, cat_ids: np.ndarray) -> Dict[str, float]:
-        """The 12 COCO stats (AP in [0, 1]) of ``dets`` over ``image_ids``."""
+    def params(self, image_ids: np.ndarray):
+        """pycocotools' evaluation parameters over ``image_ids`` (sorted, as ``evaluate`` sorts them)."""
         from pycocotools.cocoeval import COCOeval
 
-        boxes = dets["boxes"].astype(np.float64)
-        rows = np.column_stack([image_ids[dets["image"]], boxes[:, 0], boxes[:, 1], boxes[:, 2] - boxes[:, 0],
-                                boxes[:, 3] - boxes[:, 1], dets["scores"], cat_ids[dets["labels"]]])
+        p = COCOeval(self.gt, iouType="bbox").params
+        p.imgIds = list(np.unique([int(i) for i in image_ids]))
+        p.catIds = list(np.unique(p.catIds))
+        p.maxDets = sorted(self.max_dets)
+        return p
+
+    def sweep(self, records: Sequence[DetRecord]) -> "CocoSweep":
+        """Evaluates each record once, for the stats of any mix of them (:class:`CocoSweep`)."""
+        return CocoSweep(self, records)
+
+    def stats(self, dets: Dict[str, np.ndarray], image_ids: np.ndarray, cat_ids: np.ndarray) -> Dict[str, float]:
+        """The 12 COCO stats (AP in [0, 1]) of ``dets`` over ``image_ids`` (one full ``COCOeval``)."""
+        from pycocotools.cocoeval import COCOeval
+
+        rows = _coco_rows(image_ids, cat_ids, dets)
         with contextlib.redirect_stdout(io.StringIO()):
             dt = self.gt.loadRes(rows) if len(rows) else None
             if dt is None:
@@ -226,20 +255,241 @@ class CocoScorer:
         return {k: float(v) for k, v in zip(self.stat_names, ev.stats)}
 
 
-def det_tradeoff(ann_file: PathLike, saver: DetRecord, base: DetRecord, thresholds: Sequence[float],
+def _record_dets(rec: DetRecord) -> Dict[str, np.ndarray]:
+    return {"image": rec.det_image, "boxes": rec.det_boxes, "scores": rec.det_scores, "labels": rec.det_labels}
+
+
+def _coco_rows(image_ids: np.ndarray, cat_ids: np.ndarray, dets: Dict[str, np.ndarray]) -> np.ndarray:
+    """Detections as pycocotools' ``loadRes`` rows: image id, x, y, w, h, score, category id."""
+    boxes = dets["boxes"].astype(np.float64)
+    return np.column_stack([image_ids[dets["image"]], boxes[:, 0], boxes[:, 1], boxes[:, 2] - boxes[:, 0],
+                            boxes[:, 3] - boxes[:, 1], dets["scores"], cat_ids[dets["labels"]]])
+
+
+class CocoSweep:
+    """COCO stats of any mix of detection records without evaluating again: each record is matched
+    once, each mix only re-accumulated.
+
+    COCO matching is per image and category, so the cascade's per-image results on an image are
+    those of the model that answered it. Each record is evaluated once by pycocotools
+    (``COCOeval.evaluate``: one result per category, area range and image); :meth:`stats` picks, for
+    every image, the results of the record ``stage_of_image`` names and runs pycocotools'
+    ``accumulate`` algorithm on them, vectorised: the same stable order (score, then image, then
+    rank in the image), the same float64 arithmetic, the precision envelope as a reversed running
+    maximum (exact), then pycocotools' own ``summarize``. The 12 stats equal a full ``COCOeval`` of
+    the mixed detections (:meth:`CocoScorer.stats`); ``bench/bench_det_sweep.py`` measures the
+    speed-up, ``tests/test_det_sweep.py`` the equality.
+
+    Args:
+        scorer: The ground truth and maxDets.
+        records: The models (same images in the same order, same classes).
+
+    Examples:
+        >>> sweep = CocoSweep(CocoScorer("instances_val.json"), [saver, base])  # doctest: +SKIP
+        >>> sweep.stats(np.where(conf >= 0.5, 0, 1))["AP"]                      # doctest: +SKIP
+    """
+
+    def __init__(self, scorer: "CocoScorer", records: Sequence[DetRecord]) -> None:
+        for rec in records[1:]:
+            check_det_pair(records[0], rec)
+        ids = records[0].image_ids
+        if len(np.unique(ids)) != len(ids):
+            raise RecordError(records[0].path, "an image id appears twice: COCO evaluates each image once")
+        self.scorer, self.records = scorer, list(records)
+        self.image_ids = np.asarray(ids)
+        #: position of each record image in pycocotools' sorted image list
+        self.sorted_pos = np.argsort(np.argsort(self.image_ids, kind="stable"), kind="stable")
+        #: detections of each record on each image (to tell "no detection at all" apart)
+        self.det_counts = np.stack([np.bincount(r.det_image, minlength=len(ids)) for r in records])
+        self.params = scorer.params(ids)
+        per_model = [self._evaluate(rec) for rec in records]
+        self._merge(per_model)
+
+    # --- once per record ---------------------------------------------------------------------------
+    def _evaluate(self, rec: DetRecord) -> Dict[str, object]:
+        """pycocotools' per-image evaluation of one record, as flat arrays per (category, area)."""
+        from pycocotools.cocoeval import COCOeval
+
+        n_cat, n_area, n_img = len(self.params.catIds), len(self.params.areaRng), len(self.params.imgIds)
+        t = len(self.params.iouThrs)
+        out: Dict[str, object] = {"npig": np.zeros((n_cat, n_area), np.int64),
+                                  "npig_image": np.zeros((n_cat, n_img), np.int64), "evaluated": False}
+        rows = _coco_rows(rec.image_ids, rec.cat_ids, _record_dets(rec))
+        if len(rows):
+            with contextlib.redirect_stdout(io.StringIO()):
+                ev = COCOeval(self.scorer.gt, self.scorer.gt.loadRes(rows), "bbox")
+                ev.params.imgIds = [int(i) for i in rec.image_ids]
+                ev.params.maxDets = list(self.scorer.max_dets)
+                ev.evaluate()
+            evals, out["evaluated"] = ev.evalImgs, True
+        else:  # no detection at all: nothing to match (the ground truth counts come from another record)
+            evals = [None] * (n_cat * n_area * n_img)
+        for k in range(n_cat):
+            scores, image, rank = [], [], []
+            tp: List[List[np.ndarray]] = [[] for _ in range(n_area)]
+            fp: List[List[np.ndarray]] = [[] for _ in range(n_area)]
+            for a in range(n_area):
+                base = (k * n_area + a) * n_img
+                for i in range(n_img):
+                    e = evals[base + i]
+                    if e is None:
+                        continue
+                    gt_kept = int(np.count_nonzero(np.asarray(e["gtIgnore"]) == 0))
+                    out["npig"][k, a] += gt_kept
+                    if a == 0:
+                        out["npig_image"][k, i] = gt_kept
+                    n = len(e["dtScores"])
+                    if n == 0:
+                        continue
+                    if a == 0:  # the detections and their order are the same for every area range
+                        scores.append(np.asarray(e["dtScores"], dtype=np.float64))
+                        image.append(np.full(n, i, np.int64))
+                        rank.append(np.arange(n, dtype=np.int64))
+                    matched, ignored = e["dtMatches"] != 0, e["dtIgnore"] != 0
+                    tp[a].append(matched & ~ignored)
+                    fp[a].append(~matched & ~ignored)
+            cat = lambda xs, dtype: np.concatenate(xs) if xs else np.zeros(0, dtype)  # noqa: E731
+            out[k] = {"score": cat(scores, np.float64), "image": cat(image, np.int64), "rank": cat(rank, np.int64),
+                      "tp": [np.concatenate(x, axis=1) if x else np.zeros((t, 0), bool) for x in tp],
+                      "fp": [np.concatenate(x, axis=1) if x else np.zeros((t, 0), bool) for x in fp]}
+        return out
+
+    def _merge(self, per_model: List[Dict[str, object]]) -> None:
+        """All records' detections of each category in one array, in pycocotools' accumulate order."""
+        evaluated = [m for m in per_model if m["evaluated"]] or per_model[:1]
+        npig = evaluated[0]["npig"]
+        for other in evaluated[1:]:  # ground truth only: the same for every record
+            assert np.array_equal(other["npig"], npig)
+        self.npig = npig  # [K, A] kept ground truth per category and area range
+        self.npig_image = evaluated[0]["npig_image"]  # [K, I] kept ground truth per image (area "all")
+        self.cats = []
+        for k in range(npig.shape[0]):
+            parts = [m[k] for m in per_model]
+            score = np.concatenate([p["score"] for p in parts])
+            image = np.concatenate([p["image"] for p in parts])
+            rank = np.concatenate([p["rank"] for p in parts])
+            model = np.concatenate([np.full(len(p["score"]), j, np.int64) for j, p in enumerate(parts)])
+            # pycocotools: per image, detections by score (stable); images concatenated in id
+            # order; then a stable sort by score: ties go by image, then by rank in the image.
+            order = np.lexsort((rank, image, -score))
+            self.cats.append({
+                "score": score[order], "image": image[order], "rank": rank[order], "model": model[order],
+                "tp": [np.concatenate([p["tp"][a] for p in parts], axis=1)[:, order] for a in range(npig.shape[1])],
+                "fp": [np.concatenate([p["fp"][a] for p in parts], axis=1)[:, order] for a in range(npig.shape[1])]})
+
+    # --- per mix ------------------------------------------------------------------------------------
+    def stats(self, stage_of_image: np.ndarray) -> Dict[str, float]:
+        """The 12 COCO stats of the detections of record ``stage_of_image[i]`` on image i.
+
+        Args:
+            stage_of_image: ``[M]`` record index per image (record order).
+
+        Returns:
+            The stats (AP in [0, 1]) of :meth:`CocoScorer.stats` on the mixed detections.
+        """
+        stage = np.asarray(stage_of_image, dtype=np.int64)
+        if stage.shape != self.image_ids.shape or stage.min() < 0 or stage.max() >= len(self.records):
+            raise TinySaverError(f"stage_of_image needs {len(self.image_ids)} record indices in 0..{len(self.records) - 1}")
+        if self.det_counts[stage, np.arange(len(stage))].sum() == 0:
+            return {k: 0.0 for k in self.scorer.stat_names}  # as CocoScorer: nothing to evaluate
+        by_sorted_image = np.empty_like(stage)
+        by_sorted_image[self.sorted_pos] = stage
+        precision, recall = self._accumulate(by_sorted_image)
+        return self._summarize(precision, recall)
+
+    def _accumulate(self, stage: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        p = self.params
+        rec_thrs = np.asarray(p.recThrs)
+        max_dets = list(p.maxDets)
+        t, r, k_n, a_n, m_n = len(p.iouThrs), len(rec_thrs), len(self.cats), len(p.areaRng), len(max_dets)
+        precision = -np.ones((t, r, k_n, a_n, m_n))
+        recall = -np.ones((t, k_n, a_n, m_n))
+        for k, cat in enumerate(self.cats):
+            chosen = cat["model"] == stage[cat["image"]]
+            ranks = cat["rank"][chosen]
+            # one accumulation serves every maxDets that cuts no chosen detection
+            cuts = [m for m in range(m_n) if ranks.size and ranks.max() >= max_dets[m]]
+            for a in range(a_n):
+                npig = int(self.npig[k, a])
+                if npig == 0:
+                    continue  # pycocotools leaves -1: no ground truth in this category and area
+                tp_all, fp_all = cat["tp"][a][:, chosen], cat["fp"][a][:, chosen]
+                done = None
+                for m in range(m_n):
+                    if m in cuts:
+                        keep = ranks < max_dets[m]
+                        q, rc = _precision_recall(tp_all[:, keep], fp_all[:, keep], npig, rec_thrs)
+                    else:
+                        done = done or _precision_recall(tp_all, fp_all, npig, rec_thrs)
+                        q, rc = done
+                    precision[:, :, k, a, m], recall[:, k, a, m] = q, rc
+        return precision, recall
+
+    def _summarize(self, precision: np.ndarray, recall: np.ndarray) -> Dict[str, float]:
+        from pycocotools.cocoeval import COCOeval
+
+        ev = COCOeval(iouType="bbox")
+        ev.params = self.params
+        ev.eval = {"params": self.params, "precision": precision, "recall": recall}
+        with contextlib.redirect_stdout(io.StringIO()):
+            ev.summarize()
+        return {k: float(v) for k, v in zip(self.scorer.stat_names, ev.stats)}
+
+
+def _precision_recall(tps: np.ndarray, fps: np.ndarray, npig: int, rec_thrs: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """pycocotools' accumulate for one category, area range and maxDets: ``[T, R]`` interpolated
+    precision and ``[T]`` recall, from the detections' TP/FP flags in score order."""
+    tp = np.cumsum(tps, axis=1).astype(float)
+    fp = np.cumsum(fps, axis=1).astype(float)
+    nd = tp.shape[1]
+    if nd == 0:
+        return np.zeros((tp.shape[0], len(rec_thrs))), np.zeros(tp.shape[0])
+    rc = tp / npig
+    pr = tp / (fp + tp + np.spacing(1))
+    pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]  # precision envelope, exact
+    q = np.zeros((tp.shape[0], len(rec_thrs)))
+    for row in range(tp.shape[0]):
+        inds = np.searchsorted(rc[row], rec_thrs, side="left")
+        ok = inds < nd
+        q[row, ok] = pr[row, inds[ok]]
+    return q, rc[:, -1]
+
+
+def exact_thresholds(conf: np.ndarray) -> np.ndarray:
+    """Every distinct exit set of a confidence: each distinct value (images at or above it exit),
+    then +inf (nothing exits). A sweep over these is exact: no threshold between them changes
+    which images exit."""
+    return np.append(np.unique(np.asarray(conf, dtype=np.float64)), np.inf)
+
+
+def det_tradeoff(ann_file: PathLike, saver: DetRecord, base: DetRecord, thresholds: Union[Sequence[float], str],
                  confidence: str = "mean_box_score", min_score: float = MIN_BOX_SCORE, progress: bool = True,
                  max_dets: Optional[Sequence[int]] = None) -> Dict[str, object]:
     """COCO AP and average GFLOPs of the cascade at each threshold, plus each model alone.
 
-    Thresholds that let the same images exit share one evaluation. ``max_dets`` defaults to the
-    records' own (what ``tools/test.py`` evaluated with), else :data:`DEFAULT_MAX_DETS`.
+    Each model's detections are matched to the ground truth once (:class:`CocoSweep`); each threshold
+    only re-accumulates, and thresholds that let the same images exit share one accumulation. The
+    cost of a threshold is the mean over images of the saver's cost plus, on the images that do not
+    exit, the base's (per image when the records carry ``image_gflops``).
+
+    Args:
+        thresholds: The grid, or ``"all"``: every distinct exit set (:func:`exact_thresholds`).
+        max_dets: Defaults to the records' own (what ``tools/test.py`` evaluated with), else
+            :data:`DEFAULT_MAX_DETS`.
     """
     from tqdm import tqdm
+
+    from .analysis import threshold_to_json
 
     check_det_pair(saver, base)
     max_dets = max_dets or saver.max_dets or base.max_dets or DEFAULT_MAX_DETS
     conf = build_confidence(confidence, min_score=min_score)(saver.scores_per_image())
-    scorer = CocoScorer(ann_file, max_dets)
+    if isinstance(thresholds, str):
+        if thresholds != "all":
+            raise TinySaverError(f"thresholds must be numbers or 'all', got {thresholds!r}")
+        thresholds = exact_thresholds(conf)
+    sweep = CocoScorer(ann_file, max_dets).sweep([saver, base])
+    saver_cost, base_cost = saver.cost_per_image(), base.cost_per_image()
     cache: Dict[int, Dict[str, float]] = {}
     rows = []
     order = np.sort(conf)
@@ -247,14 +497,14 @@ def det_tradeoff(ann_file: PathLike, saver: DetRecord, base: DetRecord, threshol
         exits = conf >= t
         n_exit = int(len(order) - np.searchsorted(order, t, side="left"))
         if n_exit not in cache:  # the exit set is determined by its size
-            cache[n_exit] = scorer.stats(cascade_detections(saver, base, exits), saver.image_ids, saver.cat_ids)
-        r = n_exit / len(conf)
-        rows.append({"threshold": float(t), "exit_ratio": r, "gflops": saver.gflops + (1 - r) * base.gflops,
-                     **cache[n_exit]})
-    alone = lambda rec: scorer.stats(cascade_detections(rec, rec, np.ones(len(conf), bool)), rec.image_ids, rec.cat_ids)  # noqa: E731
-    return {"saver": {"name": saver.name, "gflops": saver.gflops, **alone(saver)},
-            "base": {"name": base.name, "gflops": base.gflops, **alone(base)},
-            "confidence": confidence, "min_score": min_score, "max_dets": list(scorer.max_dets),
+            cache[n_exit] = sweep.stats(np.where(exits, 0, 1))
+        rows.append({"threshold": threshold_to_json(t), "exit_ratio": n_exit / len(conf),
+                     "gflops": float(np.mean(saver_cost + np.where(exits, 0.0, base_cost))), **cache[n_exit]})
+    every = np.ones(len(conf), np.int64)
+    return {"saver": {"name": saver.name, "gflops": float(saver_cost.mean()), **sweep.stats(0 * every)},
+            "base": {"name": base.name, "gflops": float(base_cost.mean()), **sweep.stats(every)},
+            "confidence": confidence, "min_score": min_score, "max_dets": list(sweep.scorer.max_dets),
+            "cost": "per image" if saver.image_gflops is not None or base.image_gflops is not None else "per model",
             "images": int(len(conf)), "rows": rows}
 
 
@@ -265,9 +515,17 @@ def det_tradeoff_markdown(result: Dict[str, object]) -> str:
              f"| - | {s['name']} | {s['AP'] * 100:.1f} | {s['AP50'] * 100:.1f} | {s['gflops']:.2f} | - |",
              f"| - | {b['name']} | {b['AP'] * 100:.1f} | {b['AP50'] * 100:.1f} | {b['gflops']:.2f} | - |"]
     for row in result["rows"]:
-        lines.append(f"| TinySaver (t = {row['threshold']:.2f}) | {s['name']} → {b['name']} | {row['AP'] * 100:.1f} | "
+        t = float(row["threshold"])
+        lines.append(f"| TinySaver (t = {_threshold_text(t)}) | {s['name']} → {b['name']} | {row['AP'] * 100:.1f} | "
                      f"{row['AP50'] * 100:.1f} | {row['gflops']:.2f} | {row['exit_ratio']:.3f} |")
     return "\n".join(lines) + "\n"
+
+
+def _threshold_text(t: float) -> str:
+    """Two decimals for a grid value, more when needed to tell exact thresholds apart."""
+    if np.isinf(t):
+        return "inf"
+    return f"{t:.2f}" if round(t, 2) == t else f"{t:.4g}"
 
 
 def plot_det_tradeoff(result: Dict[str, object], path: PathLike) -> None:
