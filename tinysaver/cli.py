@@ -23,6 +23,7 @@ COMMANDS = {
     "record": "tinysaver.commands.record",
     "imagenet": "tinysaver.commands.imagenet",
     "det-tradeoff": "tinysaver.commands.det_tradeoff",
+    "det-signals": "tinysaver.commands.det_signals",
     "export": "tinysaver.commands.export",
 }
 

@@ -61,6 +61,8 @@ class ConfidenceFn:
 
     #: (low, high) bounds every value must respect; ``None`` for an open side.
     value_range: Tuple[float | None, float | None] = (None, None)
+    #: what it reads: ``classification`` (logits) or ``detection`` (box scores per image)
+    kind = "classification"
 
     def __call__(self, outputs: Any) -> Any:  # pragma: no cover - interface
         raise NotImplementedError
@@ -117,6 +119,7 @@ class MeanBoxScore(ConfidenceFn):
     """
 
     value_range = (0.0, 1.0)
+    kind = "detection"
     #: how the kept scores of one image become its confidence
     reduce = staticmethod(np.mean)
 
@@ -148,6 +151,47 @@ class BoxCount(MeanBoxScore):
 
     value_range = (0.0, None)
     reduce = staticmethod(np.size)
+
+
+@CONFIDENCES.register("topk_mean_box_score")
+class TopKMeanBoxScore(MeanBoxScore):
+    """Mean of the ``k`` highest box scores of at least ``min_score`` (all of them when fewer); 0
+    when there is none. Between ``max_box_score`` (k = 1) and ``mean_box_score`` (k = all): a
+    crowded image is judged by its surest boxes, not diluted by its many weak ones.
+
+    Args:
+        min_score: Boxes scoring below this are ignored (a box scoring exactly this counts).
+        k: How many of the highest scores are averaged.
+    """
+
+    def __init__(self, min_score: float = MIN_BOX_SCORE, k: int = 3) -> None:
+        super().__init__(min_score)
+        if int(k) < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        self.k = int(k)
+
+    def reduce(self, kept: np.ndarray) -> float:
+        return float(np.sort(kept)[-self.k:].mean())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(min_score={self.min_score}, k={self.k})"
+
+
+@CONFIDENCES.register("box_score_certainty")
+class BoxScoreCertainty(MeanBoxScore):
+    """One minus the mean binary entropy (bits) of the box scores of at least ``min_score``: 1 when
+    every kept box is scored 0 or 1, 0 when every one is scored 0.5; 0 when there is none (the
+    score-entropy signal: sure either way, object or background)."""
+
+    def reduce(self, kept: np.ndarray) -> float:
+        p = np.clip(kept, 1e-12, 1 - 1e-12)
+        entropy = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+        return float(1.0 - entropy.mean())
+
+
+def detection_confidences() -> list:
+    """Names of the registered detection confidences (they read one array of box scores per image)."""
+    return [name for name in CONFIDENCES.names() if getattr(CONFIDENCES.get(name), "kind", "") == "detection"]
 
 
 def _as_numpy(x: Any) -> np.ndarray:
@@ -185,4 +229,4 @@ def check_range(name: str, conf: np.ndarray) -> str | None:
     return None
 
 
-__all__ = ["CONFIDENCES", "MIN_BOX_SCORE", "ConfidenceFn", "build_confidence", "check_range"]
+__all__ = ["CONFIDENCES", "MIN_BOX_SCORE", "ConfidenceFn", "build_confidence", "check_range", "detection_confidences"]

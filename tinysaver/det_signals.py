@@ -1,0 +1,268 @@
+"""Which image-level signal should decide? Deferral signals against the oracle (detection).
+
+The paper defers an image to the base when the mean score of the saver's boxes (at least 0.05) is
+below a threshold, and calls it a first choice. This module draws, for each registered detection
+confidence, the cascade's exact AP-vs-GFLOPs curve (one point per distinct exit set), next to
+
+- the **oracle**: the images are deferred in the order of how much the base's detections beat the
+  saver's on that image, measured with the ground truth (an upper reference no signal can see);
+- **random**: a seeded random deferral order (what a signal with no information does).
+
+and scores each signal by the area between its curve and the oracle's (smaller is better).
+
+Per-image quality (the oracle's measure), documented choices:
+
+- ``f1`` (default): matched-TP F1 at IoU 0.5 of the boxes scoring at least ``min_score`` (the boxes
+  the confidences see), with COCO's matching (greedy by score, crowd regions ignored):
+  ``2 TP / (2 TP + FP + FN)``, 1 for an image with no object and no box. False positives of
+  classes absent from the image count.
+- ``ap``: COCO AP of the image alone (IoU 0.50:0.95, 101 recall points), averaged over the classes
+  present in it; an image with no object scores 1 without a box of at least ``min_score``, else
+  0. Boxes of absent classes do not lower it (COCO AP is per class).
+
+Ties of the primary measure are broken by the other one, then by image order. Since COCO AP is not
+a sum over images, deferring by per-image gain is a strong reference rather than the best
+possible mix; a signal can beat it at some budgets.
+
+Examples:
+    >>> panel = signal_panel("instances_val.json", saver, base)     # doctest: +SKIP
+    >>> panel["signals"]["mean_box_score"]["mean_gap_to_oracle"]    # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .confidence import CONFIDENCES, MIN_BOX_SCORE, build_confidence, detection_confidences
+from .detection import CocoScorer, CocoSweep, DetRecord, _precision_recall, check_det_pair, exact_thresholds
+from .errors import TinySaverError
+
+PathLike = Union[str, os.PathLike]
+ORACLE_MEASURES = ("f1", "ap")
+
+
+def parse_signal(spec: str) -> Tuple[str, Dict[str, float]]:
+    """``name`` or ``name:key=value,key=value`` → ``(name, options)`` (e.g. ``topk_mean_box_score:k=5``)."""
+    name, _, rest = spec.partition(":")
+    options: Dict[str, float] = {}
+    for part in filter(None, rest.split(",")):
+        key, eq, value = part.partition("=")
+        if not eq:
+            raise TinySaverError(f"signal {spec!r}: options are key=value, got {part!r}")
+        try:
+            options[key.strip()] = float(value) if "." in value or "e" in value.lower() else int(value)
+        except ValueError:
+            raise TinySaverError(f"signal {spec!r}: {key} must be a number, got {value!r}") from None
+    return name.strip(), options
+
+
+def image_quality(sweep: CocoSweep, model: int, measure: str = "f1", min_score: float = MIN_BOX_SCORE) -> np.ndarray:
+    """Per-image quality of record ``model``'s detections (module docstring), in record order.
+
+    Args:
+        sweep: The per-image COCO evaluation of the records.
+        model: Index of the record in the sweep.
+        measure: ``f1`` or ``ap``.
+        min_score: Boxes scoring below it are ignored (``f1``) / make a no-object image imperfect
+            (``ap``).
+
+    Returns:
+        ``[M]`` values in [0, 1].
+    """
+    if measure not in ORACLE_MEASURES:
+        raise TinySaverError(f"unknown oracle measure {measure!r} (known: {', '.join(ORACLE_MEASURES)})")
+    n_img = sweep.npig_image.shape[1]
+    gt = sweep.npig_image.sum(axis=0)  # kept objects per image (sorted image order)
+    rec = sweep.records[model]
+    confident = np.bincount(rec.det_image[rec.det_scores >= min_score], minlength=len(rec.image_ids)) > 0
+    confident = confident[np.argsort(sweep.sorted_pos)]  # to sorted image order
+    if measure == "f1":
+        tp, fp = np.zeros(n_img), np.zeros(n_img)
+        for cat in sweep.cats:
+            mine = (cat["model"] == model) & (cat["score"] >= min_score)
+            img = cat["image"][mine]
+            tp += np.bincount(img, weights=cat["tp"][0][0, mine], minlength=n_img)  # area "all", IoU 0.5
+            fp += np.bincount(img, weights=cat["fp"][0][0, mine], minlength=n_img)
+        denom = 2 * tp + fp + (gt - tp)
+        quality = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 1.0)
+    else:
+        rec_thrs = np.asarray(sweep.params.recThrs)
+        total, classes = np.zeros(n_img), np.zeros(n_img)
+        for k, cat in enumerate(sweep.cats):
+            mine = cat["model"] == model
+            img = cat["image"][mine]
+            tps, fps = cat["tp"][0][:, mine], cat["fp"][0][:, mine]
+            for i in np.flatnonzero(sweep.npig_image[k] > 0):
+                rows = img == i  # already in score order
+                q, _ = _precision_recall(tps[:, rows], fps[:, rows], int(sweep.npig_image[k, i]), rec_thrs)
+                total[i] += q.mean()
+                classes[i] += 1
+        quality = np.where(classes > 0, total / np.maximum(classes, 1), np.where(confident, 0.0, 1.0))
+    return quality[sweep.sorted_pos]  # back to record order
+
+
+def oracle_confidence(sweep: CocoSweep, measure: str = "f1", min_score: float = MIN_BOX_SCORE) -> np.ndarray:
+    """A "confidence" that defers the images where the base beats the saver most first (module
+    docstring): distinct values in (0, 1], higher = the saver is better there, relative to the base."""
+    other = "ap" if measure == "f1" else "f1"
+    gain = image_quality(sweep, 1, measure, min_score) - image_quality(sweep, 0, measure, min_score)
+    gain2 = image_quality(sweep, 1, other, min_score) - image_quality(sweep, 0, other, min_score)
+    m = len(gain)
+    order = np.lexsort((np.arange(m), gain2, gain))  # smallest gain first: those exit first
+    conf = np.empty(m)
+    conf[order] = np.arange(m, 0, -1) / m
+    return conf
+
+
+def exit_curve(sweep: CocoSweep, conf: np.ndarray, costs: Tuple[np.ndarray, np.ndarray],
+               max_points: Optional[int] = None) -> List[Dict[str, float]]:
+    """The cascade's COCO stats and average GFLOPs at every distinct exit set of ``conf`` (at most
+    ``max_points`` of them, evenly spread over the sorted thresholds, both ends kept)."""
+    from .analysis import threshold_to_json
+
+    thresholds = exact_thresholds(conf)
+    if max_points is not None and len(thresholds) > max_points:
+        thresholds = thresholds[np.unique(np.round(np.linspace(0, len(thresholds) - 1, max_points)).astype(int))]
+    saver_cost, base_cost = costs
+    points = []
+    for t in thresholds:
+        exits = conf >= t
+        stats = sweep.stats(np.where(exits, 0, 1))
+        points.append({"threshold": threshold_to_json(t), "exit_ratio": float(exits.mean()),
+                       "gflops": float(np.mean(saver_cost + np.where(exits, 0.0, base_cost))),
+                       "AP": stats["AP"], "AP50": stats["AP50"]})
+    return points
+
+
+def area_between(curve: Sequence[Dict[str, float]], reference: Sequence[Dict[str, float]]) -> Tuple[float, float]:
+    """Area between ``reference``'s AP-vs-GFLOPs curve and ``curve``'s (reference minus curve, AP
+    points x GFLOPs, each curve linear between its points) over their common GFLOPs range, and
+    the same divided by the range: the mean AP gap in points."""
+    g1, a1 = _xy(curve)
+    g2, a2 = _xy(reference)
+    lo, hi = max(g1[0], g2[0]), min(g1[-1], g2[-1])
+    if hi <= lo:
+        return 0.0, 0.0
+    grid = np.unique(np.concatenate([g1, g2, [lo, hi]]))
+    grid = grid[(grid >= lo) & (grid <= hi)]
+    gap = np.interp(grid, g2, a2) - np.interp(grid, g1, a1)
+    area = float(np.sum((gap[1:] + gap[:-1]) / 2 * np.diff(grid)))
+    return area, area / (hi - lo)
+
+
+def _xy(curve: Sequence[Dict[str, float]]) -> Tuple[np.ndarray, np.ndarray]:
+    g = np.array([p["gflops"] for p in curve])
+    ap = np.array([p["AP"] for p in curve]) * 100
+    order = np.argsort(g, kind="stable")
+    g, ap = g[order], ap[order]
+    # equal costs (several exit sets of one cost): keep the last AP of each cost, interp needs x increasing
+    keep = np.append(np.diff(g) > 0, True)
+    return g[keep], ap[keep]
+
+
+def signal_panel(ann_file: PathLike, saver: DetRecord, base: DetRecord, signals: Optional[Sequence[str]] = None,
+                 oracle: str = "f1", min_score: float = MIN_BOX_SCORE, max_points: Optional[int] = 201,
+                 seed: int = 0, progress: bool = True) -> Dict[str, Any]:
+    """AP-vs-GFLOPs curves of deferral signals, the oracle and random, with each signal's area to
+    the oracle.
+
+    Args:
+        ann_file: COCO annotations of the split.
+        saver, base: Detection records of the two models (same images).
+        signals: Signal specs (:func:`parse_signal`); default every registered detection confidence.
+        oracle: Per-image quality of the oracle: ``f1`` or ``ap`` (module docstring).
+        min_score: Passed to every signal (unless its spec sets it) and to the oracle's measure.
+        max_points: Most points per curve (None: every distinct exit set).
+        seed: Of the random order.
+
+    Returns:
+        ``{"signals": {spec: {"points", "area_to_oracle", "mean_gap_to_oracle"}}, "oracle",
+        "random", "best", ...}`` (AP in [0, 1], areas in AP points x GFLOPs).
+    """
+    from tqdm import tqdm
+
+    check_det_pair(saver, base)
+    specs = list(signals) if signals else detection_confidences()
+    sweep = CocoScorer(ann_file, saver.max_dets or base.max_dets or (100, 300, 1000)).sweep([saver, base])
+    costs = (saver.cost_per_image(), base.cost_per_image())
+    scores = saver.scores_per_image()
+    curves: Dict[str, List[Dict[str, float]]] = {}
+    oracle_conf = oracle_confidence(sweep, oracle, min_score)
+    rng = np.random.default_rng(seed)
+    references = {"oracle": oracle_conf, "random": rng.permutation(len(oracle_conf)) / len(oracle_conf)}
+    jobs = [(name, conf) for name, conf in references.items()]
+    for spec in specs:
+        name, options = parse_signal(spec)
+        if getattr(CONFIDENCES.get(name), "kind", "") != "detection":
+            raise TinySaverError(f"signal {spec!r} is not a detection confidence "
+                                 f"(known: {', '.join(detection_confidences())})")
+        options.setdefault("min_score", min_score)
+        try:
+            fn = build_confidence(name, **options)
+        except (TypeError, ValueError) as exc:
+            raise TinySaverError(f"signal {spec!r}: {exc}") from None
+        jobs.append((spec, fn(scores)))
+    for name, conf in tqdm(jobs, desc="det-signals", unit="curve", disable=not progress):
+        curves[name] = exit_curve(sweep, np.asarray(conf, dtype=np.float64), costs, max_points)
+    result: Dict[str, Any] = {"oracle": {"measure": oracle, "points": curves["oracle"]},
+                              "random": {"seed": seed, "points": curves["random"]}, "signals": {},
+                              "saver": saver.name, "base": base.name, "min_score": min_score,
+                              "images": int(len(oracle_conf)), "max_dets": list(sweep.scorer.max_dets),
+                              "cost": "per image" if saver.image_gflops is not None else "per model"}
+    for name in ["random", *specs]:
+        area, gap = area_between(curves[name], curves["oracle"])
+        entry = {"points": curves[name], "area_to_oracle": area, "mean_gap_to_oracle": gap}
+        if name == "random":
+            result["random"].update(entry)
+        else:
+            result["signals"][name] = entry
+    result["best"] = min(result["signals"], key=lambda s: result["signals"][s]["area_to_oracle"])
+    return result
+
+
+def signals_markdown(panel: Dict[str, Any]) -> str:
+    """One row per signal: area and mean AP gap to the oracle, best AP and its cost."""
+    lines = [f"Deferral signals, {panel['saver']} → {panel['base']}, {panel['images']} images; oracle: per-image "
+             f"{panel['oracle']['measure']} (min score {panel['min_score']:g}). Smaller area = closer to the oracle.",
+             "", "| signal | area to oracle (AP pts x GFLOPs) | mean AP gap (pts) | best AP | at GFLOPs |",
+             "|---|---|---|---|---|"]
+    rows = [(name, e) for name, e in sorted(panel["signals"].items(), key=lambda x: x[1]["area_to_oracle"])]
+    rows.append(("random", panel["random"]))
+    for name, entry in rows:
+        best = max(entry["points"], key=lambda p: (p["AP"], -p["gflops"]))
+        mark = " (best)" if name == panel["best"] else ""
+        lines.append(f"| {name}{mark} | {entry['area_to_oracle']:.3f} | {entry['mean_gap_to_oracle']:.2f} | "
+                     f"{best['AP'] * 100:.1f} | {best['gflops']:.2f} |")
+    best = max(panel["oracle"]["points"], key=lambda p: (p["AP"], -p["gflops"]))
+    lines.append(f"| oracle | 0 | 0 | {best['AP'] * 100:.1f} | {best['gflops']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_signals(panel: Dict[str, Any], path: PathLike) -> None:
+    """Every signal's AP-vs-GFLOPs curve, the oracle and random on one plot."""
+    from .report import _pyplot, _save
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.2, 4.8), dpi=120)
+    g, ap = _xy(panel["oracle"]["points"])
+    ax.plot(g, ap, "k--", lw=2, label=f"oracle (per-image {panel['oracle']['measure']})")
+    g, ap = _xy(panel["random"]["points"])
+    ax.plot(g, ap, ":", color="0.5", lw=1.5, label=f"random (gap {panel['random']['mean_gap_to_oracle']:.2f} AP)")
+    for name, entry in sorted(panel["signals"].items(), key=lambda x: x[1]["area_to_oracle"]):
+        g, ap = _xy(entry["points"])
+        width = 2.2 if name == panel["best"] else 1.2
+        ax.plot(g, ap, "-", lw=width, label=f"{name} (gap {entry['mean_gap_to_oracle']:.2f} AP)")
+    ax.set_xlabel("average GFLOPs per image (2 FLOPs per multiply-add)")
+    ax.set_ylabel("COCO box AP (%)")
+    ax.set_title(f"Deferral signals: {panel['saver']} → {panel['base']} ({panel['images']} images); "
+                 "gap = mean AP below the oracle", fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    fig.subplots_adjust(right=0.62)
+    _save(fig, path)
+
+
+__all__ = ["signal_panel", "signals_markdown", "plot_signals", "image_quality", "oracle_confidence", "exit_curve",
+           "area_between", "parse_signal", "ORACLE_MEASURES"]
