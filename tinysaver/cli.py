@@ -25,6 +25,7 @@ COMMANDS = {
     "det-tradeoff": "tinysaver.commands.det_tradeoff",
     "det-signals": "tinysaver.commands.det_signals",
     "export": "tinysaver.commands.export",
+    "serve": "tinysaver.commands.serve",
 }
 
 
