@@ -3,7 +3,10 @@
 - Fashion-MNIST from the Debian package ``dataset-fashion-mnist`` (idx files). Splits: ``train``
   (first 50,000 official training images: what the demo pool is trained on), ``holdout`` (last
   10,000 official training images, never trained on: a calibration split), ``test`` (official 10k).
-- ImageNet (or any) ``ImageFolder`` layout: ``DIR/<class>/<image>``.
+- ImageNet (or any) ``ImageFolder`` layout: ``DIR/<class>/<image>``, labelled with the model's
+  class index of each folder (:mod:`tinysaver.plugins.imagenet`).
+- 20 labelled ImageNet validation images shipped by the PyPI package ``foolbox`` (MIT), laid out as
+  synset (ImageNet) or numeric (ImageNet-V2) folders.
 - Real photos shipped by installed packages (scikit-image, opencv-doc, ultralytics).
 
 Items are PIL images so that each model applies its own timm eval transform to one decode.
@@ -14,11 +17,14 @@ import gzip
 import importlib.util
 import os
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from tinysaver.errors import TinySaverError
+
+if TYPE_CHECKING:
+    from tinysaver.plugins.imagenet import ClassMap
 
 FASHION_MNIST_DIR = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -70,13 +76,68 @@ class ArrayImageDataset:
         return (self.transform(img) if self.transform else img), int(self.labels[i])
 
 
-def image_folder(root: str, transform: Optional[Callable] = None):
-    """ImageNet layout ``root/<class>/<image>`` as a torchvision ``ImageFolder`` (RGB PIL)."""
+def image_folder(root: str, transform: Optional[Callable] = None, class_map: Optional["ClassMap"] = None):
+    """ImageNet layout ``root/<class>/<image>`` (RGB PIL images).
+
+    Args:
+        root: The split folder.
+        transform: Applied to each PIL image.
+        class_map: Folder → model class index (:func:`tinysaver.plugins.imagenet.folder_class_map`);
+            without one, torchvision's numbering by sorted folder name (right only when the folders
+            are exactly the model's classes in its order).
+    """
     from torchvision.datasets import ImageFolder
+
+    from tinysaver.plugins.imagenet import ImageNetFolder
 
     if not Path(root).is_dir():
         raise TinySaverError(f"{root}: no such dataset folder (expected ROOT/<class>/<image>)")
+    if class_map is not None:
+        return ImageNetFolder(root, class_map, transform)
     return ImageFolder(root, transform=transform)
+
+
+def foolbox_imagenet_images() -> List[Tuple[Path, int]]:
+    """The 20 labelled ImageNet validation JPEGs shipped by the PyPI package ``foolbox`` (MIT), as
+    ``(path, ImageNet-1k class index)`` sorted by path. The package is located, not imported (it is
+    installed ``--no-deps``); its files are ``foolbox/data/imagenet_NN_<class index>.jpg``."""
+    spec = importlib.util.find_spec("foolbox")
+    if spec is None or not spec.submodule_search_locations:
+        raise TinySaverError("foolbox is not installed: pip install --no-deps foolbox==3.3.4 "
+                             "(it ships 20 labelled ImageNet validation images)")
+    folders = [Path(loc) / "data" for loc in spec.submodule_search_locations]
+    found = sorted(p for folder in folders for p in folder.glob("imagenet_*_*.jpg"))
+    images = [(p, int(p.stem.rsplit("_", 1)[1])) for p in found]
+    if not images:
+        raise TinySaverError(f"{folders[0]}: no imagenet_NN_<label>.jpg files in the foolbox package")
+    return images
+
+
+def write_imagenet_layout(images: Sequence[Tuple[Path, int]], root: os.PathLike | str, layout: str) -> Path:
+    """Copies labelled images into an ImageNet-style split folder and returns it.
+
+    Args:
+        images: ``(path, ImageNet-1k class index)`` pairs, e.g. :func:`foolbox_imagenet_images`.
+        root: The split folder to create (``.../val``).
+        layout: ``synset`` (``root/n01614925/…``, ImageNet) or ``numeric`` (``root/22/…``,
+            ImageNet-V2).
+
+    Examples:
+        >>> write_imagenet_layout(foolbox_imagenet_images(), "data/val", "synset")  # doctest: +SKIP
+    """
+    import shutil
+
+    from timm.data import ImageNetInfo
+
+    if layout not in ("synset", "numeric"):
+        raise TinySaverError(f"unknown layout {layout!r} (known: synset, numeric)")
+    info = ImageNetInfo("imagenet-1k")
+    root = Path(root)
+    for path, index in images:
+        folder = root / (info.index_to_label_name(index) if layout == "synset" else str(index))
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, folder / path.name)
+    return root
 
 
 def shipped_photos() -> List[Tuple[str, np.ndarray]]:

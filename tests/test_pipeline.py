@@ -69,7 +69,7 @@ def test_imagenet_command_on_an_image_folder(tmp_path, capsys):
     photos = shipped_photos()[:12]
     for split in ("train", "val"):
         for i, (name, img) in enumerate(photos):
-            folder = tmp_path / "data" / split / f"class{i % 2}"
+            folder = tmp_path / "data" / split / str(i % 2)  # class indices 0 and 1 (ImageNet-V2 style)
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(img).resize((160, 120)).save(folder / f"{i}.png")
     out = tmp_path / "out"

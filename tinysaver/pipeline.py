@@ -51,12 +51,18 @@ class ModelSpec:
 
 @dataclass
 class Split:
-    """A dataset split: how to build it for a transform, and whether to augment it."""
+    """A dataset split: how to build it for a transform, and whether to augment it.
+
+    ``class_map`` (optional): how the split's class folders map to the models' outputs, stored in
+    its records and applied to every model and cascade stage on it (logit masking), e.g. a
+    :class:`tinysaver.plugins.imagenet.ClassMap`.
+    """
 
     name: str
     factory: DatasetFactory
     augment: bool = False
     seed: int = 0
+    class_map: Optional[Any] = None
 
 
 @dataclass
@@ -102,7 +108,8 @@ class _Models:
 
 def _record(models: _Models, spec: ModelSpec, split: Split, cfg: PipelineConfig) -> Record:
     path = default_record_path(cfg.out_dir / "records", spec.name, split.name, split.augment)
-    settings = {"weights": spec.weights, "split": split.name, "augment": split.augment, "seed": split.seed}
+    settings = {"weights": spec.weights, "split": split.name, "augment": split.augment, "seed": split.seed,
+                "class_map": split.class_map.signature() if split.class_map is not None else None}
     if path.exists() and not cfg.force:
         rec = load_record(path)
         made_with = recording_settings(rec)
@@ -115,7 +122,8 @@ def _record(models: _Models, spec: ModelSpec, split: Split, cfg: PipelineConfig)
     num_classes = getattr(m["model"], "num_classes", None) if cfg.reference == "labels" else None
     rec = record_predictions(m["model"], dataset, path, name=spec.name, gmacs=m["gmacs"],
                              batch_size=cfg.batch_size, workers=cfg.workers, device=cfg.device, amp=cfg.amp,
-                             channels_last=cfg.channels_last, num_classes=num_classes, extra_meta=settings)
+                             channels_last=cfg.channels_last, num_classes=num_classes, extra_meta=settings,
+                             class_map=split.class_map)
     assert rec is not None
     return rec
 
@@ -146,6 +154,11 @@ def _pair_dataset(cfg: PipelineConfig, models: _Models, saver: ModelSpec) -> Any
     return SeededItems(split.factory(MultiTransform([_transform(s, split), _transform(b, split)])), split.seed)
 
 
+def _on_split(model: Dict[str, Any], split: Split) -> torch.nn.Module:
+    """The model as it runs on ``split`` (logits masked to the split's classes when asked)."""
+    return split.class_map.apply(model["model"]) if split.class_map is not None else model["model"]
+
+
 def _key(split: Split) -> str:
     return split.name + ("_aug" if split.augment else "")
 
@@ -156,7 +169,8 @@ def live_check(cfg: PipelineConfig, models: _Models, saver: ModelSpec, threshold
     from tqdm import tqdm
 
     s, b = models.get(saver), models.get(cfg.base)
-    cascade = Cascade(s["model"], b["model"], threshold=threshold).to(cfg.device)
+    split = cfg.report_split
+    cascade = Cascade(_on_split(s, split), _on_split(b, split), threshold=threshold).to(cfg.device)
     dataset = _pair_dataset(cfg, models, saver)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.workers)
     preds, stages = [], []
@@ -183,7 +197,7 @@ def speed_check(cfg: PipelineConfig, models: _Models, saver: ModelSpec, threshol
     sizes = {bs: min(len(dataset), cfg.speed_samples.get(bs, 8 * bs)) for bs in cfg.speed_batch_sizes}
     items = [dataset[i][0] for i in range(max(sizes.values()))]  # decoded once for every batch size
     xs, xb = torch.stack([it[0] for it in items]), torch.stack([it[1] for it in items])
-    cascade = Cascade(s["model"], b["model"], threshold=threshold)
+    cascade = Cascade(_on_split(s, cfg.report_split), _on_split(b, cfg.report_split), threshold=threshold)
     return [measure_cascade_speed(cascade, xs[:n], xb[:n], bs, cfg.device, amp=cfg.amp) for bs, n in sizes.items()]
 
 

@@ -17,6 +17,7 @@ import json
 import os
 import random
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -85,7 +86,7 @@ def record_predictions(model: nn.Module, dataset: Any, out: os.PathLike | str, *
                        device: str = "cpu", amp: bool = False, channels_last: bool = False,
                        save_logits: bool = False, num_classes: Optional[int] = None,
                        progress: bool = True, extra_meta: Optional[Dict[str, Any]] = None,
-                       stop_after_batches: Optional[int] = None) -> Optional[Record]:
+                       stop_after_batches: Optional[int] = None, class_map: Optional[Any] = None) -> Optional[Record]:
     """Runs ``model`` over ``dataset`` and writes the record ``out``.
 
     Args:
@@ -105,6 +106,10 @@ def record_predictions(model: nn.Module, dataset: Any, out: os.PathLike | str, *
         progress: Show a tqdm bar.
         extra_meta: Settings that must match when resuming (e.g. weights, augmentation seed).
         stop_after_batches: Stop after this many batches (simulates an interruption; for tests).
+        class_map: How the dataset's class folders map to the model's outputs, stored in the record:
+            an object with ``folders``, ``indices``, ``num_classes``, ``mask_to_folders``,
+            ``signature()`` and ``apply(model)`` (masks the logits when asked), e.g.
+            :class:`tinysaver.plugins.imagenet.ClassMap`.
 
     Returns:
         The merged :class:`Record` on rank 0 once every batch is done; None on other ranks or when
@@ -120,6 +125,11 @@ def record_predictions(model: nn.Module, dataset: Any, out: os.PathLike | str, *
         raise TinySaverError("the dataset is empty")
     meta = {"name": name, "samples": n, "batch_size": batch_size, "confidence": confidence,
             "gmacs": gmacs, "save_logits": save_logits, **(extra_meta or {})}
+    if class_map is not None:
+        if num_classes is not None and class_map.num_classes != num_classes:
+            raise TinySaverError(f"the class map is for {class_map.num_classes} classes but {name} has {num_classes}")
+        meta["class_map"] = class_map.signature()
+        model = class_map.apply(model)  # masks the logits to the folders' classes when asked
     _check_or_write_meta(partial, meta, rank)
     if world > 1:
         torch.distributed.barrier()  # the folder and meta exist before anyone writes chunks
@@ -157,6 +167,10 @@ def record_predictions(model: nn.Module, dataset: Any, out: os.PathLike | str, *
     if rank != 0:
         return None
     record = _merge(partial, num_batches, meta, num_classes, out)
+    if class_map is not None:
+        record = replace(record, class_map_folders=np.asarray(class_map.folders, dtype=str),
+                         class_map_index=np.asarray(class_map.indices, dtype=np.int64),
+                         mask_to_folders=bool(class_map.mask_to_folders))
     save_record(out, record)
     shutil.rmtree(partial)
     return record

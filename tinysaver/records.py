@@ -16,6 +16,11 @@ Optional: ``confidence`` (str scalar, the registered confidence function that pr
 ``max_softmax`` when absent, which is then range-checked), ``num_classes`` (int scalar; checks
 ``pred``/``label``), ``logits`` or any other extra array of length M.
 
+Class map (written by ``tinysaver record`` for folder datasets): ``class_map_folders`` (str [F], the
+class folders), ``class_map_index`` (int [F], the model output index of each folder: the labels are
+these indices) and ``mask_to_folders`` (bool scalar: logits of the other classes were set to -inf).
+Two records whose class maps or mask flags differ do not form a pair.
+
 Samples are matched between models by position: record the same split in the same order.
 """
 from __future__ import annotations
@@ -52,6 +57,9 @@ class Record:
         num_classes: Number of classes, when known (validates ``pred`` and ``label``).
         extras: Further arrays of length M (e.g. ``logits``) kept alongside.
         path: Where the record was loaded from (for error messages).
+        class_map_folders: Class folder names ``[F]`` of a folder dataset, when known.
+        class_map_index: The model class index of each folder ``[F]`` (what the labels are).
+        mask_to_folders: The logits were restricted to ``class_map_index`` before confidence and argmax.
     """
 
     name: str
@@ -63,6 +71,9 @@ class Record:
     num_classes: Optional[int] = None
     extras: Dict[str, np.ndarray] = field(default_factory=dict)
     path: Optional[str] = None
+    class_map_folders: Optional[np.ndarray] = None
+    class_map_index: Optional[np.ndarray] = None
+    mask_to_folders: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -113,6 +124,33 @@ class Record:
                 if arr.min() < 0 or arr.max() >= self.num_classes:
                     raise fail(f"{key!r} has class ids in [{arr.min()}, {arr.max()}], outside "
                                f"0..{self.num_classes - 1} for num_classes={self.num_classes}")
+        self._validate_class_map(fail)
+
+    def _validate_class_map(self, fail) -> None:
+        if (self.class_map_folders is None) != (self.class_map_index is None):
+            raise fail("'class_map_folders' and 'class_map_index' go together")
+        self.mask_to_folders = bool(self.mask_to_folders)
+        if self.class_map_folders is None:
+            if self.mask_to_folders:
+                raise fail("'mask_to_folders' is set but there is no class map")
+            return
+        folders, index = np.asarray(self.class_map_folders), np.asarray(self.class_map_index)
+        if folders.ndim != 1 or index.shape != folders.shape or len(folders) == 0:
+            raise fail(f"class map needs 1-D 'class_map_folders' and 'class_map_index' of one length, "
+                       f"got shapes {folders.shape} and {index.shape}")
+        if folders.dtype.kind != "U" or not np.issubdtype(index.dtype, np.integer):
+            raise fail(f"class map must be str folders and int indices, got {folders.dtype} and {index.dtype}")
+        if len(np.unique(folders)) != len(folders) or len(np.unique(index)) != len(index):
+            raise fail("class map lists a folder or a class index twice")
+        if self.num_classes is not None and (index.min() < 0 or index.max() >= self.num_classes):
+            raise fail(f"'class_map_index' holds {index.min()}..{index.max()}, outside 0..{self.num_classes - 1}")
+        if self.mask_to_folders and not np.isin(self.pred, index).all():
+            raise fail("'pred' holds classes outside the class map although the logits were masked to it")
+        self.class_map_folders, self.class_map_index = folders, index.astype(np.int64)
+
+    @property
+    def has_class_map(self) -> bool:
+        return self.class_map_folders is not None
 
     def to_arrays(self) -> Dict[str, Any]:
         arrays: Dict[str, Any] = dict(self.extras)
@@ -120,6 +158,9 @@ class Record:
                       gmacs=np.float64(self.gmacs), confidence=np.str_(self.confidence))
         if self.num_classes is not None:
             arrays["num_classes"] = np.int64(self.num_classes)
+        if self.has_class_map:
+            arrays.update(class_map_folders=self.class_map_folders, class_map_index=self.class_map_index,
+                          mask_to_folders=np.bool_(self.mask_to_folders))
         return arrays
 
 
@@ -163,15 +204,43 @@ def load_record(path: PathLike) -> Record:
         gmacs = float(data.pop("gmacs"))
         confidence = str(data.pop("confidence").item()) if "confidence" in data else DEFAULT_CONFIDENCE
         num_classes = int(data.pop("num_classes")) if "num_classes" in data else None
+        mask_to_folders = bool(data.pop("mask_to_folders")) if "mask_to_folders" in data else False
     except (TypeError, ValueError) as exc:
         raise RecordError(path, f"bad scalar field: {exc}") from None
     arrays = {k: data.pop(k) for k in REQUIRED_ARRAYS}
+    class_map = {k: data.pop(k) for k in ("class_map_folders", "class_map_index") if k in data}
     return Record(name=name, gmacs=gmacs, confidence=confidence, num_classes=num_classes,
-                  extras=data, path=str(path), **arrays)
+                  extras=data, path=str(path), mask_to_folders=mask_to_folders, **class_map, **arrays)
+
+
+def class_map_difference(a: Record, b: Record) -> Optional[str]:
+    """How the class maps of two records differ (a phrase), or None when they agree.
+
+    A record without a class map (made elsewhere, or before maps were stored) agrees with any map
+    on that score: its labels are then checked on their own.
+    """
+    if a.mask_to_folders != b.mask_to_folders:
+        on_off = lambda r: "on" if r.mask_to_folders else "off"  # noqa: E731
+        return f"logit masking to the folders' classes differs ({on_off(a)} vs {on_off(b)})"
+    if not (a.has_class_map and b.has_class_map):
+        return None
+    mine = dict(zip(a.class_map_folders.tolist(), a.class_map_index.tolist()))
+    theirs = dict(zip(b.class_map_folders.tolist(), b.class_map_index.tolist()))
+    if mine == theirs:
+        return None
+    only = sorted(set(mine) ^ set(theirs))
+    if only:
+        return f"the class folders differ ({len(mine)} vs {len(theirs)} folders; {only[0]!r} is in only one)"
+    folder = next(f for f in sorted(mine) if mine[f] != theirs[f])
+    return f"the class maps differ (folder {folder!r} is class {mine[folder]} vs {theirs[folder]})"
 
 
 def check_pair(saver: Record, base: Record) -> None:
-    """Checks that two records describe the same samples (same length, same labels)."""
+    """Checks that two records describe the same samples (same length, same class map, same labels)."""
+    differ_map = class_map_difference(saver, base)
+    if differ_map:
+        raise RecordError(saver.path, f"{differ_map} from the base record {base.path}: record both models on the "
+                                      f"same folders with the same --class-map/--mask-to-folders")
     if len(saver) != len(base):
         raise RecordError(saver.path, f"has {len(saver)} samples but the base record {base.path} has "
                                       f"{len(base)}: record both models on the same split")

@@ -5,6 +5,9 @@ split and an optional held-out split; ranks the savers by ΔC on train; writes t
 (thresholds chosen on val itself, on train, and on the held-out split), the accuracy-vs-GMACs and
 Fig. 3 plots for the chosen pair; then runs the live cascade at the zero-loss threshold (chosen on
 the held-out split when given, else on train) against the simulation and measures its speed-up.
+Each split's class folders map to the models' outputs as in `tinysaver record` (synset ids,
+numbers, sorted order for a custom head, or --class-map FILE); --mask-to-folders restricts every
+model's and every cascade stage's logits to the classes of the split.
 
 Models without =WEIGHTS use their registered offline weights (the demo pool fmnist_cnn_*); any
 other is refused before anything is recorded, unless --random-init builds it untrained. On ImageNet:
@@ -37,8 +40,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--amp", action="store_true")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--no-live-check", action="store_true")
+    p.add_argument("--speed-batch-sizes", type=int, nargs="+", default=[1, 64], metavar="N",
+                   help="batch sizes of the speed measurement (default: 1 64)")
     p.add_argument("--force", action="store_true", help="re-record even when records exist")
     p.add_argument("--random-init", action="store_true", help="build models given no weights untrained")
+    p.add_argument("--class-map", metavar="FILE",
+                   help="folder -> model class index for every split: JSON object or text lines 'folder index'")
+    p.add_argument("--mask-to-folders", action="store_true",
+                   help="set the logits of classes without a folder in the split to -inf (ImageNet-R/-A)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,27 +56,38 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
+    from tinysaver.plugins.imagenet import model_num_classes
+
     from tinysaver.plugins.timm import RANDOM_INIT, check_weights
 
+    from ..errors import TinySaverError
     from ..pipeline import ModelSpec, PipelineConfig, Split, run_pipeline
     from ..report import summary_console
-    from .record import build_dataset
+    from .record import build_dataset, split_class_map
 
     specs = [ModelSpec.parse(args.base), *(ModelSpec.parse(s) for s in args.savers)]
     if args.random_init:
         specs = [ModelSpec(s.name, s.weights or RANDOM_INIT) for s in specs]
     for spec in specs:  # refuse an untrained model before anything is recorded
         check_weights(spec.name, spec.weights)
+    outputs = {spec.name: model_num_classes(spec.name) for spec in specs}
+    if len(set(outputs.values())) > 1:
+        raise TinySaverError(f"the models have different numbers of classes ({outputs}); a cascade needs one")
+    num_classes = outputs[specs[0].name]
 
     def split(name: str, augment: bool = False, subset: int | None = None) -> Split:
+        class_map = split_class_map(args.data, name, num_classes, args.class_map, args.mask_to_folders)
+        if class_map is not None:
+            print(f"{args.data}/{name}: classes: {class_map.describe()}")
+
         def factory(transform):
-            ds = build_dataset(args.data, name, transform)
+            ds = build_dataset(args.data, name, transform, class_map)
             if subset and subset < len(ds):
                 idx = np.sort(np.random.default_rng(0).choice(len(ds), subset, replace=False))
                 ds = torch.utils.data.Subset(ds, idx.tolist())
             return ds
 
-        return Split(name, factory, augment=augment)
+        return Split(name, factory, augment=augment, class_map=class_map)
 
     cfg = PipelineConfig(
         base=specs[0], savers=specs[1:],
@@ -75,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         calib_splits=[split(args.holdout_split)] if args.holdout_split else [],
         report_split=split(args.val_split), out_dir=Path(args.out), batch_size=args.batch_size,
         workers=args.workers, device=args.device, amp=args.amp, channels_last=args.channels_last,
-        live_check=not args.no_live_check, force=args.force)
+        live_check=not args.no_live_check, force=args.force, speed_batch_sizes=tuple(args.speed_batch_sizes))
     print(summary_console(run_pipeline(cfg)))
     print(f"Tables, plots and records: {args.out}")
     return 0

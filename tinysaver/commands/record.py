@@ -1,8 +1,12 @@
 """Record a classifier's predictions on a dataset split into a record (.npz).
 
 --data is an ImageFolder root (ImageNet layout: DATA/<split>/<class>/<image>) or the built-in
-"fashion_mnist" (splits train, holdout, test). --augment records the split under the model's
-training augmentation (paper 3.3), seeded per sample. Interrupted runs resume where they stopped.
+"fashion_mnist" (splits train, holdout, test). The class folders map to the model's outputs by
+synset id (n01440764 -> its ImageNet index), by number (ImageNet-V2's "22" -> 22), by sorted order
+when there are exactly as many folders as the model has classes, or by --class-map FILE; the
+mapping is printed and stored in the record. --mask-to-folders restricts the logits to the classes
+present (ImageNet-R/-A). --augment records the split under the model's training augmentation
+(paper 3.3), seeded per sample. Interrupted runs resume where they stopped.
 Under torchrun each process records its share of the batches and rank 0 merges them:
 
   torchrun --nproc_per_node 2 -m tinysaver.cli record --model resnet50 --weights r50.pth \\
@@ -18,6 +22,7 @@ Example (a demo model by name, 256 test images, writes records/fmnist_cnn_s_test
 from __future__ import annotations
 
 import argparse
+from typing import Optional
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,10 +41,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--save-logits", action="store_true", help="keep the logits in the record")
     p.add_argument("--limit", type=int, help="record only the first N samples")
+    p.add_argument("--class-map", metavar="FILE",
+                   help="folder -> model class index: JSON object or text lines 'folder index'")
+    p.add_argument("--mask-to-folders", action="store_true",
+                   help="set the logits of classes without a folder to -inf (ImageNet-R/-A protocol)")
 
 
-def build_dataset(data: str, split: str, transform):
-    """The dataset behind --data/--split with ``transform`` applied to each PIL image."""
+def split_class_map(data: str, split: str, num_classes: int, class_map_file: Optional[str] = None,
+                    mask_to_folders: bool = False):
+    """The :class:`~tinysaver.plugins.imagenet.ClassMap` of folder split ``DATA/SPLIT`` (None for
+    the built-in fashion_mnist, whose labels are the model's classes already)."""
+    from pathlib import Path
+
+    from tinysaver.plugins.imagenet import folder_class_map
+
+    from ..errors import TinySaverError
+
+    if data == "fashion_mnist":
+        if class_map_file or mask_to_folders:
+            raise TinySaverError("--class-map and --mask-to-folders apply to folder datasets, not fashion_mnist")
+        return None
+    return folder_class_map(Path(data) / split, num_classes, class_map_file, mask_to_folders)
+
+
+def build_dataset(data: str, split: str, transform, class_map=None):
+    """The dataset behind --data/--split with ``transform`` applied to each PIL image; a folder
+    dataset labels each image with its folder's model class index from ``class_map``."""
     from pathlib import Path
 
     from tinysaver.plugins.datasets import ArrayImageDataset, image_folder, load_fashion_mnist
@@ -47,7 +74,7 @@ def build_dataset(data: str, split: str, transform):
     if data == "fashion_mnist":
         images, labels = load_fashion_mnist(split)
         return ArrayImageDataset(images, labels, transform)
-    return image_folder(str(Path(data) / split), transform)
+    return image_folder(str(Path(data) / split), transform, class_map=class_map)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..complexity import count_gmacs
     from ..recording import SeededItems, default_record_path, init_distributed_from_env, record_predictions
+    from tinysaver.plugins.imagenet import output_classes
     from tinysaver.plugins.timm import create_classifier, data_config, eval_transform, train_transform, weights_label
 
     rank, world = init_distributed_from_env(args.device)
@@ -63,15 +91,19 @@ def run(args: argparse.Namespace) -> int:
     model = create_classifier(args.model, args.weights, random_init=args.random_init)
     size = data_config(model)["input_size"]
     transform = train_transform(model) if args.augment else eval_transform(model)
-    dataset = build_dataset(args.data, args.split, transform)
+    num_classes = output_classes(model, size)
+    class_map = split_class_map(args.data, args.split, num_classes, args.class_map, args.mask_to_folders)
+    if class_map is not None and rank == 0:
+        print(f"{args.data}/{args.split}: classes: {class_map.describe()}")
+    dataset = build_dataset(args.data, args.split, transform, class_map)
     if args.limit:
         dataset = torch.utils.data.Subset(dataset, range(min(args.limit, len(dataset))))
     out = args.out or default_record_path("records", args.model, args.split, args.augment)
     record = record_predictions(
         model, SeededItems(dataset, args.seed), out, name=args.model, gmacs=count_gmacs(model, size),
         batch_size=args.batch_size, workers=args.workers, device=args.device, amp=args.amp,
-        channels_last=args.channels_last, save_logits=args.save_logits,
-        num_classes=getattr(model, "num_classes", None),
+        channels_last=args.channels_last, save_logits=args.save_logits, num_classes=num_classes,
+        class_map=class_map,
         extra_meta={"weights": weights_label(args.model, args.weights, args.random_init), "data": args.data,
                     "split": args.split, "augment": args.augment,
                     "seed": args.seed, "limit": args.limit})
