@@ -120,11 +120,13 @@ def _synthetic(m, num, seed, distinct=None):
 def test_grid_mode_never_worse_than_best_pair_and_says_so():
     pool, base = _synthetic(3000, 4, 0)
     plan = plan_chains(base, pool, max_stages=3, grid=64, progress=False)
-    assert plan.mode == "grid-64"
+    tables_only = plan_chains(base, pool, max_stages=3, grid=64, progress=False, descent=False)
+    assert plan.mode == "grid-64+descent" and tables_only.mode == "grid-64"
     assert plan.search["exact_chains"] == 1 + 4  # base alone and the pairs stay exact
-    assert plan.search["grid_chains"] == 6
+    assert plan.search["grid_chains"] == 6 and plan.search["descent_only_chains"] == 0
     for d, p in plan.required.items():
         assert p.gmacs <= plan.best_pair[d].gmacs
+        assert p.gmacs <= tables_only.required[d].gmacs + 1e-12  # the descent only keeps cheaper answers
         assert p.acc * 3000 >= base.correct.sum() - d / 100 * 3000 - 1e-6
     # the grid thresholds are real confidences: re-running the chain reproduces the numbers
     for p in plan.front[:: max(1, len(plan.front) // 20)]:
@@ -193,7 +195,7 @@ def test_front_measured_on_another_split_equals_direct_simulation():
     cpool, cbase = _synthetic(1500, 2, 10)
     plan = plan_chains(base, pool, calib_base=cbase, calib_pool=cpool, progress=False, grid=40,
                        max_exact_cells=100)
-    assert plan.mode == "grid-40"
+    assert plan.mode == "grid-40+descent"
     stages = {r.name: Stage.from_record(r) for r in pool + [base]}
     for p in plan.front:
         ev = simulate_chain([stages[n] for n in p.stages], p.thresholds)

@@ -71,7 +71,7 @@ import numpy as np
 
 from .analysis import threshold_to_json
 from .chain import (DEFAULT_EXACT_CELLS, DEFAULT_GRID, Stage, _cells, answering_stage, cell_thresholds,
-                    chain_grids, chain_table, grid_ranks, search_chains, simulate_chain, threshold_grid)
+                    chain_table, grid_ranks, search_chains, simulate_chain, threshold_grid)
 from .errors import TinySaverError
 from .records import Record
 
@@ -79,6 +79,8 @@ from .records import Record
 METHODS = ("wsr", "bernstein", "hoeffding-bentkus")
 _CHUNK_CELLS = 2 ** 22
 _COUNT_TOL = 1e-6
+#: Largest table a chain's calibration path is read from (long chains get coarser grids).
+PATH_CELLS = 2 ** 22
 
 
 def check_target(drop: float, delta: float, method: str = "wsr") -> None:
@@ -316,6 +318,10 @@ def calibrate_chain(stages: Sequence[Stage], drop: float, delta: float, method: 
         return [Stage(s.name, s.gmacs, s.conf[idx], s.correct[idx]) for s in stages]
 
     search_half, test_half = subset(half_a), subset(half_b)
+    # a long chain's table on grids of `grid` values would not fit: coarser grids for its path
+    savers = len(stages) - 1
+    if _cells([threshold_grid(s.conf) for s in search_half[:-1]]) > max_exact_cells:
+        grid = min(grid, max(2, int(PATH_CELLS ** (1.0 / savers)) - 1))
     search = search_chains(search_half, grid=grid, max_exact_cells=max_exact_cells,
                            chains=[tuple(range(len(stages)))], progress=False)
     merged = search.merged()
@@ -338,6 +344,125 @@ def calibrate_chain(stages: Sequence[Stage], drop: float, delta: float, method: 
                   "front (most to least expensive), the other half tests along it with fixed-sequence testing",
         extra={"split": {"search": len(half_a), "test": len(half_b), "seed": seed, "search_mode": search.mode}},
         **_describe(stages, t[None, :]))
+
+
+def certify_plan(calib: Sequence[Stage], report: Optional[Sequence[Stage]], drops: Sequence[float], delta: float,
+                 *, max_stages: int = 3, method: str = "wsr", seed: int = 0, ladder: int = 16,
+                 grid: int = DEFAULT_GRID, max_exact_cells: int = DEFAULT_EXACT_CELLS, descent: bool = True,
+                 starts: int = 1, pair_grid: Optional[int] = None) -> Dict[float, Calibration]:
+    """The planner with a guarantee: for each drop, a chain *and* thresholds whose accuracy drop on
+    new data is <= ``drop`` points with probability >= 1 − δ over the draw of the calibration split.
+
+    Learn then Test with data splitting, over configurations of any chain of the pool:
+
+    1. The calibration split is halved at random (``seed``).
+    2. On half A the planner (:func:`tinysaver.chain.search_plan`: tables, then the descent) finds
+       the cheapest configuration at targets evenly spaced (``ladder`` steps) from the most accurate
+       configuration its tables find there (a gain over the base, when the pool allows one: the
+       drop must be certified on half B, so the first hypotheses need a margin) to the largest
+       drop; the path of a drop is the targets below it, then the drop itself; the chain may differ
+       from target to target. Ordered from the most to the least expensive, they are the path; it
+       depends on half A only.
+    3. On half B, fixed-sequence testing along the path with the loss ``1[base right] −
+       1[answering stage right]`` keeps the last configuration before the first one whose drop
+       cannot be certified (nothing exits — the base alone — when the first cannot).
+
+    Conditional on half A each path is fixed, so the ``1 − δ`` guarantee of :func:`calibrate_chain`
+    holds for each drop whatever chains its path visits (the test is about the loss, not the chain).
+
+    Args:
+        calib: Pool by cost then the base, on the calibration split.
+        report: The same models on the reported split (measured there when given), or None.
+        drops: Allowed accuracy drops in points (>= 0).
+        delta: Allowed probability that the calibration draw breaks the guarantee (per drop).
+        max_stages: Longest chain.
+        method: One of :data:`METHODS`.
+        seed: Halves of the calibration split and the sample order of ``wsr``.
+        ladder: Steps of the targets between the most accurate configuration and the largest drop.
+        grid: As in :func:`tinysaver.chain.search_plan`.
+        max_exact_cells: As there.
+        descent: As there.
+        starts: As there (1 keeps the ladder fast; each target also starts from the stricter one).
+        pair_grid: As there.
+
+    Returns:
+        Per drop a :class:`Calibration` for the chain reached (``extra`` holds the path and, with
+        ``report``, ``acc``, ``gmacs``, ``answered`` and ``meets_target`` measured there).
+
+    Examples:
+        >>> certified = certify_plan(holdout_stages, test_stages, [1.0, 0.5], delta=0.1,
+        ...                          max_stages=5)  # doctest: +SKIP
+        >>> certified[0.5].stages, certified[0.5].thresholds, certified[0.5].extra["meets_target"]  # doctest: +SKIP
+    """
+    from .chain import search_plan, search_tables
+
+    drops = [float(d) for d in drops]
+    for d in drops:
+        check_target(d, delta, method)
+    if ladder < 1:
+        raise TinySaverError(f"the certification ladder needs >= 1 step, got {ladder}")
+    n = calib[0].num_samples
+    if n < 4:
+        raise TinySaverError(f"{n} calibration samples are too few to split in two halves")
+    perm = np.random.default_rng(seed).permutation(n)
+    half_a, half_b = np.sort(perm[: n // 2]), perm[n // 2:]  # half B keeps its random order (wsr)
+
+    def subset(idx: np.ndarray) -> List[Stage]:
+        return [Stage(s.name, s.gmacs, s.conf[idx], s.correct[idx]) for s in calib]
+
+    search_half, test_half = subset(half_a), subset(half_b)
+    savers = len(calib) - 1
+    tables = search_tables(search_half, max_stages, grid=grid, max_exact_cells=max_exact_cells, progress=False)
+    most = float(np.flatnonzero(np.isfinite(tables.merged().cost)).max())   # most right answers there
+    gain = min(0.0, (tables.base_correct - most) / len(half_a) * 100.0)      # <= 0: a drop in points
+    # one ladder for all drops (evenly spaced up to the largest), each path ending at its own drop
+    common = np.linspace(gain, max(drops), ladder + 1) if drops else np.zeros(0)
+    ladders = {d: [float(x) for x in common if x < d] + [d] for d in drops}
+    planned = search_plan(search_half, max_stages, sorted({x for xs in ladders.values() for x in xs}), grid=grid,
+                          max_exact_cells=max_exact_cells, descent=descent, starts=starts, pair_grid=pair_grid,
+                          progress=False, tables=tables)
+    base_right = test_half[-1].correct
+    correct = np.stack([s.correct for s in test_half])
+    cols = np.arange(len(half_b))
+    out: Dict[float, Calibration] = {}
+    for d in drops:
+        path, seen = [], set()
+        for target in ladders[d]:  # strictest first: costs do not increase along it
+            choice = planned.choices[target]
+            if choice is None:
+                continue
+            vector = np.full(savers, np.inf)
+            vector[list(choice.chain[:-1])] = choice.thresholds
+            if vector.tobytes() not in seen:
+                seen.add(vector.tobytes())
+                path.append(vector)
+        path_arr = np.array(path).reshape(-1, savers)
+
+        def columns(sl: slice) -> np.ndarray:
+            stage = answering_stage(test_half, path_arr[sl])
+            return base_right[None, :] - correct[stage, cols]
+
+        rejected = fixed_sequence(columns, len(path_arr), len(half_b), d / 100.0, delta, method)
+        chosen = path_arr[rejected - 1] if rejected else np.full(savers, np.inf)
+        chain = [k for k in range(savers) if np.isfinite(chosen[k])] + [savers]
+        t = chosen[chain[:-1]]
+        extra: Dict[str, object] = {
+            "split": {"search": len(half_a), "test": len(half_b), "seed": seed, "search_mode": planned.mode},
+            "path": [{"stages": [calib[k].name for k in range(savers) if np.isfinite(v[k])] + [calib[-1].name],
+                      "thresholds": [float(x) for x in v[np.isfinite(v)]]} for v in path_arr]}
+        if report is not None:
+            ev = simulate_chain([report[k] for k in chain], t[None, :])
+            m = report[0].num_samples
+            extra.update(acc=float(ev.acc[0]), gmacs=float(ev.gmacs[0]), answered=ev.answered[0].tolist(),
+                         meets_target=bool(ev.acc[0] * m >= report[-1].correct.sum() - d / 100.0 * m - _COUNT_TOL))
+        out[d] = Calibration(
+            stages=[calib[k].name for k in chain], thresholds=t.tolist(), drop=d, delta=delta, method=method,
+            tested=len(path_arr), rejected=rejected,
+            procedure="Learn then Test with data splitting: half the calibration set runs the planner at targets "
+                      "from 0 to the drop (the path, most to least expensive), the other half tests along it "
+                      "with fixed-sequence testing",
+            extra=extra, **_describe([calib[k] for k in chain], t[None, :]))
+    return out
 
 
 def calibrate_records(records: Sequence[Record], drop: float, delta: float, method: str = "wsr",
@@ -387,7 +512,9 @@ def bootstrap_chain_ci(calib: Sequence[Stage], report: Sequence[Stage], drops: S
     if draws < 2:
         raise TinySaverError(f"bootstrap needs >= 2 draws, got {draws}")
     n = len(calib) - 1
-    grids, exact = chain_grids(calib, tuple(range(n + 1)), grid, max_cells)
+    grids, exact = [threshold_grid(s.conf) for s in calib[:-1]], True
+    if _cells(grids) > max_cells:
+        grids, exact = [threshold_grid(s.conf, grid) for s in calib[:-1]], False
     if _cells(grids) > max_cells:
         size = max(2, int(max_cells ** (1.0 / n)) - 1)
         grids, exact = [threshold_grid(s.conf, size) for s in calib[:-1]], False

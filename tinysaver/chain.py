@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -249,6 +250,66 @@ class ChainTable:
         return np.stack(out, axis=1) / self.total
 
 
+def _answer_table(flat: np.ndarray, sizes: Tuple[int, ...], values: Sequence[np.ndarray]) -> np.ndarray:
+    """``Σ_i values[k_i][i]`` at every cell, ``k_i`` the stage that answers sample ``i`` there.
+
+    Stage ``k`` answers the samples with ``rank_1 < j_1, …, rank_{k-1} < j_{k-1}`` and
+    ``rank_k >= j_k``; ``values[n]`` is for the samples that pass every stage. The sum of stage
+    ``k`` is the histogram of ``(rank_1..rank_k)`` summed with exclusive prefix sums along the first
+    ``k-1`` axes and a suffix sum along axis ``k``, for all cells at once.
+
+    Args:
+        flat: Each sample's cell of ranks, flattened on ``sizes``.
+        sizes: Grid size ``G_k`` per stage (``n`` of them).
+        values: ``n + 1`` per-sample arrays: the value when answered by stage ``k``, then when
+            passing them all.
+
+    Returns:
+        An array of shape ``(G_1+1, …, G_n+1)`` (index ``G_k``: threshold +inf on axis ``k``).
+    """
+    n = len(sizes)
+    full = tuple(g + 1 for g in sizes)
+    cells = math.prod(sizes)
+
+    def hist(v: np.ndarray) -> np.ndarray:
+        return np.bincount(flat, weights=v, minlength=cells).reshape(sizes)
+
+    def expand(a: np.ndarray) -> np.ndarray:  # trailing axes of length 1, to broadcast on ``full``
+        return a.reshape(a.shape + (1,) * (n - a.ndim))
+
+    out = np.zeros(full)
+    for k in range(n):
+        h = hist(values[k])
+        if k + 1 < n:
+            h = h.sum(axis=tuple(range(k + 1, n)))
+        for axis in range(k):
+            h = _exclusive_prefix(h, axis)
+        out += expand(_suffix(h, k))
+    h = hist(values[n])
+    for axis in range(n):
+        h = _exclusive_prefix(h, axis)
+    out += h
+    return out
+
+
+def answer_table(ranks: Sequence[np.ndarray], sizes: Sequence[int], values: Sequence[np.ndarray]) -> np.ndarray:
+    """Sum over samples of a per-sample value of whichever stage answers it, at every combination
+    of grid thresholds (see :func:`_answer_table`); :func:`chain_counts` is this with the 1/0
+    correct arrays as values. With ``values`` per-sample costs it gives costs that differ sample
+    by sample (the coordinate moves of :mod:`tinysaver.descent` use both).
+
+    Examples:
+        >>> import numpy as np
+        >>> answer_table([np.array([0, 1, 1])], [2], [np.ones(3), np.zeros(3)]).tolist()  # exits at t_j
+        [3.0, 2.0, 0.0]
+    """
+    sizes = tuple(int(g) for g in sizes)
+    if not sizes:
+        return np.array(float(np.sum(values[0])))
+    flat = np.ravel_multi_index(tuple(np.asarray(r) for r in ranks), sizes)
+    return _answer_table(flat, sizes, [np.asarray(v, dtype=np.float64) for v in values])
+
+
 def chain_counts(ranks: Sequence[np.ndarray], sizes: Sequence[int], corrects: Sequence[np.ndarray],
                  gmacs: Sequence[float], weights: Optional[np.ndarray] = None) -> ChainTable:
     """Correct count, expected cost and reach of a chain at every combination of grid thresholds.
@@ -281,27 +342,12 @@ def chain_counts(ranks: Sequence[np.ndarray], sizes: Sequence[int], corrects: Se
     sizes = tuple(int(g) for g in sizes)
     full = tuple(g + 1 for g in sizes)
     flat = np.ravel_multi_index(tuple(np.asarray(r) for r in ranks), sizes)
-    cells = math.prod(sizes)
-
-    def hist(values: np.ndarray) -> np.ndarray:
-        return np.bincount(flat, weights=values, minlength=cells).reshape(sizes)
+    correct = _answer_table(flat, sizes, [w * c for c in corrects])
+    count = np.bincount(flat, weights=w, minlength=math.prod(sizes)).reshape(sizes)
 
     def expand(a: np.ndarray) -> np.ndarray:  # trailing axes of length 1, to broadcast on ``full``
         return a.reshape(a.shape + (1,) * (n - a.ndim))
 
-    correct = np.zeros(full)
-    for k in range(n):
-        h = hist(w * corrects[k])
-        if k + 1 < n:
-            h = h.sum(axis=tuple(range(k + 1, n)))
-        for axis in range(k):
-            h = _exclusive_prefix(h, axis)
-        correct += expand(_suffix(h, k))
-    h = hist(w * corrects[n])
-    for axis in range(n):
-        h = _exclusive_prefix(h, axis)
-    correct += h
-    count = hist(w)
     cost = np.full(full, total * gmacs[0])
     reach = [np.array(total)]
     for k in range(1, n + 1):  # reach of stage k (k = n: the base): below every earlier threshold
@@ -545,6 +591,202 @@ def search_chains(stages: Sequence[Stage], max_stages: int = 3, *, grid: int = D
                        best_cost=best_cost, best_cell=best_cell, grid=grid)
 
 
+# --- chains of any length: tables where they fit, then the descent -------------------------------
+
+#: Chains of up to this many stages get a table even when it cannot be exact (quantile grids);
+#: longer chains get one only when every distinct confidence fits, else only the descent reaches them.
+GRID_TABLE_STAGES = 3
+# Costs of distinct configurations differ by far more than this (relative to the costliest model).
+_COST_TOL = 1e-9
+
+
+def count_chains(num_savers: int, max_stages: int) -> int:
+    """Number of chains of 1 to ``max_stages`` stages ending with the base over ``num_savers``."""
+    return sum(math.comb(num_savers, size) for size in range(0, min(max_stages - 1, num_savers) + 1))
+
+
+def table_chains(stages: Sequence[Stage], max_stages: int, max_exact_cells: int = DEFAULT_EXACT_CELLS
+                 ) -> List[Tuple[int, ...]]:
+    """The chains the planner searches with a table (in :func:`enumerate_chains` order): every chain
+    of up to :data:`GRID_TABLE_STAGES` stages (on quantile grids when too large to be exact), and
+    the longer ones whose table over every distinct confidence has at most ``max_exact_cells`` cells.
+
+    Examples:
+        >>> import numpy as np
+        >>> pool = [Stage(f"s{i}", i + 1.0, np.arange(10.0) / 10, np.ones(10)) for i in range(3)]
+        >>> len(table_chains(pool + [Stage("b", 9.0, np.ones(10), np.ones(10))], 4, 11 ** 3))  # all 8
+        8
+        >>> len(table_chains(pool + [Stage("b", 9.0, np.ones(10), np.ones(10))], 4, 11 ** 2))  # not s0 s1 s2 b
+        7
+    """
+    if max_stages < 1:
+        raise TinySaverError(f"--max-stages must be >= 1 (the base alone), got {max_stages}")
+    n = len(stages) - 1
+    cells = [len(np.unique(s.conf)) + 1 for s in stages[:-1]]
+    smallest = sorted(cells)
+    chains: List[Tuple[int, ...]] = []
+    for size in range(0, min(max_stages - 1, n) + 1):
+        gridded = size + 1 <= GRID_TABLE_STAGES
+        if not gridded and math.prod(smallest[:size]) > max_exact_cells:
+            break  # no chain of this length (or longer) fits exactly
+        for combo in itertools.combinations(range(n), size):
+            if gridded or math.prod(cells[i] for i in combo) <= max_exact_cells:
+                chains.append(combo + (n,))
+    return chains
+
+
+@dataclass
+class Choice:
+    """The cheapest configuration found at one accuracy target on the searched split.
+
+    Attributes:
+        chain: Stage indices (pool by cost, base last).
+        thresholds: One per stage but the base.
+        correct: Right answers on the searched split.
+        cost: Expected GMACs per sample there.
+        found_by: ``"table"`` (the tables' cheapest) or ``"descent"`` (cheaper than that).
+        descent: What the descent did at this target (None when it did not run).
+    """
+
+    chain: Tuple[int, ...]
+    thresholds: np.ndarray
+    correct: float
+    cost: float
+    found_by: str
+    descent: Optional[Dict[str, object]] = None
+
+
+@dataclass
+class PlanSearch:
+    """Tables over the chains that fit them and the descent's refinement at each target."""
+
+    search: ChainSearch
+    choices: Dict[float, Optional[Choice]]
+    total_chains: int
+    descent_run: bool
+    settings: Dict[str, object]
+
+    @property
+    def mode(self) -> str:
+        """``exact`` / ``grid-<G>`` (the tables), with ``+descent`` when the descent refined them."""
+        return self.search.mode + ("+descent" if self.descent_run else "")
+
+    def info(self) -> Dict[str, object]:
+        exact = sum(self.search.exact)
+        tabled = len(self.search.chains)
+        return {"chains": self.total_chains, "table_chains": tabled, "exact_chains": exact,
+                "grid_chains": tabled - exact, "descent_only_chains": self.total_chains - tabled,
+                "descent": self.descent_run, **self.settings}
+
+
+def _table_starts(search: ChainSearch, need: float, count: int) -> List[np.ndarray]:
+    """Pool-wide threshold vectors (``inf``: not in the chain) of the cheapest table configuration
+    meeting ``need`` in each of the ``count`` cheapest chains there."""
+    n = len(search.stages) - 1
+    first = max(0, int(math.ceil(need - _COUNT_TOL)))
+    if first > search.num_samples:
+        return []
+    tail = search.best_cost[:, first:]
+    where = np.argmin(tail, axis=1)
+    cost = tail[np.arange(len(tail)), where]
+    starts = []
+    for c in np.argsort(cost, kind="stable")[:count]:
+        if not np.isfinite(cost[c]):
+            break
+        cell = search.best_cell[c, first + where[c]]
+        vector = np.full(n, np.inf)
+        vector[list(search.chains[c][:-1])] = search.thresholds(int(c), [cell])[0]
+        starts.append(vector)
+    return starts
+
+
+def search_tables(stages: Sequence[Stage], max_stages: int, *, grid: int = DEFAULT_GRID,
+                  max_exact_cells: int = DEFAULT_EXACT_CELLS, progress: Optional[bool] = None) -> ChainSearch:
+    """Step 1 of :func:`search_plan`: :func:`search_chains` over :func:`table_chains`."""
+    return search_chains(stages, max_stages, grid=grid, max_exact_cells=max_exact_cells,
+                         chains=table_chains(stages, max_stages, max_exact_cells), progress=progress)
+
+
+def search_plan(stages: Sequence[Stage], max_stages: int, drops: Sequence[float], *, grid: int = DEFAULT_GRID,
+                max_exact_cells: int = DEFAULT_EXACT_CELLS, descent: bool = True, starts: int = 3,
+                pair_grid: Optional[int] = None, progress: Optional[bool] = None,
+                tables: Optional[ChainSearch] = None) -> PlanSearch:
+    """The cheapest chain and thresholds for each accuracy drop on one split, chains of any length.
+
+    1. Tables (:func:`search_chains`) over :func:`table_chains`: every chain of up to 3 stages
+       (exact or on quantile grids) and every longer chain small enough to be exact.
+    2. Unless every chain of up to ``max_stages`` stages was searched exactly, the descent of
+       :mod:`tinysaver.descent` refines each target, from strictest to loosest, starting from the
+       cheapest table configuration of each of the ``starts`` cheapest chains at that target and
+       from the answer at the previous (stricter) target; it is kept where it is cheaper.
+
+    Args:
+        stages: Usable pool sorted by cost, then the base (last).
+        max_stages: Longest chain, base included.
+        drops: Allowed accuracy drops in points.
+        grid: Quantile grid size of the tables too large to be exact.
+        max_exact_cells: Largest table searched over every distinct confidence.
+        descent: Run the descent where the tables are not exhaustive.
+        starts: Table chains the descent starts from at each target.
+        pair_grid: Quantile grid size of the descent's pair moves (None: its default; 0: none).
+        progress: Progress bars (None: only on a terminal).
+        tables: The tables of :func:`search_tables` on these stages, when already computed.
+
+    Returns:
+        A :class:`PlanSearch`; its choices are never costlier than the tables' (guarantee 1 of
+        :mod:`tinysaver.descent`).
+    """
+    from tqdm import tqdm
+
+    from .descent import DEFAULT_PAIR_GRID, ChainDescent
+
+    if starts < 1:
+        raise TinySaverError(f"--starts must be >= 1, got {starts}")
+    pair_grid = DEFAULT_PAIR_GRID if pair_grid is None else int(pair_grid)
+    if pair_grid == 1 or pair_grid < 0:
+        raise TinySaverError(f"--pair-grid must be 0 (no pair moves) or >= 2, got {pair_grid}")
+    n, m = len(stages) - 1, stages[0].num_samples
+    search = tables or search_tables(stages, max_stages, grid=grid, max_exact_cells=max_exact_cells,
+                                     progress=progress)
+    total = count_chains(n, max_stages)
+    run = descent and (len(search.chains) < total or not all(search.exact))
+    merged = search.merged()
+    tol = _COST_TOL * max(s.gmacs for s in stages)
+    descender = ChainDescent(stages, max_stages, pair_grid) if run else None
+    choices: Dict[float, Optional[Choice]] = {}
+    previous: Optional[np.ndarray] = None
+    ordered = sorted({float(d) for d in drops})  # strictest first: its answer meets the looser targets
+    for drop in tqdm(ordered, desc="descent", unit="target", leave=False,
+                     disable=(None if progress is None else not progress) if run else True):
+        need = search.base_correct - drop / 100.0 * m
+        c = merged.cheapest(need)
+        if c is None:
+            choices[drop] = None
+            continue
+        chain_id = int(merged.chain[c])
+        choice = Choice(chain=search.chains[chain_id], thresholds=search.thresholds(chain_id, [merged.cell[c]])[0],
+                        correct=float(c), cost=float(merged.cost[c]), found_by="table")
+        if descender is not None:
+            from_tables = _table_starts(search, need, starts)
+            results = [descender.run(s, need) for s in from_tables + ([previous] if previous is not None else [])]
+            best = min(results, key=lambda r: (r.cost, -r.correct))
+            info = {"starts": len(results), "from_previous_target": previous is not None,
+                    "table_gmacs": choice.cost, "gmacs": best.cost, "chain": [stages[i].name for i in best.chain],
+                    "moves": {k: sum(r.moves[k] for r in results) for k in best.moves},
+                    "cycles": max(r.passes for r in results), "converged": all(r.converged for r in results)}
+            if best.cost < choice.cost - tol:
+                choice = Choice(chain=tuple(best.chain) + (n,), thresholds=best.thresholds[best.chain],
+                                correct=best.correct, cost=best.cost, found_by="descent")
+            choice.descent = info
+            previous = np.full(n, np.inf)
+            previous[list(choice.chain[:-1])] = choice.thresholds
+        choices[drop] = choice
+    settings = {"grid": grid, "max_exact_cells": max_exact_cells, "starts": starts if run else 0,
+                "pair_grid": pair_grid if run else 0}
+    return PlanSearch(search=search, choices={float(d): choices[float(d)] for d in drops}, total_chains=total,
+                      descent_run=run, settings=settings)
+
+
 # --- plan results ---------------------------------------------------------------------------------
 
 @dataclass
@@ -711,24 +953,57 @@ def _points(search: ChainSearch, merged: Merged, counts: Sequence[int], report: 
     return [points[c] for c in counts]
 
 
+def _choice_point(choice: Choice, searched: Sequence[Stage], report: Optional[Sequence[Stage]]) -> ChainPoint:
+    """A descent's configuration as a chain point: simulated on the reported split, with the
+    searched split's numbers as ``calib_*`` when that is another split."""
+    measure = searched if report is None else report
+    ev = simulate_chain([measure[i] for i in choice.chain], choice.thresholds)
+    point = ChainPoint(stages=[measure[i].name for i in choice.chain], thresholds=choice.thresholds.tolist(),
+                       answered=ev.answered[0].tolist(), acc=float(ev.acc[0]), gmacs=float(ev.gmacs[0]))
+    if report is not None:
+        point.calib_acc, point.calib_gmacs = choice.correct / searched[0].num_samples, choice.cost
+    return point
+
+
+def _pareto(points: Sequence[ChainPoint]) -> List[ChainPoint]:
+    """The points no other point beats on the split they were chosen on (as accurate or more for
+    as little or less, one of them strictly), sorted by measured GMACs."""
+    def key(p: ChainPoint) -> Tuple[float, float]:
+        return (p.gmacs, p.acc) if p.calib_gmacs is None else (p.calib_gmacs, p.calib_acc)
+
+    keys = np.array([key(p) for p in points]).reshape(-1, 2)
+    keep, seen = [], set()
+    for i, (g, a) in enumerate(keys):
+        beaten = (keys[:, 0] <= g) & (keys[:, 1] >= a) & ((keys[:, 0] < g) | (keys[:, 1] > a))
+        if not beaten.any() and (g, a) not in seen:  # the same configuration may answer two drops
+            seen.add((g, a))
+            keep.append(points[i])
+    return sorted(keep, key=lambda p: p.gmacs)
+
+
 def plan_chains(base: Record, pool: Sequence[Record], *, max_stages: int = 3,
                 drops: Sequence[float] = PAPER_DROPS, grid: int = DEFAULT_GRID,
                 max_exact_cells: int = DEFAULT_EXACT_CELLS, calib_base: Optional[Record] = None,
                 calib_pool: Optional[Sequence[Record]] = None, ci: Optional[float] = None,
-                draws: int = 1000, seed: int = 0, progress: Optional[bool] = None) -> Plan:
+                draws: int = 1000, seed: int = 0, descent: bool = True, starts: int = 3,
+                pair_grid: Optional[int] = None, certify: Optional[float] = None, certify_method: str = "wsr",
+                progress: Optional[bool] = None) -> Plan:
     """The cheapest chain of savers in front of ``base`` for each allowed accuracy drop.
 
     Searches every chain of 1 to ``max_stages`` stages ending with the base (pool members ordered by
-    cost; members as costly as the base are skipped) and every threshold combination (see the
-    module docstring for exactness), then reports the Pareto front of accuracy vs expected GMACs,
-    the cheapest configuration within each drop (``required``, like the paper's Tables 1/5 but over
-    chains), the same restricted to 2-stage chains (``best_pair``; ``required`` is never costlier on
-    the split it is chosen on, since pairs are part of the search), and the oracle.
+    cost; members as costly as the base are skipped) and their thresholds (:func:`search_plan`):
+    tables over every threshold combination where they fit (exact on small data, quantile grids
+    for chains of up to 3 stages at scale), then the coordinate descent of
+    :mod:`tinysaver.descent` for longer chains and to refine grid answers. Reports the Pareto
+    front of accuracy vs expected GMACs, the cheapest configuration within each drop
+    (``required``, like the paper's Tables 1/5 but over chains), the same restricted to 2-stage
+    chains (``best_pair``; ``required`` is never costlier on the split it is chosen on, since pairs
+    are part of the search and the descent only accepts cheaper answers), and the oracle.
 
     Args:
         base: Base record (reported split).
         pool: Candidate savers (reported split).
-        max_stages: Longest chain, base included.
+        max_stages: Longest chain, base included (any length up to the pool size + 1).
         drops: Allowed accuracy drops in percentage points (negative: a gain is required).
         grid: Per-stage quantile grid size for chains too large to search exactly.
         max_exact_cells: Largest per-chain table searched over every distinct confidence.
@@ -737,7 +1012,14 @@ def plan_chains(base: Record, pool: Sequence[Record], *, max_stages: int = 3,
         calib_pool: The pool on the calibration split, same models in the same order.
         ci: Confidence level of bootstrap intervals for ``required`` (calibrated mode only).
         draws: Bootstrap draws.
-        seed: Bootstrap seed.
+        seed: Bootstrap seed, and the calibration split's halves for ``certify``.
+        descent: Refine with the descent where the tables are not exhaustive.
+        starts: Table chains the descent starts from at each target.
+        pair_grid: Grid of the descent's pair moves (None: default; 0: single moves only).
+        certify: δ of a Learn-then-Test certification per drop (calibrated mode only;
+            :func:`tinysaver.calibrate.certify_plan`): thresholds whose drop on new data is within
+            the target with probability >= 1 − δ, reported as ``certified``.
+        certify_method: Upper-bound method of the certification (see :mod:`tinysaver.calibrate`).
         progress: Progress bars (None: only on a terminal).
 
     Returns:
@@ -745,13 +1027,15 @@ def plan_chains(base: Record, pool: Sequence[Record], *, max_stages: int = 3,
 
     Examples:
         >>> result = plan_chains(base_test, [xxs_test, s_test], calib_base=base_holdout,
-        ...                      calib_pool=[xxs_holdout, s_holdout])  # doctest: +SKIP
+        ...                      calib_pool=[xxs_holdout, s_holdout], max_stages=3)  # doctest: +SKIP
         >>> result.required[0.5].stages, result.required[0.5].gmacs  # doctest: +SKIP
     """
     if (calib_base is None) != (calib_pool is None):
         raise TinySaverError("--calib-base and --calib-pool go together")
     if ci is not None and calib_base is None:
         raise TinySaverError("--ci needs the calibrated mode (--calib-base and --calib-pool)")
+    if certify is not None and calib_base is None:
+        raise TinySaverError("--certify needs the calibrated mode (--calib-base and --calib-pool)")
     if ci is not None and not 0 < ci < 1:
         raise TinySaverError(f"--ci must be a level in (0, 1), e.g. 0.95, got {ci}")
     if grid < 2:
@@ -765,28 +1049,39 @@ def plan_chains(base: Record, pool: Sequence[Record], *, max_stages: int = 3,
     calib = None
     if calib_base is not None:
         calib = [Stage.from_record(calib_pool[i]) for i in order] + [Stage.from_record(calib_base)]
-    search = search_chains(calib or report, max_stages, grid=grid, max_exact_cells=max_exact_cells,
-                           progress=progress)
+    drops = [float(d) for d in drops]
+    planned = search_plan(calib or report, max_stages, drops, grid=grid, max_exact_cells=max_exact_cells,
+                          descent=descent, starts=starts, pair_grid=pair_grid, progress=progress)
+    search = planned.search
     measure_on = report if calib is not None else None
     everything, pairs = search.merged(), search.merged(max_stages=2, min_stages=2)
     meters: Dict[int, GridMeter] = {}
     m_report = report[0].num_samples
     base_correct = float(report[-1].correct.sum())
 
-    def pick(merged: Merged, drop: float) -> Optional[ChainPoint]:
-        c = merged.cheapest(search.base_correct - drop / 100.0 * search.num_samples)
-        if c is None:
-            return None
-        point = _points(search, merged, [c], measure_on, meters)[0]
+    def judge(point: ChainPoint, drop: float) -> ChainPoint:
         if calib is not None:
             point.meets_target = bool(point.acc * m_report >= base_correct - drop / 100.0 * m_report - _COUNT_TOL)
         return point
 
-    drops = [float(d) for d in drops]
-    required = {d: pick(everything, d) for d in drops}
+    def pick(merged: Merged, drop: float) -> Optional[ChainPoint]:
+        c = merged.cheapest(search.base_correct - drop / 100.0 * search.num_samples)
+        if c is None:
+            return None
+        return judge(_points(search, merged, [c], measure_on, meters)[0], drop)
+
+    required: Dict[float, Optional[ChainPoint]] = {}
+    for d in drops:
+        choice = planned.choices[d]
+        if choice is None or choice.found_by == "table":
+            required[d] = pick(everything, d)
+        else:
+            required[d] = judge(_choice_point(choice, calib or report, measure_on), d)
     best_pair = {d: pick(pairs, d) for d in drops}
     front = _points(search, everything, everything.front(), measure_on, meters)
-    front.sort(key=lambda p: p.gmacs)
+    # the descent's answers join the front (and retire the table points they beat)
+    front = _pareto(front + [p for d, p in required.items()
+                             if p is not None and planned.choices[d].found_by == "descent"])
     # in the order of the split they were chosen on (measured costs of neighbours may swap)
     pair_front = sorted(_points(search, pairs, pairs.front(), measure_on, meters),
                         key=lambda p: p.gmacs if p.calib_gmacs is None else p.calib_gmacs)
@@ -811,15 +1106,70 @@ def plan_chains(base: Record, pool: Sequence[Record], *, max_stages: int = 3,
     if calib is not None:
         extra["calibration"] = {"num_samples": search.num_samples,
                                 "base_acc": search.base_correct / search.num_samples}
-    exact = sum(search.exact)
+    if certify is not None:
+        from .calibrate import certify_plan
+
+        certified = certify_plan(calib, report, [d for d in drops if d >= 0], certify, max_stages=max_stages,
+                                 method=certify_method, seed=seed, grid=grid, max_exact_cells=max_exact_cells,
+                                 descent=descent, pair_grid=pair_grid)
+        extra["certified"] = {repr(d): c.to_json() for d, c in certified.items()}
+    info = planned.info()
+    info["searched_on"] = "calibration" if calib else "report"
+    info["descent_by_drop"] = {repr(d): (c.descent if c is not None else None) for d, c in planned.choices.items()
+                               if planned.descent_run}
+    info["found_by"] = {repr(d): (c.found_by if c is not None else None) for d, c in planned.choices.items()}
     return Plan(
         base=base.name, base_acc=base_correct / m_report, base_gmacs=float(base.gmacs),
-        pool=[s.name for s in report[:-1]], skipped=skipped, max_stages=max_stages, mode=search.mode,
+        pool=[s.name for s in report[:-1]], skipped=skipped, max_stages=max_stages, mode=planned.mode,
         selection="calibrated" if calib is not None else "same-split", num_samples=m_report,
         front=front, required=required, best_pair=best_pair, oracle=oracle(report), models=models,
-        search={"chains": len(search.chains), "exact_chains": exact, "grid_chains": len(search.chains) - exact,
-                "grid": grid, "max_exact_cells": max_exact_cells, "searched_on": "calibration" if calib else "report"},
-        extra=extra)
+        search=info, extra=extra)
+
+
+def plan_records(base: Union[Record, str, os.PathLike], pool: Sequence[Union[Record, str, os.PathLike]],
+                 calib_base: Union[Record, str, os.PathLike, None] = None,
+                 calib_pool: Optional[Sequence[Union[Record, str, os.PathLike]]] = None,
+                 max_stages: Optional[int] = None, drops: Sequence[float] = PAPER_DROPS,
+                 certify: Optional[float] = 0.1, **options) -> Dict[str, object]:
+    """The demo's plan section: :func:`plan_chains` on records (or record paths), as JSON-able data.
+
+    Args:
+        base: Base record of the reported split (e.g. ``fmnist_cnn_l_test.npz``).
+        pool: The savers on that split.
+        calib_base: Base record of the calibration split (e.g. the holdout), or None.
+        calib_pool: The savers on it, same order.
+        max_stages: Longest chain (None: every pool model may join, the pool size + 1).
+        drops: Allowed accuracy drops in points.
+        certify: δ of the Learn-then-Test certification per drop (calibrated mode; None: none).
+        **options: Further keyword arguments of :func:`plan_chains` (``grid``, ``ci``, ``starts``, …).
+
+    Returns:
+        :meth:`Plan.to_json` plus ``"markdown"`` (the table of :func:`tinysaver.plan_report.plan_markdown`).
+
+    Examples:
+        >>> folder = "outputs/fashion_mnist/records"
+        >>> section = plan_records(f"{folder}/fmnist_cnn_l_test.npz",
+        ...                        [f"{folder}/fmnist_cnn_{m}_test.npz" for m in ("xxs", "xs", "s", "m")],
+        ...                        f"{folder}/fmnist_cnn_l_holdout.npz",
+        ...                        [f"{folder}/fmnist_cnn_{m}_holdout.npz" for m in ("xxs", "xs", "s", "m")]
+        ...                        )  # doctest: +SKIP
+        >>> section["required"]["0.5"]["stages"], section["certified"]["0.5"]["thresholds"]  # doctest: +SKIP
+    """
+    from .plan_report import plan_markdown
+    from .records import load_record
+
+    def load(r):
+        return r if isinstance(r, Record) else load_record(r)
+
+    base_r, pool_r = load(base), [load(r) for r in pool]
+    calib_r = None if calib_base is None else load(calib_base)
+    calib_pool_r = None if calib_pool is None else [load(r) for r in calib_pool]
+    plan = plan_chains(base_r, pool_r, max_stages=len(pool_r) + 1 if max_stages is None else max_stages,
+                       drops=drops, calib_base=calib_r, calib_pool=calib_pool_r,
+                       certify=certify if calib_r is not None else None, **options)
+    out = plan.to_json()
+    out["markdown"] = plan_markdown(plan)
+    return out
 
 
 def chain_from_records(records: Sequence[Record], thresholds: Sequence[float]) -> ChainPoint:

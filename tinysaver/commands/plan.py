@@ -1,19 +1,24 @@
 """Plan the cheapest chain of savers in front of a base for each allowed accuracy drop.
 
-Searches every chain of 1 to --max-stages models (pool members by increasing cost, then the base)
-and every threshold combination: exactly over all distinct confidences on small data, else on
-per-stage quantile grids (the JSON's "mode" says which). Reports the Pareto front of accuracy vs
-expected GMACs, the cheapest chain within each drop, the best 2-stage chain for comparison and the
-oracle (each sample answered by the cheapest model that gets it right). With --calib-base and
---calib-pool every configuration is chosen on that split and measured on --base/--pool (the honest
-mode); --ci adds bootstrap intervals there.
+Searches chains of 1 to --max-stages models (pool members by increasing cost, then the base; any
+length up to the pool size + 1) and their thresholds: a table over every threshold combination for
+each chain of up to 3 stages (exact over all distinct confidences on small data, else on per-stage
+quantile grids) and for every longer chain small enough to be exact; then, unless that was
+exhaustive, a coordinate descent (tinysaver/descent.py) from the best table answers that moves one
+or two stages' thresholds at a time over every distinct confidence, adding or removing stages, and
+keeps only cheaper answers (never worse than the tables; the JSON's "mode" says what ran). Reports
+the Pareto front of accuracy vs expected GMACs, the cheapest chain within each drop, the best
+2-stage chain for comparison and the oracle (each sample answered by the cheapest model that gets
+it right). With --calib-base and --calib-pool every configuration is chosen on that split and
+measured on --base/--pool (the honest mode); --ci adds bootstrap intervals there, and --certify
+DELTA a Learn-then-Test choice per drop whose drop holds on new data with probability >= 1 - DELTA.
 
 Example:
   tinysaver plan --base outputs/fashion_mnist/records/fmnist_cnn_l_test.npz \\
       --pool outputs/fashion_mnist/records/fmnist_cnn_{xxs,xs,s,m}_test.npz \\
       --calib-base outputs/fashion_mnist/records/fmnist_cnn_l_holdout.npz \\
       --calib-pool outputs/fashion_mnist/records/fmnist_cnn_{xxs,xs,s,m}_holdout.npz \\
-      --ci 0.95 --json plan.json --markdown plan.md --plot plan.png
+      --max-stages 5 --certify 0.1 --ci 0.95 --json plan.json --markdown plan.md --plot plan.png
 """
 from __future__ import annotations
 
@@ -25,7 +30,8 @@ from ..analysis import PAPER_DROPS
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", required=True, metavar="B.npz", help="record of the base model (reported split)")
     p.add_argument("--pool", required=True, nargs="+", metavar="S.npz", help="records of the candidate savers")
-    p.add_argument("--max-stages", type=int, default=3, metavar="N", help="longest chain, base included (default 3)")
+    p.add_argument("--max-stages", type=int, default=3, metavar="N",
+                   help="longest chain, base included, up to the pool size + 1 (default 3)")
     p.add_argument("--calib-base", metavar="CB.npz", help="base record of the calibration split")
     p.add_argument("--calib-pool", nargs="+", metavar="CS.npz",
                    help="the pool on the calibration split (same models, same order)")
@@ -33,6 +39,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="allowed accuracy drops in percentage points (default: 1 0.5 0.1 0)")
     p.add_argument("--grid", type=int, default=512, metavar="G",
                    help="per-stage quantile grid size for chains too large to search exactly (default 512)")
+    p.add_argument("--no-descent", action="store_true",
+                   help="tables only: no coordinate descent (chains longer than a table holds are not searched)")
+    p.add_argument("--starts", type=int, default=3, metavar="N",
+                   help="table chains the descent starts from at each drop (default 3)")
+    p.add_argument("--pair-grid", type=int, default=256, metavar="P",
+                   help="quantile grid of the descent's two-stage moves (default 256; 0: one stage at a time)")
+    p.add_argument("--certify", type=float, metavar="DELTA",
+                   help="calibrated mode: also a Learn-then-Test chain per drop that keeps it on new data with "
+                        "probability >= 1 - DELTA, e.g. 0.1")
+    p.add_argument("--certify-method", default="wsr", choices=["wsr", "bernstein", "hoeffding-bentkus"],
+                   help="upper confidence bound of --certify (default wsr)")
     p.add_argument("--ci", type=float, metavar="LEVEL",
                    help="bootstrap intervals of the calibrated accuracy and GMACs, e.g. 0.95")
     p.add_argument("--draws", type=int, default=1000, help="bootstrap draws (default 1000)")
@@ -54,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     calib_pool = [load_record(path) for path in args.calib_pool] if args.calib_pool else None
     result = plan_chains(base, pool, max_stages=args.max_stages, drops=args.drops, grid=args.grid,
                          calib_base=calib_base, calib_pool=calib_pool, ci=args.ci, draws=args.draws,
-                         seed=args.seed)
+                         seed=args.seed, descent=not args.no_descent, starts=args.starts, pair_grid=args.pair_grid,
+                         certify=args.certify, certify_method=args.certify_method)
     table = plan_markdown(result)
     # Everything is computed before the first file is written.
     if args.json:
