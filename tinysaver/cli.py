@@ -24,6 +24,9 @@ COMMANDS = {
     "imagenet": "tinysaver.commands.imagenet",
     "det-tradeoff": "tinysaver.commands.det_tradeoff",
     "det-signals": "tinysaver.commands.det_signals",
+    "chain": "tinysaver.commands.chain",
+    "plan": "tinysaver.commands.plan",
+    "calibrate": "tinysaver.commands.calibrate",
     "export": "tinysaver.commands.export",
     "serve": "tinysaver.commands.serve",
 }
