@@ -7,13 +7,22 @@ checkpoints you trust, as with any pickle.
 Offline: :func:`prepare_offline` sets ``YOLO_OFFLINE``, keeps ultralytics' settings in a local
 folder with sync off, and gives it the font it would otherwise try to download; call it before
 ultralytics is imported (this module does).
+
+Letterbox policy (predict): an image's boxes must not depend on which images share its batch.
+ultralytics' predictor letterboxes a batch to the smallest stride-multiple rectangle when all its
+images have the same shape, and to the full ``imgsz`` square otherwise, so the same image gets
+different boxes alone and in a mixed batch. Here every image is letterboxed on its own, to the
+smallest stride-multiple rectangle that holds it resized to ``imgsz`` (what ultralytics does for
+one image alone), and images are batched only with images of the same letterboxed shape
+(:meth:`YOLOModel.predict_results`). ``rect=False`` letterboxes every image to the square instead.
+Its cost is counted at that shape (:meth:`YOLOModel.image_gflops`).
 """
 from __future__ import annotations
 
 import os
 import shutil
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -71,20 +80,98 @@ class YOLOModel:
 
     def predict(self, images_bgr: Sequence[np.ndarray]) -> List[Detections]:
         """Detections for each BGR uint8 HWC image, in its original coordinates."""
+        return [Detections(r.boxes.xyxy.cpu().numpy().astype(np.float32), r.boxes.conf.cpu().numpy().astype(np.float32),
+                           r.boxes.cls.cpu().numpy().astype(np.int64)) for r in self.predict_results(images_bgr)]
+
+    @property
+    def stride(self) -> int:
+        """The stride letterboxes are multiples of (ultralytics' ``AutoBackend``: at least 32)."""
+        return max(int(self.yolo.model.stride.max()), 32)
+
+    def letterbox_shape(self, height: int, width: int, rect: bool = True) -> Tuple[int, int]:
+        """``(h, w)`` of the letterboxed input of an image of that size (the module's letterbox policy)."""
+        from ultralytics.data.augment import LetterBox
+        from ultralytics.utils.checks import check_imgsz
+
+        imgsz = check_imgsz(self.imgsz, stride=self.stride, min_dim=2)
+        p = LetterBox(imgsz, auto=rect, stride=self.stride).get_params(
+            {"img": np.broadcast_to(np.zeros((1, 1, 1), np.uint8), (int(height), int(width), 3))})
+        return p["new_unpad"][1] + p["top"] + p["bottom"], p["new_unpad"][0] + p["left"] + p["right"]
+
+    def predict_results(self, images_bgr: Sequence[np.ndarray], **overrides: Any) -> List[Any]:
+        """ultralytics ``Results`` for each BGR uint8 HWC image, each letterboxed on its own.
+
+        Images are batched with the images of the same letterboxed shape only, so an image's boxes
+        do not depend on the other images passed with it (module docstring).
+
+        Args:
+            images_bgr: The images.
+            **overrides: ultralytics predict arguments replacing this model's (``conf``, ``rect``...).
+        """
         if len(images_bgr) == 0:
             return []
         # `half` only when asked: ultralytics warns that the argument is deprecated whenever it is given.
-        extra = {"half": True} if self.half else {}
-        results = self.yolo.predict(source=list(images_bgr), imgsz=self.imgsz, conf=self.conf, iou=self.iou,
-                                    max_det=self.max_det, device=self.device, verbose=False, **extra)
-        return [Detections(r.boxes.xyxy.cpu().numpy().astype(np.float32), r.boxes.conf.cpu().numpy().astype(np.float32),
-                           r.boxes.cls.cpu().numpy().astype(np.int64)) for r in results]
+        args = dict(imgsz=self.imgsz, conf=self.conf, iou=self.iou, max_det=self.max_det, device=self.device,
+                    verbose=False, **({"half": True} if self.half else {}))
+        args.update(overrides)
+        rect = bool(args.get("rect", True))
+        predictor = per_image_letterbox_predictor(self.yolo._smart_load("predictor"))
+        groups: Dict[Tuple[int, int], List[int]] = {}
+        for i, img in enumerate(images_bgr):
+            groups.setdefault(self.letterbox_shape(*img.shape[:2], rect=rect), []).append(i)
+        results: List[Any] = [None] * len(images_bgr)
+        for rows in groups.values():
+            for row, result in zip(rows, self.yolo.predict(source=[images_bgr[i] for i in rows], predictor=predictor, **args)):
+                results[row] = result
+        return results
+
+    def gflops_at(self, height: int, width: int) -> float:
+        """GFLOPs on one letterboxed input of ``height`` x ``width`` (ultralytics' ``get_flops``:
+        thop, 2 FLOPs per multiply-add), counted once per shape."""
+        from ultralytics.utils.torch_utils import get_flops
+
+        key = (int(height), int(width))
+        cache = self.__dict__.setdefault("_gflops", {})
+        if key not in cache:
+            value = float(get_flops(self.yolo.model, list(key)))
+            if value <= 0:
+                raise TinySaverError(f"{self.checkpoint}: could not count the GFLOPs at {key} (is thop installed?)")
+            cache[key] = value
+        return cache[key]
+
+    def image_gflops(self, shapes: Sequence[Tuple[int, int]], rect: bool = True) -> np.ndarray:
+        """GFLOPs on each image of original size ``(h, w)``, at the shape it is letterboxed to."""
+        return np.array([self.gflops_at(*self.letterbox_shape(h, w, rect=rect)) for h, w in shapes], dtype=np.float64)
 
     def gflops(self, imgsz: Optional[int] = None) -> float:
         """GFLOPs at a square ``imgsz`` input, ultralytics' convention (2 FLOPs per multiply-add)."""
-        from ultralytics.utils.torch_utils import get_flops
+        size = imgsz or self.imgsz
+        return self.gflops_at(size, size)
 
-        return float(get_flops(self.yolo.model, imgsz or self.imgsz))
+
+_PREDICTORS: Dict[type, type] = {}
+
+
+def per_image_letterbox_predictor(base: type) -> type:
+    """ultralytics' predictor class ``base`` with one change: each image is letterboxed on its own
+    (the smallest stride-multiple rectangle, or the square when ``rect=False``), never by what the
+    other images of its batch look like. A batch must then hold images of one letterboxed shape."""
+    if base not in _PREDICTORS:
+        from ultralytics.data.augment import LetterBox
+
+        def pre_transform(self, im: List[np.ndarray]) -> List[np.ndarray]:
+            # ultralytics' own condition for a rectangle, minus "every image of the batch has one shape"
+            auto = (self.args.rect and not self.scale_fill
+                    and (self.model.format == "pt" or (getattr(self.model, "dynamic", False) and self.model.format != "imx")))
+            letterbox = LetterBox(self.imgsz, auto=auto, scale_fill=self.scale_fill, stride=self.model.stride)
+            out = [letterbox(image=x) for x in im]
+            if len({x.shape for x in out}) > 1:
+                raise TinySaverError(f"one batch got letterboxed shapes {sorted({x.shape for x in out})}: "
+                                     "batch only images of one letterboxed shape")
+            return out
+
+        _PREDICTORS[base] = type(f"PerImageLetterbox{base.__name__}", (base,), {"pre_transform": pre_transform})
+    return _PREDICTORS[base]
 
 
 #: the name earlier versions used (a YOLO model was always the saver then)

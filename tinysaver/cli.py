@@ -24,6 +24,7 @@ COMMANDS = {
     "imagenet": "tinysaver.commands.imagenet",
     "det-tradeoff": "tinysaver.commands.det_tradeoff",
     "det-signals": "tinysaver.commands.det_signals",
+    "yolo": "tinysaver.commands.yolo",
     "chain": "tinysaver.commands.chain",
     "plan": "tinysaver.commands.plan",
     "calibrate": "tinysaver.commands.calibrate",

@@ -14,7 +14,8 @@ data_root = '{{$COCO_ROOT:data/coco}}/'
 # Saver settings: ultralytics' *val* settings (conf 0.001, NMS IoU 0.7, max_det 300), the ones YOLO's
 # published COCO AP is measured with. They do not reproduce `yolo val` exactly: ultralytics' val
 # letterboxes rectangular batches and runs multi-label NMS, while this stage runs ultralytics'
-# predict path (one label per box, square letterbox per image) on the original image. Predict-style
+# predict path (one label per box; each image letterboxed on its own to the smallest stride-multiple
+# rectangle, whatever else is in its batch: tinysaver.plugins.yolo) on the original image. Predict-style
 # settings (conf 0.25) keep far fewer boxes: higher precision, lower AP (recall at low scores is
 # lost) and a different image confidence. Choose per config.
 # Children replace `stages` whole (mmengine replaces lists): they take this base stage as
