@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Evaluate a TinySaver cascade config the mmdet way: COCO box AP (all 12 stats), the share of
-images each stage answered and the cascade's average GFLOPs per image (each stage's cost times the
-share of images that reached it).
+images each stage answered and the cascade's average GFLOPs per image (the mean over the images of
+the costs of the stages each image reached, each image costed at the size each stage ran it at).
 
 CHECKPOINT is a cascade checkpoint (a state dict with ``stages.<k>.`` keys, e.g. from
 ``tools/pack_checkpoint.py``, loaded by mmengine's Runner as usual) or ``none`` to use the
@@ -38,14 +38,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--work-dir", help="where logs and results go (default ./work_dirs/<config name>)")
     ap.add_argument("--threshold", type=float, help="override the first stage's threshold")
     ap.add_argument("--thresholds", type=float, nargs="+", metavar="T", help="override every threshold (one per stage but the last)")
-    ap.add_argument("--flops-images", type=int, default=5, help="test images the base's GFLOPs are averaged over (0: skip)")
+    ap.add_argument("--flops-images", type=int, default=-1,
+                    help="0: skip the GFLOPs count; otherwise (default) every test image is costed at the size each "
+                         "stage runs it at, each distinct size counted once (a positive count is accepted, as before)")
     ap.add_argument("--dump-records", metavar="DIR", help="run every stage on every image and write one detection record per stage")
     ap.add_argument("--out-json", help="write the summary here (default WORK_DIR/tinysaver_test.json)")
     ap.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config settings, key=value")
     ap.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
     ap.add_argument("--local_rank", "--local-rank", type=int, default=0)
     args = ap.parse_args(argv)
-    if args.dump_records and args.flops_images <= 0:
+    if args.dump_records and args.flops_images == 0:
         ap.error("--dump-records needs --flops-images > 0: the records carry each model's GFLOPs")
     if args.threshold is not None and args.thresholds is not None:
         ap.error("give --threshold or --thresholds, not both")
@@ -120,15 +122,14 @@ def main(argv=None) -> dict:
     summary = {"config": args.config, "stages": detector.stage_names, "thresholds": detector.thresholds,
                "threshold": detector.threshold, "metrics": metrics, "max_dets": list(cfg.get("tinysaver_max_dets", []))}
     if get_rank() == 0:
-        if args.flops_images > 0:
-            from tinysaver.plugins.mmdet import cascade_gflops_report
+        if args.flops_images != 0:
+            from tinysaver.plugins.mmdet import cascade_gflops_report, item_loader
 
-            dataset = runner.test_dataloader.dataset
-            items = [dataset[i] for i in range(min(args.flops_images, len(dataset)))]
-            answered = [metrics[f"tinysaver/answered_{k}"] for k in range(len(detector.stages))]
-            summary["gflops"] = cascade_gflops_report(detector, items, answered)
+            images = _cascade_metric_of(runner).images  # every image, its answering stage and its shapes
+            summary["gflops"] = cascade_gflops_report(detector, images, item_loader(runner.test_dataloader.dataset))
+            per_image = summary["gflops"].pop("per_image")
             if args.dump_records:
-                _stamp_records(args.dump_records, summary["gflops"])
+                _stamp_records(args.dump_records, summary["gflops"], per_image)
         _print(summary)
         from tinysaver.io import write_json
 
@@ -136,18 +137,30 @@ def main(argv=None) -> dict:
     return summary
 
 
-def _stamp_records(record_dir: str, gflops: dict) -> None:
-    """Writes each stage's name and measured GFLOPs into its detection record (det-tradeoff's cost
-    axis); the files are named saver/base (two stages) or stage0, stage1… ."""
+def _cascade_metric_of(runner):
+    for metric in runner.test_loop.evaluator.metrics:
+        if type(metric).__name__ == "TinySaverCascadeMetric":
+            return metric
+    raise SystemExit("the evaluator has no TinySaverCascadeMetric")
+
+
+def _stamp_records(record_dir: str, gflops: dict, per_image: dict) -> None:
+    """Writes each stage's name and measured GFLOPs (per image and their mean) into its detection
+    record (det-tradeoff's cost axis); the files are named saver/base (two stages) or stage0…."""
     from dataclasses import replace
+
+    import numpy as np
 
     from tinysaver.detection import load_det_record, save_det_record
     from tinysaver.plugins.mmdet import default_stage_names
 
     stages = gflops["stages"]
-    for file_name, stage in zip(default_stage_names(len(stages)), stages):
+    column = {img_id: i for i, img_id in enumerate(per_image["img_ids"])}
+    for k, (file_name, stage) in enumerate(zip(default_stage_names(len(stages)), stages)):
         path = osp.join(record_dir, f"{file_name}.npz")
-        save_det_record(path, replace(load_det_record(path), name=stage["name"], gflops=stage["gflops"]))
+        rec = load_det_record(path)
+        costs = np.asarray(per_image["gflops"][k])[[column[int(i)] for i in rec.image_ids]]
+        save_det_record(path, replace(rec, name=stage["name"], gflops=stage["gflops"], image_gflops=costs))
 
 
 def _print(summary: dict) -> None:
@@ -165,8 +178,8 @@ def _print(summary: dict) -> None:
         cost = f"  {g['stages'][k]['gflops']:.3f} GFLOPs" if g else ""
         print(f"  {'answered by ' + name:<24} {m.get(f'tinysaver/answered_{k}', float('nan')):.4f}{cost}")
     if g and "cascade_gflops" in g:
-        print(f"  {'cascade GFLOPs':<24} {g['cascade_gflops']:.3f}  (each stage x share of images reaching it; "
-              f"GFLOPs averaged over {g['images']} images) [{g['convention']}]")
+        print(f"  {'cascade GFLOPs':<24} {g['cascade_gflops']:.3f}  (mean over {g['images']} images of the stages "
+              f"each reached, each image at its own size) [{g['convention']}]")
     sys.stdout.flush()
 
 

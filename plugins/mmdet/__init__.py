@@ -14,7 +14,7 @@ registers ``TinySaverDetector`` in mmdet's ``MODELS``, ``TinySaverCascadeMetric`
 """
 from .checkpoint import build_mmdet_model, load_checkpoint_state_dict, resolve_mmdet_config
 from .detector import TinySaverDetector, default_stage_names
-from .flops import cascade_gflops_report, mmdet_gflops
+from .flops import cascade_gflops_report, item_loader, mmdet_gflops, stage_image_gflops
 from .metric import TinySaverCascadeMetric, cascade_cost
 from .stages import DetItem, DetStage, MMDetStage, YOLOStage
 from .transforms import KeepOriginalImage
@@ -22,4 +22,5 @@ from .. import stages as _register_stage_types  # noqa: F401  (yolo, mmdet in th
 
 __all__ = ["TinySaverDetector", "TinySaverCascadeMetric", "KeepOriginalImage", "DetItem", "DetStage",
            "MMDetStage", "YOLOStage", "build_mmdet_model", "load_checkpoint_state_dict", "resolve_mmdet_config",
-           "cascade_gflops_report", "mmdet_gflops", "cascade_cost", "default_stage_names"]
+           "cascade_gflops_report", "mmdet_gflops", "cascade_cost", "default_stage_names", "item_loader",
+           "stage_image_gflops"]

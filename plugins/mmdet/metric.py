@@ -1,5 +1,9 @@
 """``TinySaverCascadeMetric``: what share of the images each stage answered, the cascade's average
 GFLOPs per image and, optionally, one detection record per stage for ``tinysaver det-tradeoff``.
+
+After an evaluation, :attr:`TinySaverCascadeMetric.images` lists every image (id, answering stage,
+original and resized shape): ``tools/test.py`` costs each image at the size each stage ran it at
+(:func:`tinysaver.plugins.mmdet.flops.cascade_gflops_report`).
 """
 from __future__ import annotations
 
@@ -51,10 +55,14 @@ class TinySaverCascadeMetric(BaseMetric):
         self.record_dir, self.record_names = record_dir, record_names
         self.ann_file, self.cat_ids = ann_file, cat_ids
         self.max_dets = tuple(max_dets)
+        #: the last evaluation's images: ``img_id``, ``stage``, ``ori_shape``, ``img_shape`` (by img_id)
+        self.images: List[dict] = []
 
     def process(self, data_batch: Any, data_samples: Sequence[dict]) -> None:
         for ds in data_samples:
-            row = {"img_id": int(ds["img_id"]), "stage": int(ds["tinysaver_stage"]), "conf": float(ds["tinysaver_conf"])}
+            row = {"img_id": int(ds["img_id"]), "stage": int(ds["tinysaver_stage"]), "conf": float(ds["tinysaver_conf"]),
+                   "ori_shape": tuple(int(v) for v in ds["ori_shape"][:2]),
+                   "img_shape": tuple(int(v) for v in ds["img_shape"][:2])}
             if self.record_dir:
                 if "tinysaver_stage_dets" not in ds:
                     raise TinySaverError("TinySaverCascadeMetric(record_dir=...) needs the detector's record_all=True")
@@ -63,6 +71,7 @@ class TinySaverCascadeMetric(BaseMetric):
 
     def compute_metrics(self, results: List[dict]) -> Dict[str, float]:
         results = sorted(results, key=lambda r: r["img_id"])
+        self.images = [{k: r[k] for k in ("img_id", "stage", "ori_shape", "img_shape")} for r in results]
         stages = np.array([r["stage"] for r in results])
         n_stages = max(len(self.stage_gflops or []), int(stages.max()) + 1, 2)
         answered = [float(np.mean(stages == k)) for k in range(n_stages)]
