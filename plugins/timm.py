@@ -37,6 +37,7 @@ import random
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -183,10 +184,12 @@ class MultiTransform:
         self.transforms = list(transforms)
 
     def __call__(self, img: Any) -> Tuple[Any, ...]:
-        py_state, torch_state = random.getstate(), torch.get_rng_state()
+        # numpy too: timm's RandAugment/AutoAugment draw from np.random.
+        py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
         outs = []
         for t in self.transforms:
             random.setstate(py_state)
+            np.random.set_state(np_state)
             torch.set_rng_state(torch_state)
             outs.append(t(img))
         return tuple(outs)

@@ -80,6 +80,7 @@ def test_imagenet_command_on_an_image_folder(tmp_path, capsys):
     assert summary["base"] == "mobilenetv3_small_100" and summary["chosen_saver"] == "mobilenetv3_small_050"
     assert (out / "records" / "mobilenetv3_small_050_train_aug.npz").exists()
     assert (out / "records" / "mobilenetv3_small_100_val.npz").exists()
-    if "live_check" in summary:
-        assert summary["live_check"]["routing_mismatches"] == 0
+    # the zero-loss threshold always exists (+inf at worst), so the live check always runs
+    assert summary["live_check"]["routing_mismatches"] == 0
+    assert summary["live_check"]["prediction_mismatches"] == 0
     assert "Verdict" in capsys.readouterr().out

@@ -230,6 +230,8 @@ class OperatingPoint:
     calib_acc: Optional[float] = None
     calib_exit_ratio: Optional[float] = None
     meets_target: Optional[bool] = None
+    #: bootstrap intervals of the measured ``acc``/``gmacs`` (``tinysaver tradeoff --ci``)
+    ci: Optional[Dict[str, object]] = None
 
     def to_json(self) -> Dict[str, object]:
         out = {k: v for k, v in asdict(self).items() if v is not None}

@@ -26,7 +26,9 @@ from .analysis import ExitCurve, rank_savers, tradeoff
 from .cascade import Cascade
 from .complexity import count_gmacs
 from .io import write_json, write_text
-from .recording import SeededItems, default_record_path, record_predictions, recording_settings
+from .numerics import Numerics
+from .recording import (SeededItems, default_record_path, model_fingerprint, record_predictions,
+                        recording_settings)
 from .records import Record, load_record
 from .report import plot_exit_accuracy, plot_tradeoff, selection_markdown, tradeoff_markdown
 from .speed import measure_cascade_speed, speed_table
@@ -62,6 +64,8 @@ class Split:
     factory: DatasetFactory
     augment: bool = False
     seed: int = 0
+    #: where the data comes from (root folder, subset size...): part of the record-reuse key
+    source: str = ""
     class_map: Optional[Any] = None
 
 
@@ -78,12 +82,18 @@ class PipelineConfig:
     device: str = "cpu"
     amp: bool = False
     channels_last: bool = False
+    dtype: Optional[str] = None
     speed_batch_sizes: Sequence[int] = (1, 64)
     speed_samples: Dict[int, int] = field(default_factory=lambda: {1: 200})
     live_check: bool = True
     force: bool = False
     #: "labels": the dataset's labels; "base": the base model's top-1 (agreement, for unlabelled data)
     reference: str = "labels"
+
+    @property
+    def numerics(self) -> Numerics:
+        """How every model runs, when recording and in the live cascade alike."""
+        return Numerics(device=self.device, amp=self.amp, dtype=self.dtype, channels_last=self.channels_last)
 
 
 class _Models:
@@ -102,27 +112,31 @@ class _Models:
             model = self._create(spec.name, spec.weights)
             size = self._cfg(model)["input_size"]
             self._cache[spec.name] = dict(model=model, input_size=size, gmacs=count_gmacs(model, size),
+                                          fingerprint=model_fingerprint(model),
                                           eval_t=self._eval_t(model), train_t=self._train_t(model))
         return self._cache[spec.name]
 
 
 def _record(models: _Models, spec: ModelSpec, split: Split, cfg: PipelineConfig) -> Record:
     path = default_record_path(cfg.out_dir / "records", spec.name, split.name, split.augment)
-    settings = {"weights": spec.weights, "split": split.name, "augment": split.augment, "seed": split.seed,
+    m = models.get(spec)
+    # Everything that changes a record: a record made otherwise is redone, never reused.
+    settings = {"weights": spec.weights, "weights_sha256": m["fingerprint"], "split": split.name,
+                "source": split.source, "augment": split.augment, "seed": split.seed,
                 "class_map": split.class_map.signature() if split.class_map is not None else None}
     if path.exists() and not cfg.force:
         rec = load_record(path)
         made_with = recording_settings(rec)
         same = {k: made_with.get(k) for k in settings} == settings
-        if same and len(rec) == len(split.factory(None)):
-            return rec  # same weights, split, size and augmentation: reuse
-    m = models.get(spec)
+        if same and made_with.get("numerics") == cfg.numerics.to_json() and len(rec) == len(split.factory(None)):
+            return rec
     dataset = SeededItems(split.factory(_transform(m, split)), split.seed)
     # Placeholder labels of unlabelled data are not class ids: skip that check for them.
     num_classes = getattr(m["model"], "num_classes", None) if cfg.reference == "labels" else None
     rec = record_predictions(m["model"], dataset, path, name=spec.name, gmacs=m["gmacs"],
                              batch_size=cfg.batch_size, workers=cfg.workers, device=cfg.device, amp=cfg.amp,
-                             channels_last=cfg.channels_last, num_classes=num_classes, extra_meta=settings,
+                             channels_last=cfg.channels_last, dtype=cfg.dtype, num_classes=num_classes,
+                             extra_meta=settings,
                              class_map=split.class_map)
     assert rec is not None
     return rec
@@ -170,13 +184,15 @@ def live_check(cfg: PipelineConfig, models: _Models, saver: ModelSpec, threshold
 
     s, b = models.get(saver), models.get(cfg.base)
     split = cfg.report_split
-    cascade = Cascade(_on_split(s, split), _on_split(b, split), threshold=threshold).to(cfg.device)
+    # The same numerics (device, dtype, autocast, memory format) the records were made with.
+    numerics = cfg.numerics
+    cascade = numerics.prepare_model(Cascade(_on_split(s, split), _on_split(b, split), threshold=threshold))
     dataset = _pair_dataset(cfg, models, saver)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.workers)
     preds, stages = [], []
-    with torch.no_grad():
+    with numerics.context():
         for (xs, xb), _ in tqdm(loader, desc="live cascade", unit="batch"):
-            out = cascade(xs.to(cfg.device), xb.to(cfg.device))
+            out = cascade(numerics.prepare_inputs(xs), numerics.prepare_inputs(xb))
             preds.append(out.logits.argmax(1).cpu().numpy())
             stages.append(out.stage.cpu().numpy())
     pred, stage = np.concatenate(preds), np.concatenate(stages)
@@ -192,13 +208,15 @@ def live_check(cfg: PipelineConfig, models: _Models, saver: ModelSpec, threshold
 
 def speed_check(cfg: PipelineConfig, models: _Models, saver: ModelSpec, threshold: float) -> List[Any]:
     """Measured cascade speed-up on report-split samples at each configured batch size."""
+    if not cfg.speed_batch_sizes:
+        return []
     s, b = models.get(saver), models.get(cfg.base)
     dataset = _pair_dataset(cfg, models, saver)
     sizes = {bs: min(len(dataset), cfg.speed_samples.get(bs, 8 * bs)) for bs in cfg.speed_batch_sizes}
     items = [dataset[i][0] for i in range(max(sizes.values()))]  # decoded once for every batch size
     xs, xb = torch.stack([it[0] for it in items]), torch.stack([it[1] for it in items])
     cascade = Cascade(_on_split(s, cfg.report_split), _on_split(b, cfg.report_split), threshold=threshold)
-    return [measure_cascade_speed(cascade, xs[:n], xb[:n], bs, cfg.device, amp=cfg.amp) for bs, n in sizes.items()]
+    return [measure_cascade_speed(cascade, xs[:n], xb[:n], bs, numerics=cfg.numerics) for bs, n in sizes.items()]
 
 
 def _mode(split: Split) -> str:
@@ -210,11 +228,13 @@ def _tradeoff_rows(cfg: PipelineConfig, records: Dict[str, Dict[str, Record]], s
     calibration split (thresholds chosen there, measured on the report split)."""
     rep = records[_key(cfg.report_split)]
     curve = ExitCurve.from_records(rep[saver], rep[cfg.base.name])
-    rows = {"same-split": tradeoff(curve, saver=saver, base=cfg.base.name)}
+    report = _key(cfg.report_split)
+    rows = {"same-split": tradeoff(curve, saver=saver, base=cfg.base.name, split=report)}
     for split in [cfg.select_split, *cfg.calib_splits]:
         calib = records[_key(split)]
         row = tradeoff(curve, saver=saver, base=cfg.base.name,
-                       calibration=ExitCurve.from_records(calib[saver], calib[cfg.base.name]))
+                       calibration=ExitCurve.from_records(calib[saver], calib[cfg.base.name]),
+                       split=report, calib_split=_key(split))
         row.mode = _mode(split)
         rows[row.mode] = row
     return rows
@@ -231,7 +251,7 @@ def run_pipeline(cfg: PipelineConfig) -> Dict[str, Any]:
 
     ranking = rank_savers(sel[cfg.base.name], [sel[s.name] for s in cfg.savers])
     write_json(out / "selection.json", [r.to_json() for r in ranking])
-    selection_md = selection_markdown(cfg.base.name, ranking)
+    selection_md = selection_markdown(cfg.base.name, ranking, split=_key(cfg.select_split))
     write_text(out / "selection.md", selection_md)
     chosen = next(s for s in cfg.savers if s.name == ranking[0].saver)
 

@@ -13,6 +13,7 @@ multi-process recording is identical to a plain one.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -28,12 +29,14 @@ from torch import nn
 from .confidence import build_confidence
 from .errors import TinySaverError
 from .io import atomic_open, write_json
+from .numerics import Numerics
 from .records import Record, save_record
 
 
 class SeededItems(torch.utils.data.Dataset):
-    """Seeds Python's and torch's RNGs from ``(seed, index)`` before each item, so random
-    augmentation of sample i is the same in every run, process and resume."""
+    """Seeds Python's, numpy's and torch's RNGs from ``(seed, index)`` before each item, so random
+    augmentation of sample i is the same in every run, process and resume (timm's RandAugment
+    draws from numpy, its random-resized crop from Python, some transforms from torch)."""
 
     def __init__(self, dataset: Any, seed: int) -> None:
         self.dataset, self.seed = dataset, int(seed)
@@ -44,6 +47,7 @@ class SeededItems(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> Any:
         item_seed = (self.seed * 1_000_003 + int(index)) % (2**31)
         random.seed(item_seed)
+        np.random.seed(item_seed)
         torch.manual_seed(item_seed)
         return self.dataset[index]
 
@@ -56,12 +60,20 @@ def _dist_info() -> Tuple[int, int]:
 
 def init_distributed_from_env(device: str = "cpu") -> Tuple[int, int]:
     """Joins the process group that ``torchrun`` describes in the environment (gloo on CPU, nccl
-    on GPU); a plain run stays single-process."""
+    on GPU); a plain run stays single-process. On CUDA each process takes the GPU of its
+    ``LOCAL_RANK`` (the rank within its node: the global rank is wrong on a second node)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and device.startswith("cuda"):
+        torch.cuda.set_device(local_rank())
     if world > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if device.startswith("cuda") else "gloo"
         torch.distributed.init_process_group(backend=backend)
     return _dist_info()
+
+
+def local_rank() -> int:
+    """This process's rank within its node (``torchrun`` sets ``LOCAL_RANK``)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def _partial_dir(out: Path) -> Path:
@@ -84,7 +96,7 @@ def _check_or_write_meta(partial: Path, meta: Dict[str, Any], rank: int) -> None
 def record_predictions(model: nn.Module, dataset: Any, out: os.PathLike | str, *, name: str, gmacs: float,
                        confidence: str = "max_softmax", batch_size: int = 256, workers: int = 0,
                        device: str = "cpu", amp: bool = False, channels_last: bool = False,
-                       save_logits: bool = False, num_classes: Optional[int] = None,
+                       dtype: Optional[str] = None, save_logits: bool = False, num_classes: Optional[int] = None,
                        progress: bool = True, extra_meta: Optional[Dict[str, Any]] = None,
                        stop_after_batches: Optional[int] = None, class_map: Optional[Any] = None) -> Optional[Record]:
     """Runs ``model`` over ``dataset`` and writes the record ``out``.
@@ -99,8 +111,11 @@ def record_predictions(model: nn.Module, dataset: Any, out: os.PathLike | str, *
         batch_size: Samples per batch (also the unit of resume and sharding).
         workers: DataLoader worker processes.
         device: ``cpu`` or ``cuda[:i]``.
-        amp: Autocast (GPU: bf16/fp16 speed-up).
+        amp: Autocast (bfloat16 on the CPU, float16 on CUDA).
         channels_last: Use the channels-last memory format (faster convolutions on GPU).
+        dtype: Cast the model and inputs (``float16``/``bfloat16``). Device type, amp, dtype and
+            memory format are stored in the record: a live cascade compared with it must run the
+            same way (:class:`tinysaver.numerics.Numerics`).
         save_logits: Keep the logits as an extra array ``logits``.
         num_classes: Stored in the record to validate class ids.
         progress: Show a tqdm bar.
@@ -123,8 +138,9 @@ def record_predictions(model: nn.Module, dataset: Any, out: os.PathLike | str, *
     n = len(dataset)
     if n == 0:
         raise TinySaverError("the dataset is empty")
+    numerics = Numerics(device=device, amp=amp, dtype=dtype, channels_last=channels_last)
     meta = {"name": name, "samples": n, "batch_size": batch_size, "confidence": confidence,
-            "gmacs": gmacs, "save_logits": save_logits, **(extra_meta or {})}
+            "gmacs": gmacs, "save_logits": save_logits, "numerics": numerics.to_json(), **(extra_meta or {})}
     if class_map is not None:
         if num_classes is not None and class_map.num_classes != num_classes:
             raise TinySaverError(f"the class map is for {class_map.num_classes} classes but {name} has {num_classes}")
@@ -136,24 +152,18 @@ def record_predictions(model: nn.Module, dataset: Any, out: os.PathLike | str, *
     num_batches = (n + batch_size - 1) // batch_size
     todo = [b for b in range(num_batches) if b % world == rank and not (partial / _chunk_name(b)).exists()]
     conf_fn = build_confidence(confidence)
-    model = model.eval().to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = numerics.prepare_model(model)
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=[list(range(b * batch_size, min((b + 1) * batch_size, n))) for b in todo],
         num_workers=workers, pin_memory=device.startswith("cuda"))
     bar = tqdm(total=len(todo), desc=f"record {name}" + (f" [rank {rank}/{world}]" if world > 1 else ""),
                unit="batch", disable=not progress)
-    autocast = torch.autocast(device_type=torch.device(device).type, enabled=amp)
-    with torch.no_grad(), autocast:
+    with numerics.context():
         for done, (b, (inputs, labels)) in enumerate(zip(todo, loader)):
             if stop_after_batches is not None and done >= stop_after_batches:
                 bar.close()
                 return None
-            inputs = inputs.to(device, non_blocking=True)
-            if channels_last and inputs.ndim == 4:
-                inputs = inputs.contiguous(memory_format=torch.channels_last)
-            logits = model(inputs).float()
+            logits = model(numerics.prepare_inputs(inputs)).float()
             chunk = {"conf": _np(conf_fn(logits)).astype(np.float64), "pred": _np(logits.argmax(1)).astype(np.int64),
                      "label": np.asarray(labels, dtype=np.int64)}
             if save_logits:
@@ -203,10 +213,20 @@ def _merge(partial: Path, num_batches: int, meta: Dict[str, Any], num_classes: O
                   extras=extras, path=str(out))
 
 
+def model_fingerprint(model: nn.Module) -> str:
+    """sha256 of a model's state dict (names, dtypes, shapes and bytes): two records made with the
+    same fingerprint were made with the same weights, wherever those came from."""
+    digest = hashlib.sha256()
+    for key, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{key}:{t.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def recording_settings(record: Record) -> Dict[str, Any]:
     """The settings a record was made with (empty for records made elsewhere)."""
-    text = record.extras.get("recording")
-    return json.loads(str(text)) if text is not None else {}
+    return record.settings
 
 
 def default_record_path(folder: os.PathLike | str, model: str, split: str, augment: bool) -> Path:

@@ -25,6 +25,7 @@ Samples are matched between models by position: record the same split in the sam
 """
 from __future__ import annotations
 
+import json
 import os
 import zipfile
 from dataclasses import dataclass, field
@@ -89,6 +90,19 @@ class Record:
     @property
     def accuracy(self) -> float:
         return float(self.correct.mean())
+
+    @property
+    def settings(self) -> Dict[str, Any]:
+        """How the record was made (``tinysaver record`` stores it); empty for records made elsewhere."""
+        text = self.extras.get("recording")
+        return json.loads(str(text)) if text is not None else {}
+
+    def split_name(self, default: str) -> str:
+        """The split the record was made on (``test``, ``train_aug``...), else ``default``."""
+        split = self.settings.get("split")
+        if not split:
+            return default
+        return f"{split}_aug" if self.settings.get("augment") else str(split)
 
     def validate(self) -> None:
         """Raises :class:`RecordError` naming the first problem found."""

@@ -24,31 +24,53 @@ def _pct(value: float, reference: float) -> str:
 
 
 def _cell(point, base_gmacs: float) -> str:
-    return "-" if point is None else f"{point.gmacs:.4g} ({_pct(point.gmacs, base_gmacs)})"
+    if point is None:
+        return "-"
+    text = f"{point.gmacs:.4g} ({_pct(point.gmacs, base_gmacs)})"
+    if point.calib_acc is not None:
+        # Honest mode: the threshold came from another split; show what it measured here.
+        text += f", acc {point.acc:.2%}"
+        if point.ci and point.ci.get("acc"):
+            lo, hi = point.ci["acc"]
+            text += f" [{lo:.2%}, {hi:.2%}]"
+    if point.meets_target is False:
+        text += " ✗ missed"
+    return text
 
 
 def tradeoff_markdown(rows: Iterable[Tradeoff]) -> str:
     """Markdown table with the columns of the paper's Tables 1 and 5 (GMACs instead of "GFLOPs",
-    which the paper reports as multiply-adds)."""
+    which the paper reports as multiply-adds).
+
+    In the calibrated mode each cell is what its threshold *measured* on the reported split (with
+    that accuracy), and a cell whose measured accuracy fell below the base's minus the drop is
+    marked "✗ missed". ΔC is given for the reported split, and for the calibration split when the
+    thresholds came from there.
+    """
     rows = list(rows)
     drops = list(rows[0].required) if rows else []
     head = (["Base", "GMACs", "Acc.", "Saver", "GMACs", "Acc."]
-            + [f"GMACs (%) at drop ≤ {d:g} pt" for d in drops] + ["Max perf. GMACs", "Acc.", "ΔC", "Mode"])
+            + [f"GMACs (%) at drop ≤ {d:g} pt" for d in drops]
+            + ["Max perf. GMACs", "Acc.", "ΔC (split)", "Mode"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         mp = r.max_performance
         cells = [r.base, f"{r.base_gmacs:.4g}", f"{r.base_acc:.2%}", r.saver, f"{r.saver_gmacs:.4g}",
                  f"{r.saver_acc:.2%}"]
         cells += [_cell(r.required[d], r.base_gmacs) for d in drops]
-        cells += [_cell(mp, r.base_gmacs), f"{mp.acc:.2%} ({(mp.acc - r.base_acc) * 100:+.2f} pt)",
-                  f"{r.delta_c:+.3f}", r.mode]
+        delta_c = f"{r.delta_c:+.3f} ({r.split})"
+        if r.calib_delta_c is not None:
+            delta_c += f", {r.calib_delta_c:+.3f} ({r.calib_split})"
+        cells += [f"{mp.gmacs:.4g} ({_pct(mp.gmacs, r.base_gmacs)})",
+                  f"{mp.acc:.2%} ({(mp.acc - r.base_acc) * 100:+.2f} pt)", delta_c, r.mode]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def selection_markdown(base_name: str, scores: Sequence[SaverScore]) -> str:
-    """Ranking of candidate savers by ΔC, with a plain verdict per row."""
-    lines = [f"Saver selection for base {base_name} (lower ΔC is better; ΔC < 0 compresses)", "",
+def selection_markdown(base_name: str, scores: Sequence[SaverScore], split: str = "selection") -> str:
+    """Ranking of candidate savers by ΔC (measured on ``split``), with a plain verdict per row."""
+    lines = [f"Saver selection for base {base_name}: ΔC on the {split} split (lower is better; "
+             f"ΔC < 0 compresses)", "",
              "| rank | saver | GMACs | C_S/C_B | acc. | r_match | threshold | ΔC | verdict |",
              "|---|---|---|---|---|---|---|---|---|"]
     for i, s in enumerate(scores, 1):

@@ -85,9 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from tinysaver.plugins.imagenet import output_classes
     from tinysaver.plugins.timm import create_classifier, data_config, eval_transform, train_transform, weights_label
 
-    rank, world = init_distributed_from_env(args.device)
-    if args.device.startswith("cuda") and world > 1:
-        torch.cuda.set_device(rank)
+    rank, world = init_distributed_from_env(args.device)  # also picks this process's GPU (LOCAL_RANK)
     model = create_classifier(args.model, args.weights, random_init=args.random_init)
     size = data_config(model)["input_size"]
     transform = train_transform(model) if args.augment else eval_transform(model)

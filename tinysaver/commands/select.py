@@ -29,10 +29,11 @@ def run(args: argparse.Namespace) -> int:
     base = load_record(args.base)
     savers = [load_record(path) for path in args.saver]
     ranking = rank_savers(base, savers)
-    table = selection_markdown(base.name, ranking)
+    split = base.split_name("selection")
+    table = selection_markdown(base.name, ranking, split=split)
     if args.json:
         write_json(args.json, [s.to_json() for s in ranking])
     if args.markdown:
         write_text(args.markdown, table)
-    print(selection_console(base.name, ranking), end="")
+    print(selection_console(base.name, ranking, split=split), end="")
     return 0

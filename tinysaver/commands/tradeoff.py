@@ -30,6 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--markdown", metavar="OUT.md", help="write the markdown table")
     p.add_argument("--plot", metavar="OUT.png", help="plot accuracy vs GMACs")
     p.add_argument("--curve-csv", metavar="OUT.csv", help="write the exit curve at every threshold")
+    p.add_argument("--ci", type=float, metavar="LEVEL",
+                   help="calibrated mode: bootstrap intervals (e.g. 0.95) of each cell's measured accuracy and "
+                        "GMACs, resampling both splits and re-choosing the threshold on each draw")
+    p.add_argument("--ci-draws", type=int, default=1000, metavar="B", help="bootstrap draws (default 1000)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,10 +47,26 @@ def run(args: argparse.Namespace) -> int:
         raise TinySaverError("--calib-base and --calib-saver go together")
     saver, base = load_record(args.saver), load_record(args.base)
     curve = ExitCurve.from_records(saver, base)
-    calib = None
+    calib, calib_split = None, "calibration"
     if args.calib_base:
-        calib = ExitCurve.from_records(load_record(args.calib_saver), load_record(args.calib_base))
-    result = tradeoff(curve, args.drops, saver=saver.name, base=base.name, calibration=calib)
+        calib_base = load_record(args.calib_base)
+        calib = ExitCurve.from_records(load_record(args.calib_saver), calib_base)
+        calib_split = calib_base.split_name("calibration")
+    result = tradeoff(curve, args.drops, saver=saver.name, base=base.name, calibration=calib,
+                      split=base.split_name("report"), calib_split=calib_split)
+    if args.ci is not None:
+        if calib is None:
+            raise TinySaverError("--ci needs the calibrated mode (--calib-base/--calib-saver): the intervals "
+                                 "cover choosing the threshold on one split and measuring it on another")
+        if not 0 < args.ci < 1 or args.ci_draws < 10:
+            raise TinySaverError(f"--ci takes a level in (0, 1) and --ci-draws at least 10, got {args.ci}, {args.ci_draws}")
+        from ..calibrate import tradeoff_ci
+
+        intervals = tradeoff_ci(load_record(args.calib_saver), calib_base, saver, base, args.drops,
+                                level=args.ci, draws=args.ci_draws)
+        for drop, cell in result.required.items():
+            if cell is not None:
+                cell.ci = intervals.get(drop)
     table = tradeoff_markdown([result])
     # Everything is computed before the first file is written.
     if args.json:
