@@ -121,8 +121,11 @@ def stage_specs(manifest: Mapping[str, Any]) -> List[StageSpec]:
                       num_classes=int(s["num_classes"])) for s in manifest["stages"]]
 
 
-def make_session(path: str | Path, providers: Optional[Sequence[str]] = None, threads: Optional[int] = None) -> Any:
-    """An onnxruntime session; ``threads`` caps its intra-op threads (None: onnxruntime's default)."""
+def make_session(path: str | Path, providers: Optional[Sequence[str]] = None, threads: Optional[int] = None,
+                 spinning: bool = True) -> Any:
+    """An onnxruntime session; ``threads`` caps its intra-op threads (None: onnxruntime's default);
+    ``spinning=False`` lets idle intra-op threads sleep instead of busy-waiting (for processes that
+    share their cores, e.g. several server replicas on one machine)."""
     import onnxruntime as ort
 
     providers = list(providers or ["CPUExecutionProvider"])
@@ -135,6 +138,8 @@ def make_session(path: str | Path, providers: Optional[Sequence[str]] = None, th
     if threads:
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=providers)
 
 

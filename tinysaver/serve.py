@@ -30,9 +30,11 @@ line>"}``; the replica keeps serving. Overload is Ray Serve's back-pressure: a r
 deployment's ``max_ongoing_requests`` waits in its queue, beyond ``max_queued_requests`` it gets
 503.
 
-The thresholds are each stage's ``user_config``: redeploying with new thresholds (``serve run`` /
-``serve deploy`` / :func:`serve_forever` again, or ``serve.run(build_app(config))``) calls
-``reconfigure`` on the running replicas, which keep their models and their queues.
+The thresholds are each stage's ``user_config``: redeploying with new thresholds (``serve.run(build_app(config))``
+again, ``tinysaver serve`` noticing its config file changed) calls ``reconfigure`` on the running
+replicas, which keep their models and their queues. With Ray's own config files (``serve deploy``)
+put the new values in the file's ``deployments: [{name: stage0_..., user_config: ...}]``: a change
+of the application ``args`` gives the application a new code version and new replicas.
 
 Config (the ``args`` of a Ray Serve application, see ``configs/serve/fmnist_cascade.yaml``)::
 
@@ -203,7 +205,8 @@ def _stage_deployment() -> Any:
             self.index, self.n_stages = index, n_stages
             self.spec = self.specs[index]
             opts = StageOptions(**options)
-            self.model = StageModel(make_session(Path(export_dir) / self.spec.file, opts.providers, opts.threads),
+            self.model = StageModel(make_session(Path(export_dir) / self.spec.file, opts.providers, opts.threads,
+                                                 spinning=False),
                                     self.spec)
             self.stage = Stage(model=self.model, confidence=self.spec.confidence, name=self.spec.name)
             self.next = next_stage

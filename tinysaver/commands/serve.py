@@ -32,7 +32,6 @@ def run(args: argparse.Namespace) -> int:
     import json
     import os
     import time
-    from pathlib import Path
 
     from ..serve import build_app, load_config, ServeConfig
 
