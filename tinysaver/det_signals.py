@@ -12,13 +12,17 @@ and scores each signal by the area between its curve and the oracle's (smaller i
 
 Per-image quality (the oracle's measure), documented choices:
 
-- ``f1`` (default): matched-TP F1 at IoU 0.5 of the boxes scoring at least ``min_score`` (the boxes
-  the confidences see), with COCO's matching (greedy by score, crowd regions ignored):
+- ``ap`` (default): COCO AP of the image alone (IoU 0.50:0.95, 101 recall points), averaged over
+  the classes present in it; an image with no object scores 1 without a box of at least
+  ``min_score``, else 0. Boxes of absent classes do not lower it (COCO AP is per class).
+- ``f1``: matched-TP F1 at IoU 0.5 of the boxes scoring at least ``min_score`` (the boxes the
+  confidences see), with COCO's matching (greedy by score, crowd regions ignored):
   ``2 TP / (2 TP + FP + FN)``, 1 for an image with no object and no box. False positives of
   classes absent from the image count.
-- ``ap``: COCO AP of the image alone (IoU 0.50:0.95, 101 recall points), averaged over the classes
-  present in it; an image with no object scores 1 without a box of at least ``min_score``, else
-  0. Boxes of absent classes do not lower it (COCO AP is per class).
+
+``ap`` is the default because it gave the stronger reference (a higher curve) on the demo data:
+on 100 and 500 Fashion-MNIST canvases its best mix reaches 58.5 / 55.1 AP against 55.7 / 54.5
+for ``f1`` (and the base's 54.9 / 54.5); ``f1`` ignores localisation beyond IoU 0.5 and ranking.
 
 Ties of the primary measure are broken by the other one, then by image order. Since COCO AP is not
 a sum over images, deferring by per-image gain is a strong reference rather than the best
@@ -58,7 +62,7 @@ def parse_signal(spec: str) -> Tuple[str, Dict[str, float]]:
     return name.strip(), options
 
 
-def image_quality(sweep: CocoSweep, model: int, measure: str = "f1", min_score: float = MIN_BOX_SCORE) -> np.ndarray:
+def image_quality(sweep: CocoSweep, model: int, measure: str = "ap", min_score: float = MIN_BOX_SCORE) -> np.ndarray:
     """Per-image quality of record ``model``'s detections (module docstring), in record order.
 
     Args:
@@ -103,7 +107,7 @@ def image_quality(sweep: CocoSweep, model: int, measure: str = "f1", min_score: 
     return quality[sweep.sorted_pos]  # back to record order
 
 
-def oracle_confidence(sweep: CocoSweep, measure: str = "f1", min_score: float = MIN_BOX_SCORE) -> np.ndarray:
+def oracle_confidence(sweep: CocoSweep, measure: str = "ap", min_score: float = MIN_BOX_SCORE) -> np.ndarray:
     """A "confidence" that defers the images where the base beats the saver most first (module
     docstring): distinct values in (0, 1], higher = the saver is better there, relative to the base."""
     other = "ap" if measure == "f1" else "f1"
@@ -163,7 +167,7 @@ def _xy(curve: Sequence[Dict[str, float]]) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def signal_panel(ann_file: PathLike, saver: DetRecord, base: DetRecord, signals: Optional[Sequence[str]] = None,
-                 oracle: str = "f1", min_score: float = MIN_BOX_SCORE, max_points: Optional[int] = 201,
+                 oracle: str = "ap", min_score: float = MIN_BOX_SCORE, max_points: Optional[int] = 201,
                  seed: int = 0, progress: bool = True) -> Dict[str, Any]:
     """AP-vs-GFLOPs curves of deferral signals, the oracle and random, with each signal's area to
     the oracle.

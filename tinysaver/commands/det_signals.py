@@ -3,8 +3,8 @@
 From the two models' detection records (no model runs again): for each registered detection
 confidence (mean box score of the boxes >= 0.05, max score, box count, mean of the top-k scores,
 score certainty = 1 - mean binary entropy, ...) the cascade's exact curve, with the oracle (images
-deferred in the order the base's detections beat the saver's on them, per-image matched-TP F1 at
-IoU 0.5 or per-image AP: --oracle) and a random order, and each signal's area to the oracle
+deferred in the order the base's detections beat the saver's on them, by per-image AP or matched-TP
+F1 at IoU 0.5: --oracle) and a random order, and each signal's area to the oracle
 (smaller is better). A signal with options: name:key=value, e.g. topk_mean_box_score:k=5.
 
 Example (the detection records and annotations `make demo` writes):
@@ -23,8 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", required=True, help="base detection record")
     p.add_argument("--signals", nargs="+", metavar="NAME[:k=v,...]",
                    help="signals to compare (default: every registered detection confidence)")
-    p.add_argument("--oracle", choices=["f1", "ap"], default="f1",
-                   help="per-image quality the oracle defers by (default f1: matched-TP F1 at IoU 0.5)")
+    p.add_argument("--oracle", choices=["ap", "f1"], default="ap",
+                   help="per-image quality the oracle defers by (default ap: COCO AP of the image alone; "
+                        "f1: matched-TP F1 at IoU 0.5)")
     p.add_argument("--min-score", type=float, default=0.05,
                    help="boxes scoring below this are ignored by the signals and the oracle (default 0.05)")
     p.add_argument("--max-points", type=int, default=201,
