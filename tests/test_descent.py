@@ -124,6 +124,12 @@ def test_descent_improves_at_every_move_and_ends_pair_optimal(case, drop, max_st
                 correct, cost = _simulate(stages, t)
                 if correct >= need - 1e-6:
                     assert cost >= result.cost - 1e-9
+    # the Lagrangian sweep's descent only lowers its own objective, cost − μ · right answers
+    mu = float(rng.choice([0.1, 1.0, 10.0]))
+    swept = descent.lagrangian(start, mu)
+    start_correct, start_cost = _simulate(stages, start)
+    assert swept.converged
+    assert swept.cost * m - mu * swept.correct <= start_cost * m - mu * start_correct + 1e-9
 
 
 def _simulate(stages, t):
@@ -202,7 +208,7 @@ def test_certified_plan_keeps_its_target_with_probability_1_minus_delta():
         calib = [Stage(s.name, s.gmacs, s.conf[idx], s.correct[idx]) for s in population]
         # small grids keep the test fast (the descent refines at every distinct confidence)
         cal = certify_plan(calib, None, [drop], delta, max_stages=4, seed=d, ladder=6, pair_grid=32, grid=64,
-                           max_exact_cells=4096)[drop]
+                           max_exact_cells=4096, sweep=4)[drop]
         chain = [next(i for i, s in enumerate(population) if s.name == name) for name in cal.stages]
         ev = simulate_chain([population[i] for i in chain], cal.thresholds)
         violations += population[-1].correct.mean() - ev.acc[0] > drop / 100
@@ -211,3 +217,35 @@ def test_certified_plan_keeps_its_target_with_probability_1_minus_delta():
     # breaks the target in about 9 draws out of 10 here: the bound below can fail)
     assert violations / draws <= delta + 3 * math.sqrt(delta * (1 - delta) / draws)
     assert np.median(savings) > 0.3  # not "the base alone"
+
+
+def test_plan_records_and_cli_with_descent_and_certify(make_record, tmp_path):
+    import json
+
+    from tinysaver.chain import plan_records
+    from tinysaver.cli import main
+
+    pool, base = _ladder_pool(600, 5, savers=3)
+    cpool, cbase = _ladder_pool(600, 6, savers=3)
+    section = plan_records(base, pool, cbase, cpool, drops=[1.0, 0.0], pair_grid=32, plot=tmp_path / "plan.png",
+                           progress=False)
+    json.dumps(section)  # JSON-able as it is
+    assert section["max_stages"] == 4 and section["mode"] == "exact+descent"  # 3-stage tables fit exactly
+    assert set(section["certified"]) == {"1.0", "0.0"} and "Certified" in section["markdown"]
+    for drop, cert in section["certified"].items():
+        assert cert["stages"][-1] == "base" and isinstance(cert["meets_target"], bool)
+    assert (tmp_path / "plan.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    def write(rec, filename):
+        return str(make_record(rec.name, rec.conf, rec.pred, rec.label, gmacs=rec.gmacs, filename=filename))
+
+    paths = [write(r, f"{r.name}_test.npz") for r in pool]
+    cpaths = [write(r, f"{r.name}_cal.npz") for r in cpool]
+    out = tmp_path / "plan.json"
+    assert main(["plan", "--base", write(base, "base_test.npz"), "--pool", *paths, "--calib-base",
+                 write(cbase, "base_cal.npz"), "--calib-pool", *cpaths, "--max-stages", "4", "--drops", "1", "0",
+                 "--pair-grid", "32", "--certify", "0.1", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["mode"] == "exact+descent" and data["search"]["descent_only_chains"] == 1
+    assert data["required"]["1.0"]["gmacs"] == pytest.approx(section["required"]["1.0"]["gmacs"])
+    assert data["certified"]["1.0"]["delta"] == 0.1

@@ -349,7 +349,7 @@ def calibrate_chain(stages: Sequence[Stage], drop: float, delta: float, method: 
 def certify_plan(calib: Sequence[Stage], report: Optional[Sequence[Stage]], drops: Sequence[float], delta: float,
                  *, max_stages: int = 3, method: str = "wsr", seed: int = 0, ladder: int = 16,
                  grid: int = DEFAULT_GRID, max_exact_cells: int = DEFAULT_EXACT_CELLS, descent: bool = True,
-                 starts: int = 1, pair_grid: Optional[int] = None) -> Dict[float, Calibration]:
+                 starts: int = 1, pair_grid: Optional[int] = None, sweep: int = 16) -> Dict[float, Calibration]:
     """The planner with a guarantee: for each drop, a chain *and* thresholds whose accuracy drop on
     new data is <= ``drop`` points with probability >= 1 − δ over the draw of the calibration split.
 
@@ -384,6 +384,7 @@ def certify_plan(calib: Sequence[Stage], report: Optional[Sequence[Stage]], drop
         descent: As there.
         starts: As there (1 keeps the ladder fast; each target also starts from the stricter one).
         pair_grid: As there.
+        sweep: As there.
 
     Returns:
         Per drop a :class:`Calibration` for the chain reached (``extra`` holds the path and, with
@@ -420,7 +421,7 @@ def certify_plan(calib: Sequence[Stage], report: Optional[Sequence[Stage]], drop
     ladders = {d: [float(x) for x in common if x < d] + [d] for d in drops}
     planned = search_plan(search_half, max_stages, sorted({x for xs in ladders.values() for x in xs}), grid=grid,
                           max_exact_cells=max_exact_cells, descent=descent, starts=starts, pair_grid=pair_grid,
-                          progress=False, tables=tables)
+                          sweep=sweep, progress=False, tables=tables)
     base_right = test_half[-1].correct
     correct = np.stack([s.correct for s in test_half])
     cols = np.arange(len(half_b))

@@ -16,7 +16,10 @@ per stage), how many samples each stage answers and how many of them it gets rig
 :func:`chain_table`. The grid of a stage is all its distinct confidences (``exact``: the same as a
 brute force over every threshold combination) unless the chain's grid would exceed
 ``max_exact_cells`` cells; then each stage uses a quantile grid of ``grid`` of its own confidences
-(``grid-512`` by default; pairs stay exact at any realistic size).
+(``grid-512`` by default; pairs stay exact at any realistic size). Such tables cover chains of up
+to 3 stages at scale (:func:`table_chains`); longer chains, and the refinement of grid answers, are
+the coordinate descent's (:mod:`tinysaver.descent`, run by :func:`search_plan`), which only ever
+keeps cheaper answers.
 
 Examples:
     >>> import numpy as np
@@ -708,17 +711,22 @@ def search_tables(stages: Sequence[Stage], max_stages: int, *, grid: int = DEFAU
 
 
 def search_plan(stages: Sequence[Stage], max_stages: int, drops: Sequence[float], *, grid: int = DEFAULT_GRID,
-                max_exact_cells: int = DEFAULT_EXACT_CELLS, descent: bool = True, starts: int = 3,
-                pair_grid: Optional[int] = None, progress: Optional[bool] = None,
+                max_exact_cells: int = DEFAULT_EXACT_CELLS, descent: bool = True, starts: int = 2,
+                pair_grid: Optional[int] = None, sweep: int = 16, progress: Optional[bool] = None,
                 tables: Optional[ChainSearch] = None) -> PlanSearch:
     """The cheapest chain and thresholds for each accuracy drop on one split, chains of any length.
 
     1. Tables (:func:`search_chains`) over :func:`table_chains`: every chain of up to 3 stages
        (exact or on quantile grids) and every longer chain small enough to be exact.
-    2. Unless every chain of up to ``max_stages`` stages was searched exactly, the descent of
-       :mod:`tinysaver.descent` refines each target, from strictest to loosest, starting from the
-       cheapest table configuration of each of the ``starts`` cheapest chains at that target and
-       from the answer at the previous (stricter) target; it is kept where it is cheaper.
+    2. Unless every chain of up to ``max_stages`` stages was searched exactly, a Lagrangian sweep
+       (:meth:`tinysaver.descent.ChainDescent.lagrangian`, ``sweep`` values of the worth of a right
+       answer, from large to small, each starting where the previous ended, from the most
+       accurate table configuration) visits the trade-off across all targets, as DyCE's λ sweep
+       does but with every distinct threshold per move.
+    3. Then the constrained descent of :mod:`tinysaver.descent` refines each target, from strictest
+       to loosest, starting from the cheapest table configuration of each of the ``starts``
+       cheapest chains at that target, from the cheapest sweep state meeting it and from the answer
+       at the previous (stricter) target; it is kept where it is cheaper than the tables'.
 
     Args:
         stages: Usable pool sorted by cost, then the base (last).
@@ -729,6 +737,7 @@ def search_plan(stages: Sequence[Stage], max_stages: int, drops: Sequence[float]
         descent: Run the descent where the tables are not exhaustive.
         starts: Table chains the descent starts from at each target.
         pair_grid: Quantile grid size of the descent's pair moves (None: its default; 0: none).
+        sweep: Values of the Lagrangian sweep (0: none).
         progress: Progress bars (None: only on a terminal).
         tables: The tables of :func:`search_tables` on these stages, when already computed.
 
@@ -742,6 +751,8 @@ def search_plan(stages: Sequence[Stage], max_stages: int, drops: Sequence[float]
 
     if starts < 1:
         raise TinySaverError(f"--starts must be >= 1, got {starts}")
+    if sweep < 0:
+        raise TinySaverError(f"--sweep must be >= 0, got {sweep}")
     pair_grid = DEFAULT_PAIR_GRID if pair_grid is None else int(pair_grid)
     if pair_grid == 1 or pair_grid < 0:
         raise TinySaverError(f"--pair-grid must be 0 (no pair moves) or >= 2, got {pair_grid}")
@@ -753,6 +764,17 @@ def search_plan(stages: Sequence[Stage], max_stages: int, drops: Sequence[float]
     merged = search.merged()
     tol = _COST_TOL * max(s.gmacs for s in stages)
     descender = ChainDescent(stages, max_stages, pair_grid) if run else None
+    swept: List[Tuple[float, float, np.ndarray]] = []
+    if descender is not None and sweep > 0:
+        # from "a right answer is worth 100 passes through every stage" down to "worth the cheapest
+        # stage's cost", geometric: the whole trade-off, from the most accurate table configuration
+        costs = np.array([s.gmacs for s in stages])
+        state = _table_starts(search, float(np.flatnonzero(np.isfinite(merged.cost)).max()), 1)[0]
+        for mu in tqdm(np.geomspace(100.0 * costs.sum(), max(costs.min(), 1e-12 * costs.sum()), sweep),
+                       desc="sweep", unit="value", leave=False, disable=None if progress is None else not progress):
+            result = descender.lagrangian(state, mu)
+            state = result.thresholds
+            swept.append((result.correct, result.cost, state.copy()))
     choices: Dict[float, Optional[Choice]] = {}
     previous: Optional[np.ndarray] = None
     ordered = sorted({float(d) for d in drops})  # strictest first: its answer meets the looser targets
@@ -768,9 +790,12 @@ def search_plan(stages: Sequence[Stage], max_stages: int, drops: Sequence[float]
                         correct=float(c), cost=float(merged.cost[c]), found_by="table")
         if descender is not None:
             from_tables = _table_starts(search, need, starts)
-            results = [descender.run(s, need) for s in from_tables + ([previous] if previous is not None else [])]
+            meeting = [x for x in swept if x[0] >= need - _COUNT_TOL]
+            from_sweep = [min(meeting, key=lambda x: (x[1], -x[0]))[2]] if meeting else []
+            others = from_sweep + ([previous] if previous is not None else [])
+            results = [descender.run(s, need) for s in from_tables + others]
             best = min(results, key=lambda r: (r.cost, -r.correct))
-            info = {"starts": len(results), "from_previous_target": previous is not None,
+            info = {"starts": len(results), "from_sweep": bool(from_sweep), "from_previous_target": previous is not None,
                     "table_gmacs": choice.cost, "gmacs": best.cost, "chain": [stages[i].name for i in best.chain],
                     "moves": {k: sum(r.moves[k] for r in results) for k in best.moves},
                     "cycles": max(r.passes for r in results), "converged": all(r.converged for r in results)}
@@ -782,7 +807,7 @@ def search_plan(stages: Sequence[Stage], max_stages: int, drops: Sequence[float]
             previous[list(choice.chain[:-1])] = choice.thresholds
         choices[drop] = choice
     settings = {"grid": grid, "max_exact_cells": max_exact_cells, "starts": starts if run else 0,
-                "pair_grid": pair_grid if run else 0}
+                "pair_grid": pair_grid if run else 0, "sweep": sweep if run else 0}
     return PlanSearch(search=search, choices={float(d): choices[float(d)] for d in drops}, total_chains=total,
                       descent_run=run, settings=settings)
 
@@ -985,8 +1010,9 @@ def plan_chains(base: Record, pool: Sequence[Record], *, max_stages: int = 3,
                 drops: Sequence[float] = PAPER_DROPS, grid: int = DEFAULT_GRID,
                 max_exact_cells: int = DEFAULT_EXACT_CELLS, calib_base: Optional[Record] = None,
                 calib_pool: Optional[Sequence[Record]] = None, ci: Optional[float] = None,
-                draws: int = 1000, seed: int = 0, descent: bool = True, starts: int = 3,
-                pair_grid: Optional[int] = None, certify: Optional[float] = None, certify_method: str = "wsr",
+                draws: int = 1000, seed: int = 0, descent: bool = True, starts: int = 2,
+                pair_grid: Optional[int] = None, sweep: int = 16, certify: Optional[float] = None,
+                certify_method: str = "wsr",
                 progress: Optional[bool] = None) -> Plan:
     """The cheapest chain of savers in front of ``base`` for each allowed accuracy drop.
 
@@ -1016,6 +1042,7 @@ def plan_chains(base: Record, pool: Sequence[Record], *, max_stages: int = 3,
         descent: Refine with the descent where the tables are not exhaustive.
         starts: Table chains the descent starts from at each target.
         pair_grid: Grid of the descent's pair moves (None: default; 0: single moves only).
+        sweep: Values of the descent's Lagrangian sweep (0: none).
         certify: δ of a Learn-then-Test certification per drop (calibrated mode only;
             :func:`tinysaver.calibrate.certify_plan`): thresholds whose drop on new data is within
             the target with probability >= 1 − δ, reported as ``certified``.
@@ -1051,7 +1078,7 @@ def plan_chains(base: Record, pool: Sequence[Record], *, max_stages: int = 3,
         calib = [Stage.from_record(calib_pool[i]) for i in order] + [Stage.from_record(calib_base)]
     drops = [float(d) for d in drops]
     planned = search_plan(calib or report, max_stages, drops, grid=grid, max_exact_cells=max_exact_cells,
-                          descent=descent, starts=starts, pair_grid=pair_grid, progress=progress)
+                          descent=descent, starts=starts, pair_grid=pair_grid, sweep=sweep, progress=progress)
     search = planned.search
     measure_on = report if calib is not None else None
     everything, pairs = search.merged(), search.merged(max_stages=2, min_stages=2)
@@ -1111,7 +1138,7 @@ def plan_chains(base: Record, pool: Sequence[Record], *, max_stages: int = 3,
 
         certified = certify_plan(calib, report, [d for d in drops if d >= 0], certify, max_stages=max_stages,
                                  method=certify_method, seed=seed, grid=grid, max_exact_cells=max_exact_cells,
-                                 descent=descent, pair_grid=pair_grid)
+                                 descent=descent, pair_grid=pair_grid, sweep=sweep)
         extra["certified"] = {repr(d): c.to_json() for d, c in certified.items()}
     info = planned.info()
     info["searched_on"] = "calibration" if calib else "report"
@@ -1130,7 +1157,8 @@ def plan_records(base: Union[Record, str, os.PathLike], pool: Sequence[Union[Rec
                  calib_base: Union[Record, str, os.PathLike, None] = None,
                  calib_pool: Optional[Sequence[Union[Record, str, os.PathLike]]] = None,
                  max_stages: Optional[int] = None, drops: Sequence[float] = PAPER_DROPS,
-                 certify: Optional[float] = 0.1, **options) -> Dict[str, object]:
+                 certify: Optional[float] = 0.1, plot: Union[str, os.PathLike, None] = None,
+                 **options) -> Dict[str, object]:
     """The demo's plan section: :func:`plan_chains` on records (or record paths), as JSON-able data.
 
     Args:
@@ -1141,6 +1169,7 @@ def plan_records(base: Union[Record, str, os.PathLike], pool: Sequence[Union[Rec
         max_stages: Longest chain (None: every pool model may join, the pool size + 1).
         drops: Allowed accuracy drops in points.
         certify: δ of the Learn-then-Test certification per drop (calibrated mode; None: none).
+        plot: Also draw the plan (:func:`tinysaver.plan_report.plot_plan`) to this PNG.
         **options: Further keyword arguments of :func:`plan_chains` (``grid``, ``ci``, ``starts``, …).
 
     Returns:
@@ -1155,7 +1184,7 @@ def plan_records(base: Union[Record, str, os.PathLike], pool: Sequence[Union[Rec
         ...                        )  # doctest: +SKIP
         >>> section["required"]["0.5"]["stages"], section["certified"]["0.5"]["thresholds"]  # doctest: +SKIP
     """
-    from .plan_report import plan_markdown
+    from .plan_report import plan_markdown, plot_plan
     from .records import load_record
 
     def load(r):
@@ -1169,6 +1198,8 @@ def plan_records(base: Union[Record, str, os.PathLike], pool: Sequence[Union[Rec
                        certify=certify if calib_r is not None else None, **options)
     out = plan.to_json()
     out["markdown"] = plan_markdown(plan)
+    if plot is not None:
+        plot_plan(plan, plot)
     return out
 
 

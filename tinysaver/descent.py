@@ -17,10 +17,11 @@ candidate at once with the cumulative counts of :func:`tinysaver.chain.answer_ta
 
 - *single*: one model's threshold over every distinct confidence of that model plus "not in the
   chain" — this adds the model to the chain, removes it, or moves its threshold;
-- *pair*: two models' thresholds jointly, on quantile grids of ``pair_grid`` values of the
-  confidences of the samples that reach them (plus their current thresholds and "not in the
-  chain"), which trades accuracy between two stages — what a single move at an active accuracy
-  constraint cannot do — and swaps one model for another.
+- *pair*: two models' thresholds jointly, each on a grid of the confidences of the samples that
+  reach them: ``pair_grid`` evenly spaced quantiles, every distinct value within ``pair_grid // 4``
+  of the current threshold (the top ones for a model not in the chain), and "not in the chain".
+  This trades accuracy between two stages — what a single move at an active accuracy constraint
+  cannot do — adds or removes two models at once, and swaps one model for another.
 
 The samples a move can change are those that reach its first model; what happens to them after a
 changed stage (exit at a later model of the chain, or the base) comes from the current state.
@@ -28,12 +29,22 @@ A move is applied when its best candidate meets the target and is cheaper than t
 (by more than a rounding tolerance). The moves run in a cycle (every single move, then every pair
 move) until a whole cycle in a row changes nothing.
 
+**Starts.** A constrained descent stops where no move of one or two thresholds can trade accuracy
+for cost at the target, so where it starts matters. :func:`tinysaver.chain.search_plan` starts it
+from the tables' best configurations at the target, from the answer at the previous (stricter)
+target, and from a *Lagrangian sweep* (:meth:`ChainDescent.lagrangian`): the same moves on
+``cost − μ · right answers`` with no target, for ``μ`` from large to small, each from where the
+previous ended. Unconstrained, the sweep moves freely along the trade-off (it is DyCE's λ-weighted
+search, with every distinct threshold per move instead of ``fminbound``); the cheapest state it
+visits that meets a target is one more start there.
+
 **Guarantees** (on the split searched; see the tests):
 
 1. Monotone: every applied move keeps ``correct >= need`` and the chain within ``max_stages``, and
    strictly lowers the cost, so the descent terminates and its result is never costlier than its
-   start. Started from the tables' best answer at the same target (chains of up to 3 stages, exact
-   or grid), the result is never worse than that answer, hence never worse than the best pair.
+   start. Started (among others) from the tables' best answer at the same target (chains of up to
+   3 stages, exact or grid), the best result is never worse than that answer, hence never worse
+   than the best pair. (The Lagrangian sweep also only lowers its own objective at every move.)
 2. At the end no single move (any distinct confidence of any model, adding or removing one model)
    and no pair move on its grids lowers the cost: a local optimum for those neighbourhoods.
 3. Not a global optimum in general. Where every chain up to ``max_stages`` fits a table exactly
@@ -41,9 +52,10 @@ move) until a whole cycle in a row changes nothing.
    and threshold combination, for any number of stages.
 
 The descent is the same kind of search as DyCE's coordinate search (one exit at a time against the
-others), but it optimises the cost at the accuracy target itself rather than a λ-weighted sum, it
+others), but it optimises the cost at the accuracy target itself (after the λ-weighted sweep), it
 evaluates every distinct threshold of a coordinate exactly instead of a bounded scalar minimiser
-over a piecewise-constant function, and it also moves two thresholds at once.
+over a piecewise-constant function, and it also moves two thresholds at once. Nothing guarantees
+it beats DyCE on given records; ``bench/bench_planner_vs_dyce.py`` measures it.
 
 Examples:
     >>> import numpy as np
@@ -70,7 +82,7 @@ from .chain import Stage, answer_table, grid_ranks, simulate_chain, threshold_gr
 from .errors import TinySaverError
 
 #: Quantile grid size per model of a pair move.
-DEFAULT_PAIR_GRID = 256
+DEFAULT_PAIR_GRID = 128
 #: Cycles of moves (every single move, then every pair move) at most; the descent normally stops
 #: after a few.
 DEFAULT_MAX_PASSES = 50
@@ -138,6 +150,7 @@ class ChainDescent:
         self.cols = np.arange(self.m)
         # costs are sums over samples; distinct configurations differ by far more than this
         self.tol = 1e-9 * float(self.gmacs.max()) if len(self.gmacs) else 0.0
+        self._mu: Optional[float] = None
 
     # -- the state -----------------------------------------------------------------------------
 
@@ -175,6 +188,10 @@ class ChainDescent:
         """Flat index of the cheapest allowed candidate meeting ``need`` (ties: more right answers,
         then the first), or None when it is not cheaper than ``current`` by more than the tolerance."""
         correct, cost = correct.ravel(), cost.ravel()
+        if self._mu is not None:  # the Lagrangian phase: cost - mu * correct, no target
+            value = np.where(allowed.ravel(), cost - self._mu * correct, np.inf)
+            pick = int(np.argmin(value))
+            return pick if value[pick] < cost[current] - self._mu * correct[current] - self.tol else None
         ok = allowed.ravel() & (correct >= need - _COUNT_TOL)
         if not ok.any():
             return None
@@ -226,21 +243,30 @@ class ChainDescent:
         return j
 
     def _pair_grid(self, k: int, idx: np.ndarray, current: float) -> Tuple[np.ndarray, np.ndarray]:
-        """Model ``k``'s grid for a pair move over the samples ``idx``: about ``pair_grid`` of their
+        """Model ``k``'s grid for a pair move over the samples ``idx``: ``pair_grid`` of their
         confidences at evenly spaced quantiles (the lowest included, so every sample has a rank),
-        plus the current threshold. Works on the ranks on the full grid (no sort).
+        plus every one of their distinct confidences within ``pair_grid // 4`` of the current
+        threshold (from the top when the model is not in the chain): coarse steps reach far, fine
+        ones trade a few samples between the two stages. Works on ranks on the full grid (no sort).
 
         Returns:
             ``(grid, ranks)``: the grid values and each sample's rank on it.
         """
         full = self.ranks[k][idx]
         size = len(self.grids[k])
-        below_or_at = np.cumsum(np.bincount(full, minlength=size))   # samples with rank <= j
+        counts = np.bincount(full, minlength=size)
+        below_or_at = np.cumsum(counts)                                # samples with rank <= j
         picks = np.linspace(0, len(idx) - 1, self.pair_grid).round()
-        chosen = np.searchsorted(below_or_at, picks, side="right")     # full-grid index of each pick
+        chosen = [np.searchsorted(below_or_at, picks, side="right")]   # full-grid index of each pick
+        present = np.flatnonzero(counts)                               # their distinct confidences
+        window = self.pair_grid // 4
         if np.isfinite(current):
-            chosen = np.append(chosen, self._index(self.grids[k], current))
-        chosen = np.unique(chosen)
+            j = self._index(self.grids[k], current)
+            at = int(np.searchsorted(present, j))
+            chosen += [np.array([j]), present[max(0, at - window): at + window + 1]]
+        else:
+            chosen.append(present[-window:] if window else present[:0])
+        chosen = np.unique(np.concatenate(chosen))
         lookup = np.searchsorted(chosen, np.arange(size), side="right") - 1
         return self.grids[k][chosen], lookup[full]
 
@@ -290,6 +316,44 @@ class ChainDescent:
 
     # -- the descent -------------------------------------------------------------------------------
 
+    def _cycle(self, t: np.ndarray, need: float, history: Optional[list]) -> Tuple[Dict[str, int], int, bool]:
+        """Cyclic coordinate descent on ``t`` in place until a whole cycle of moves changes nothing."""
+        moves = {"single": 0, "pair": 0}
+        cycle = [("single", (k,)) for k in range(self.n)]
+        if self.pair_grid > 0:
+            cycle += [("pair", ab) for ab in itertools.combinations(range(self.n), 2)]
+        quiet, done, converged = 0, 0, not cycle
+        while cycle and done < self.max_passes * len(cycle):
+            kind, which = cycle[done % len(cycle)]
+            done += 1
+            changed = self._single(t, which[0], need) if kind == "single" else self._pair(t, *which, need)
+            if changed is not None:
+                moves[kind] += 1
+                quiet = 0
+                if history is not None:
+                    history.append((t.copy(), *changed))
+            else:
+                quiet += 1
+                if quiet == len(cycle):
+                    converged = True
+                    break
+        return moves, (-(-done // len(cycle)) if cycle else 0), converged
+
+    def lagrangian(self, start: Sequence[float], mu: float) -> DescentResult:
+        """The same moves on ``cost − mu · correct`` (``mu``: GMACs a right answer is worth), with
+        no accuracy target: a point of the trade-off for every ``mu``, as DyCE's λ-weighted cost
+        gives, but with every distinct threshold per move. Used to find starts for :meth:`run`."""
+        t = np.array(start, dtype=np.float64)
+        start_correct, start_cost = self.evaluate(t)
+        self._mu = float(mu)  # the tables hold sums over samples: cost sum - mu * right answers
+        try:
+            moves, passes, converged = self._cycle(t, -np.inf, None)
+        finally:
+            self._mu = None
+        correct, cost = self.evaluate(t)
+        return DescentResult(thresholds=t, correct=correct, cost=cost, start_cost=start_cost, moves=moves,
+                             passes=passes, converged=converged)
+
     def run(self, start: Sequence[float], need: float, record: bool = False) -> DescentResult:
         """Descends from ``start`` (a state meeting ``need``) at the target ``need`` right answers.
 
@@ -311,27 +375,7 @@ class ChainDescent:
         if start_correct < need - _COUNT_TOL:
             raise TinySaverError(f"the start has {start_correct:g} right answers, fewer than the {need:g} needed")
         history = [(t.copy(), start_correct, start_cost)] if record else None
-        moves = {"single": 0, "pair": 0}
-        cycle = [("single", (k,)) for k in range(self.n)]
-        if self.pair_grid > 0:
-            cycle += [("pair", ab) for ab in itertools.combinations(range(self.n), 2)]
-        # cyclic coordinate descent: stop after a whole cycle of moves that changed nothing
-        quiet, done, converged = 0, 0, not cycle
-        while cycle and done < self.max_passes * len(cycle):
-            kind, which = cycle[done % len(cycle)]
-            done += 1
-            changed = self._single(t, which[0], need) if kind == "single" else self._pair(t, *which, need)
-            if changed is not None:
-                moves[kind] += 1
-                quiet = 0
-                if history is not None:
-                    history.append((t.copy(), *changed))
-            else:
-                quiet += 1
-                if quiet == len(cycle):
-                    converged = True
-                    break
-        passes = -(-done // len(cycle)) if cycle else 0
+        moves, passes, converged = self._cycle(t, need, history)
         correct, cost = self.evaluate(t)
         return DescentResult(thresholds=t, correct=correct, cost=cost, start_cost=start_cost, moves=moves,
                              passes=passes, converged=converged, history=history)

@@ -41,10 +41,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="per-stage quantile grid size for chains too large to search exactly (default 512)")
     p.add_argument("--no-descent", action="store_true",
                    help="tables only: no coordinate descent (chains longer than a table holds are not searched)")
-    p.add_argument("--starts", type=int, default=3, metavar="N",
-                   help="table chains the descent starts from at each drop (default 3)")
-    p.add_argument("--pair-grid", type=int, default=256, metavar="P",
-                   help="quantile grid of the descent's two-stage moves (default 256; 0: one stage at a time)")
+    p.add_argument("--starts", type=int, default=2, metavar="N",
+                   help="table chains the descent starts from at each drop (default 2)")
+    p.add_argument("--pair-grid", type=int, default=128, metavar="P",
+                   help="quantile grid of the descent's two-stage moves (default 128; 0: one stage at a time)")
+    p.add_argument("--sweep", type=int, default=16, metavar="N",
+                   help="values of the descent's Lagrangian sweep, which finds starts (default 16; 0: none)")
     p.add_argument("--certify", type=float, metavar="DELTA",
                    help="calibrated mode: also a Learn-then-Test chain per drop that keeps it on new data with "
                         "probability >= 1 - DELTA, e.g. 0.1")
@@ -72,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     result = plan_chains(base, pool, max_stages=args.max_stages, drops=args.drops, grid=args.grid,
                          calib_base=calib_base, calib_pool=calib_pool, ci=args.ci, draws=args.draws,
                          seed=args.seed, descent=not args.no_descent, starts=args.starts, pair_grid=args.pair_grid,
+                         sweep=args.sweep,
                          certify=args.certify, certify_method=args.certify_method)
     table = plan_markdown(result)
     # Everything is computed before the first file is written.
