@@ -415,7 +415,7 @@ class YOLOCascade:
                 "answered": [float(np.mean(stage_of == k)) for k in range(n_stages)],
                 "stage_gflops": [float(c.mean()) for c in costs],
                 "gflops": float((costs * reached).sum(axis=0).mean()),
-                "convention": "GFLOPs = 2 x multiply-adds (ultralytics' get_flops), each image at the shape it ran at",
+                "convention": "GFLOPs = 2 x multiply-adds, ultralytics' get_flops; each image at the shape it ran at",
                 "image_stage": stage_of.tolist(), "image_confidence": conf_of.tolist()}
 
     def _write_records(self, folder: str, files: List[str], dets: List[List[Any]],
@@ -451,8 +451,8 @@ def cascade_summary_text(summary: Mapping[str, Any]) -> str:
              f"({summary['confidence']}, min score {summary['min_score']:g})"]
     for name, share, g in zip(summary["stages"], summary["answered"], summary["stage_gflops"]):
         lines.append(f"  answered by {name:<24} {share:7.1%}   {g:.3f} GFLOPs/image alone")
-    lines.append(f"  cascade: {summary['gflops']:.3f} GFLOPs/image on average ({summary['images']} images; "
-                 f"{summary['convention']})")
+    lines.append(f"  cascade: {summary['gflops']:.3f} GFLOPs/image on average over {summary['images']} images")
+    lines.append(f"  ({summary['convention']})")
     return "\n".join(lines)
 
 

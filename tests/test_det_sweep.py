@@ -210,3 +210,14 @@ def test_new_detection_confidences():
     certainty = build_confidence("box_score_certainty")(s)
     assert certainty[1] == 0.0 and certainty[2] == pytest.approx(0.0)  # a 0.5 box: one bit of entropy
     assert 0 < certainty[0] < 1
+
+
+def test_det_signals_help_example_runs_on_demo_outputs(tmp_path, monkeypatch, capsys):
+    from tests.test_paper_cuts import _help_example, _write_demo_detection
+
+    monkeypatch.chdir(tmp_path)
+    _write_demo_detection(tmp_path)
+    argv = _help_example("det-signals", capsys)
+    assert cli(argv) == 0
+    panel = json.loads(Path("signals.json").read_text())
+    assert set(detection_confidences()) == set(panel["signals"]) and Path("signals.png").stat().st_size > 0

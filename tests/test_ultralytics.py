@@ -223,3 +223,17 @@ def test_yolo_cli(fashion, tmp_path, capsys):
     assert cli(["yolo", "val", "models=a.pt,b.pt", "data=x.yaml"]) == 2  # missing checkpoints
     assert cli(["yolo", "coco", "data=nope.yaml"]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_yolo_help_example_runs_on_the_demo_layout(tmp_path, monkeypatch, capsys):
+    """`tinysaver yolo --help` ends with an example that runs where `make demo` ran."""
+    from tests.test_paper_cuts import _help_example
+    from tinysaver.plugins.fashion_det import make_fashion_det
+
+    monkeypatch.chdir(tmp_path)
+    make_fashion_det(tmp_path / "data" / "fashion_det", {"val": 8})
+    (tmp_path / "weights").symlink_to(ROOT / "weights")
+    argv = _help_example("yolo", capsys)
+    assert cli(argv) == 0
+    assert json.loads(Path("yolo_val.json").read_text())["tinysaver"]["images"] == 8
+    assert max(len(line) for line in capsys.readouterr().out.splitlines() if "cascade" in line) <= 100
