@@ -367,7 +367,7 @@ def main() -> None:
         info["batch_times"] = batch_times(info["export_dir"], batch_sizes, args.threads, providers, args.repeats)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # loopback only
     ray.init(num_cpus=os.cpu_count(), num_gpus=1 if args.device == "cuda" else 0, include_dashboard=False,
-             log_to_driver=False)
+             log_to_driver=False, _node_ip_address="127.0.0.1")  # loopback only
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:

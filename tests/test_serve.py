@@ -83,7 +83,7 @@ def server(models, data, tmp_path_factory):
     export_cascade(Cascade(*models, threshold=threshold), export_dir, names=["fmnist_cnn_s", "fmnist_cnn_l"],
                    data_configs=[FMNIST_PREPROCESS] * 2)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a loopback-only test cluster
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     config = {"export_dir": str(export_dir), "max_request_bytes": 300_000, "max_samples_per_request": 64,
@@ -263,3 +263,64 @@ def test_cli_serve_refuses_a_bad_config_in_one_line(server, tmp_path, capsys):
     config.write_text(f"export_dir: {server['export_dir']}\nstages: [{{}}, {{max_batch_size: 0}}]\n")
     assert main(["serve", str(config)]) == 2
     assert "stage 1 (fmnist_cnn_l): max_batch_size and num_replicas must be >= 1" in capsys.readouterr().err
+
+
+def test_cli_serve_applies_a_changed_config_to_the_running_replicas(server, tmp_path):
+    """`tinysaver serve` watches its file: new thresholds reach the same replicas; Ctrl-C ends it and
+    removes its application from the shared cluster."""
+    import signal
+    import time
+
+    import ray
+
+    def write(threshold):
+        config.write_text(json.dumps({"applications": [{
+            "name": "watch", "route_prefix": "/watch", "import_path": "tinysaver.serve:build_app",
+            "args": {"export_dir": str(server["export_dir"]), "thresholds": [threshold],
+                     "stage_defaults": {"ray_actor_options": {"num_cpus": 0.25}}}}]}))
+
+    def health():
+        try:
+            r = requests.get(f"{server['url']}/watch/health", timeout=30)
+            return r.json()["stages"] if r.status_code == 200 else None
+        except requests.RequestException:
+            return None
+
+    def wait_for(check, timeout=120.0):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            stages = health()
+            if stages is not None and check(stages):
+                return stages
+            time.sleep(0.5)
+        raise AssertionError("timed out")
+
+    config = tmp_path / "watch.yaml"
+    write(0.5)
+    address = ray.get_runtime_context().gcs_address
+    proc = subprocess.Popen([sys.executable, "-m", "tinysaver.cli", "serve", str(config), "--address", address,
+                             "--port", str(server["port"]), "--poll-s", "0.2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        before = wait_for(lambda s: s[0]["threshold"] == 0.5)
+        time.sleep(0.1)  # a new mtime, even on coarse file-system clocks
+        write(0.75)
+        after = wait_for(lambda s: s[0]["threshold"] == 0.75)
+        assert [s["replica"] for s in after] == [s["replica"] for s in before]
+        lines = []
+        while not any("applied [0.75]" in line for line in lines):  # the redeploy call has returned
+            line = proc.stdout.readline()
+            assert line, "tinysaver serve ended early"
+            lines.append(line)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-2000:]
+        from ray import serve
+
+        assert "watch" not in serve.status().applications  # removed from the shared cluster
+        assert requests.get(f"{server['url']}/watch/health", timeout=30).status_code == 404  # "/" has no such route
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            out, err = proc.communicate()
+            print(out, err[-3000:])

@@ -301,11 +301,13 @@ def _stage_deployment() -> Any:
         async def __call__(self, request: Any) -> Any:
             from starlette.responses import JSONResponse
 
-            path = request.url.path.rstrip("/")
+            # the path below the application's route prefix (Ray Serve sets it as the ASGI root_path)
+            path, root = request.url.path.rstrip("/"), request.scope.get("root_path", "").rstrip("/")
+            path = path[len(root):] if root and path.startswith(root) else path
             try:
-                if path.endswith("/health") and request.method == "GET":
+                if path == "/health" and request.method == "GET":
                     return JSONResponse({"status": "ok", "stages": await self.info()})
-                if path.endswith("/predict") and request.method == "POST":
+                if path == "/predict" and request.method == "POST":
                     kind, data = await self._parse(request)
                     out = await self.answer(kind, data)
                     return JSONResponse(self._to_json(out))

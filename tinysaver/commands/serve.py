@@ -31,10 +31,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
     import os
+    import sys
     import time
 
-    from ..serve import build_app, load_config, ServeConfig
+    from ..errors import TinySaverError
+    from ..serve import ServeConfig, build_app, load_config
 
+    mtime = os.stat(args.config).st_mtime if os.path.exists(args.config) else None  # before reading: no edit missed
     loaded = load_config(args.config)
     ServeConfig.from_dict(loaded["args"], args.config)  # refuse a bad config before Ray starts
     import ray
@@ -45,26 +48,32 @@ def run(args: argparse.Namespace) -> int:
         http["host"] = args.host
     if args.port:
         http["port"] = args.port
-    ray.init(address=args.address, num_cpus=args.num_cpus if not args.address else None,
-             include_dashboard=False, log_to_driver=False)
+    if args.address:
+        ray.init(address=args.address, include_dashboard=False, log_to_driver=False)
+    else:  # a local instance talks over the loopback only
+        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     name = loaded["name"]
     try:
         serve.start(http_options={"host": http["host"], "port": http["port"]})
         prefix = loaded["route_prefix"]
         serve.run(build_app(loaded["args"]), name=name, route_prefix=prefix)
         url = f"http://{http['host']}:{http['port']}{prefix.rstrip('/')}"
-        print(f"serving {name}: POST {url}/predict, GET {url}/health")
+        print(f"serving {name}: POST {url}/predict, GET {url}/health", flush=True)
         if args.check:
             return _check(url, ServeConfig.from_dict(loaded["args"], args.config))
-        mtime = os.stat(args.config).st_mtime
         while True:  # until Ctrl-C
             time.sleep(args.poll_s)
             now = os.stat(args.config).st_mtime
             if now != mtime:
                 mtime = now
-                loaded = load_config(args.config)
+                try:
+                    loaded = load_config(args.config)
+                    ServeConfig.from_dict(loaded["args"], args.config)
+                except TinySaverError as exc:  # a bad edit: keep serving what runs
+                    print(f"tinysaver serve: not applied: {exc}", file=sys.stderr, flush=True)
+                    continue
                 serve.run(build_app(loaded["args"]), name=name, route_prefix=prefix)
-                print(f"{args.config}: applied {json.dumps(loaded['args'].get('thresholds'))}")
+                print(f"{args.config}: applied {json.dumps(loaded['args'].get('thresholds'))}", flush=True)
     except KeyboardInterrupt:
         return 0
     finally:
