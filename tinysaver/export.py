@@ -24,7 +24,7 @@ Examples:
     >>> from tinysaver import Cascade
     >>> from tinysaver.plugins.timm import create_classifier
     >>> cascade = Cascade(create_classifier("fmnist_cnn_s"), create_classifier("fmnist_cnn_l"), threshold=0.9)
-    >>> export_cascade(cascade, "exported/fmnist_s_l", names=["fmnist_cnn_s", "fmnist_cnn_l"])  # doctest: +SKIP
+    >>> export_cascade(cascade, "outputs/exported/fmnist_s_l", names=["fmnist_cnn_s", "fmnist_cnn_l"])  # doctest: +SKIP
 """
 from __future__ import annotations
 

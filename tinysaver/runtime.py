@@ -19,7 +19,7 @@ Inputs:
   ``nearest``, ``bilinear``, ``bicubic``, ``lanczos``, ``box``, ``hamming``.
 
 Examples:
-    >>> cascade = OnnxCascade("exported/fmnist_s_l")                         # doctest: +SKIP
+    >>> cascade = OnnxCascade("outputs/exported/fmnist_s_l")                         # doctest: +SKIP
     >>> out = cascade(batch)                 # float32 [B, 1, 28, 28]         # doctest: +SKIP
     >>> out.logits.argmax(1), out.stage, out.confidence                      # doctest: +SKIP
     >>> out = cascade.predict_images([open("shirt.png", "rb").read()])       # doctest: +SKIP

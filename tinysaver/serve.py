@@ -38,7 +38,7 @@ of the application ``args`` gives the application a new code version and new rep
 
 Config (the ``args`` of a Ray Serve application, see ``configs/serve/fmnist_cascade.yaml``)::
 
-    export_dir: exported/fmnist_s_l     # `tinysaver export` output; every node must see it
+    export_dir: outputs/exported/fmnist_s_l     # `tinysaver export` output; every node must see it
     thresholds: [0.9]                   # optional, overrides cascade.json
     max_request_bytes: 4194304
     max_samples_per_request: 256
@@ -50,8 +50,8 @@ Config (the ``args`` of a Ray Serve application, see ``configs/serve/fmnist_casc
 
 Examples:
     >>> from ray import serve
-    >>> serve.run(build_app({"export_dir": "exported/fmnist_s_l"}), route_prefix="/")  # doctest: +SKIP
-    $ serve run tinysaver.serve:build_app export_dir=exported/fmnist_s_l thresholds=0.9
+    >>> serve.run(build_app({"export_dir": "outputs/exported/fmnist_s_l"}), route_prefix="/")  # doctest: +SKIP
+    $ serve run tinysaver.serve:build_app export_dir=outputs/exported/fmnist_s_l thresholds=0.9
 """
 from __future__ import annotations
 

@@ -12,8 +12,8 @@ cascade as one graph with the routing inside (ONNX If/NonZero/Gather/ScatterND).
 Run it with tinysaver.runtime.OnnxCascade(DIR) (onnxruntime, no PyTorch) or serve it with
 `tinysaver serve`.
 
-Example (the demo pool by name, writes exported/fmnist_s_l/):
-  tinysaver export --stages fmnist_cnn_s fmnist_cnn_l --thresholds 0.9 --out exported/fmnist_s_l
+Example (the demo pool by name, writes outputs/exported/fmnist_s_l/):
+  tinysaver export --stages fmnist_cnn_s fmnist_cnn_l --thresholds 0.9 --out outputs/exported/fmnist_s_l
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ the running replicas (Ray Serve user_config: no restart, queues kept). --check d
 
 The same file works with Ray's own CLI: `serve run configs/serve/fmnist_cascade.yaml`.
 
-Example (after the `tinysaver export` example wrote exported/fmnist_s_l):
+Example (after the `tinysaver export` example wrote outputs/exported/fmnist_s_l):
   tinysaver serve configs/serve/fmnist_cascade.yaml --check
 """
 from __future__ import annotations
