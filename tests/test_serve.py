@@ -138,6 +138,10 @@ def test_concurrent_requests_equal_the_offline_cascade(server, models, data):
     front_samples = after[0]["samples"] - before[0]["samples"]
     assert front_samples == len(rows)
     assert front_batches < len(rows) / 2, (front_batches, front_samples)
+    # ... and the escalated samples of a batch went on to the base in one call, not one per request
+    escalated = int((offline[1][rows] == 1).sum())
+    calls = after[0]["calls_to_next"] - before[0]["calls_to_next"]
+    assert 0 < calls < escalated / 2, (calls, escalated)
 
 
 def test_multi_sample_json_and_images_equal_arrays(server, models, data):

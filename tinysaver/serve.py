@@ -4,7 +4,7 @@ The front stage is the HTTP ingress: it decodes each request, answers the sample
 and sends the others to the next stage's deployment. Every stage runs its model through
 ``@serve.batch``, so the samples that reach it from *different* requests (and from every replica
 of the stage before) form one batch: the escalated 30 % of 32 single-sample requests is one batch
-of ~10 at the base, not ten batches of one. Each stage has its own replicas, resources
+of ~10 at the base, not ten batches of one, and it leaves the front stage in one call. Each stage has its own replicas, resources
 (``ray_actor_options``: saver on CPU replicas, base on GPU replicas), batch size and wait, so each
 scales on its own across a Ray cluster. The routing decision of a batch is
 :func:`tinysaver.routing.route` with the next deployment as its second stage.
@@ -22,7 +22,8 @@ HTTP API (``route_prefix`` + ...):
   Answer: ``{"class": [...], "stage": [...], "stage_name": [...], "confidence": [...],
   "logits": [[...]]}``, one entry per sample in request order.
 - ``GET /health``: every stage's name, threshold, batching, and for the replica that answered: its
-  id and how many model runs (``batches``) over how many ``samples`` it made.
+  id, how many model runs (``batches``) over how many ``samples`` it made, and its
+  ``calls_to_next`` (calls carrying escalated samples to the next stage).
 
 A bad request (wrong shape or dtype, undecodable image, payload over ``max_request_bytes``, more
 than ``max_samples_per_request`` samples, malformed JSON) is answered 400 ``{"error": "<one
@@ -187,8 +188,14 @@ class _NextDeployment:
         return np.zeros(len(rows))
 
 
-def _rows(chunks: Sequence[np.ndarray]) -> int:
-    return sum(len(c) for c in chunks)
+def _rows(items: Sequence[tuple]) -> int:
+    """Samples in a list of ``(x, kind, data)`` batch items (``@serve.batch`` counts samples)."""
+    return sum(len(x) for x, _, _ in items)
+
+
+def _take(kind: str, data: Any, rows: np.ndarray) -> Any:
+    """Rows of a request's data: an array's rows or a list's images."""
+    return data[rows] if kind == ARRAYS else [data[i] for i in rows]
 
 
 def _stage_deployment() -> Any:
@@ -215,6 +222,7 @@ def _stage_deployment() -> Any:
             self.cross_request = opts.cross_request_batching
             self.replica = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
             self.batches = self.samples = 0  # model runs and the samples they held (for /health)
+            self.calls_to_next = 0
             # One model thread: the event loop keeps decoding, batching and forwarding while it runs.
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stage{index}")
             self._shared_input = len({(s.input_size, json.dumps(s.preprocess, sort_keys=True))
@@ -240,22 +248,46 @@ def _stage_deployment() -> Any:
                 ``logits`` ``[B, C]``, ``stage`` ``[B]``, ``confidence`` ``[B]`` for these samples.
             """
             x = self._inputs(kind, data)
-            logits, conf, exits = await self._run(x)
-            stage = np.full(len(x), self.index, dtype=np.int64)
+            if self.cross_request:
+                step = self.max_batch_size  # a large request goes in pieces a batch can hold
+                parts = await asyncio.gather(*(self._piece(x[i:i + step], kind, data[i:i + step])
+                                               for i in range(0, len(x), step)))
+                return {key: np.concatenate([p[key] for p in parts]) for key in ("logits", "stage", "confidence")}
+            # per request: this request's samples are the batch, its escalated ones the next call
+            logits, conf, exits = await asyncio.get_running_loop().run_in_executor(self._executor, self._route, x)
             escalated = np.flatnonzero(~exits)
+            pending = None
             if escalated.size:
-                sub = data[escalated] if kind == ARRAYS else [data[i] for i in escalated]
-                down = await self.next.answer.remote(kind, sub)
-                logits[escalated] = down["logits"]
-                stage[escalated] = down["stage"]
-                conf[escalated] = down["confidence"]
+                pending = (asyncio.ensure_future(self._call_next(kind, _take(kind, data, escalated))),
+                           np.arange(escalated.size))
+            return await self._finish(logits, conf, exits, pending)
+
+        async def _piece(self, x: np.ndarray, kind: str, data: Any) -> Dict[str, np.ndarray]:
+            return await self._finish(*await self._batched((x, kind, data)))
+
+        async def _call_next(self, kind: str, data: Any) -> Dict[str, np.ndarray]:
+            self.calls_to_next += 1
+            return await self.next.answer.remote(kind, data)
+
+        async def _finish(self, logits: np.ndarray, conf: np.ndarray, exits: np.ndarray,
+                          pending: Optional[tuple]) -> Dict[str, np.ndarray]:
+            """This stage's answers, with the escalated rows' answers from the next stages merged in."""
+            stage = np.full(len(logits), self.index, dtype=np.int64)
+            if pending is not None:
+                call, rows = pending
+                down = await call
+                escalated = np.flatnonzero(~exits)
+                logits[escalated] = down["logits"][rows]
+                stage[escalated] = down["stage"][rows]
+                conf[escalated] = down["confidence"][rows]
             return {"logits": logits, "stage": stage, "confidence": conf}
 
         async def info(self) -> List[Dict[str, Any]]:
             """This stage and the ones after it (for the health route)."""
             me = {"name": self.spec.name, "threshold": "inf" if math.isinf(self.threshold) else self.threshold,
                   "max_batch_size": self.max_batch_size, "cross_request_batching": self.cross_request,
-                  "replica": self.replica, "batches": self.batches, "samples": self.samples}
+                  "replica": self.replica, "batches": self.batches, "samples": self.samples,
+                  "calls_to_next": self.calls_to_next}
             return [me, *((await self.next.info.remote()) if self.next is not None else [])]
 
         def _inputs(self, kind: str, data: Any) -> np.ndarray:
@@ -268,20 +300,32 @@ def _stage_deployment() -> Any:
 
             return np.stack([preprocess_image(Image.fromarray(img), self.spec.preprocess) for img in data])
 
-        async def _run(self, x: np.ndarray) -> tuple:
-            if not self.cross_request:
-                return await asyncio.get_running_loop().run_in_executor(self._executor, self._route, x)
-            step = self.max_batch_size  # a large request goes in pieces a batch can hold
-            parts = await asyncio.gather(*(self._batched(x[i:i + step]) for i in range(0, len(x), step)))
-            return tuple(np.concatenate([p[j] for p in parts]) for j in range(3))
-
         @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, batch_size_fn=_rows)
-        async def _batched(self, chunks: List[np.ndarray]) -> List[tuple]:
-            """One model run for the samples of many requests, split back per request."""
-            x = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+        async def _batched(self, items: List[tuple]) -> List[tuple]:
+            """One model run for the samples of many requests, split back per request.
+
+            The samples of the whole batch that go on leave in one call to the next deployment (per
+            kind of input), not one call per request: each request gets that call and its rows in
+            the answer, so nothing here waits for the next stage and the next batch can start.
+            """
+            xs = [x for x, _, _ in items]
+            x = np.concatenate(xs) if len(xs) > 1 else xs[0]
             logits, conf, exits = await asyncio.get_running_loop().run_in_executor(self._executor, self._route, x)
-            bounds = np.cumsum([0, *(len(c) for c in chunks)])
-            return [(logits[a:b], conf[a:b], exits[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+            bounds = np.cumsum([0, *(len(v) for v in xs)])
+            escalated = [np.flatnonzero(~exits[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+            pending: List[Optional[tuple]] = [None] * len(items)
+            for kind in {k for _, k, _ in items}:
+                members = [i for i, (_, k, _) in enumerate(items) if k == kind and escalated[i].size]
+                if not members:
+                    continue
+                parts = [_take(kind, items[i][2], escalated[i]) for i in members]
+                sub = np.concatenate(parts) if kind == ARRAYS else [img for part in parts for img in part]
+                call = asyncio.ensure_future(self._call_next(kind, sub))
+                offsets = np.cumsum([0, *(len(p) for p in parts)])
+                for i, a, b in zip(members, offsets[:-1], offsets[1:]):
+                    pending[i] = (call, np.arange(a, b))
+            return [(logits[a:b].copy(), conf[a:b].copy(), exits[a:b], pending[i])
+                    for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
 
         def _route(self, x: np.ndarray) -> tuple:
             """This stage on a batch: logits, float64 confidence, and which rows it answers."""
