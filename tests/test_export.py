@@ -271,3 +271,18 @@ def test_cli_export_writes_a_runnable_directory(tmp_path, capsys):
                  "--out", str(tmp_path / "bad")]) == 2
     assert "2 stages need 1 thresholds" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_help_example_runs(tmp_path, monkeypatch):
+    import shlex
+
+    import tinysaver.commands.export as command
+    from tinysaver.cli import main
+
+    example = command.__doc__.strip().splitlines()[-1]
+    argv = shlex.split(example)
+    assert argv[:2] == ["tinysaver", "export"]
+    monkeypatch.chdir(tmp_path)
+    assert main(argv[1:]) == 0
+    out = OnnxCascade(tmp_path / argv[argv.index("--out") + 1])
+    assert out.names == ["fmnist_cnn_s", "fmnist_cnn_l"] and out.thresholds == [0.9]
