@@ -23,7 +23,9 @@ function ``search_and_eval``), read, not copied. What it keeps from that file:
   best of "enabled at the ``fminbound`` threshold" and "disabled" (``<=``: a tie disables it).
 - **Circular search**: from "every position disabled", each round evaluates every position and
   option against the current configuration and applies the single best one if it lowers the cost
-  below the best so far; it stops when no change does (or after ``max_rounds``).
+  below the best so far; it stops when no change does (or after ``max_rounds``). As published, its
+  ``fminbound`` calls score the enabled option with the unnormalised cost while "disabled" uses the
+  normalised one; the port does the same by default (``published_circular=False``: normalised).
 - **The λ sweep**: one search per λ; every configuration found is measured on the search split
   and, for an accuracy target, the cheapest one within it is taken (then measured on the test split).
 
@@ -89,9 +91,12 @@ class DyceSearch:
         stages: Pool models by increasing cost, then the base (last), on the search split.
         normalize: Normalise accuracy and MACs in the cost (DyCE's ``search_and_eval`` does).
         xtol: ``fminbound``'s tolerance (scipy's default, which DyCE uses).
+        published_circular: Score the circular search's enabled options as the file does
+            (unnormalised, see :meth:`circular`); False normalises them like everything else.
     """
 
-    def __init__(self, stages: Sequence[Stage], normalize: bool = True, xtol: float = 1e-5) -> None:
+    def __init__(self, stages: Sequence[Stage], normalize: bool = True, xtol: float = 1e-5,
+                 published_circular: bool = True) -> None:
         self.stages = list(stages)
         self.n = len(stages) - 1
         self.m = stages[0].num_samples
@@ -107,6 +112,7 @@ class DyceSearch:
         self.acc_max = self.base_acc
         self.normalize = normalize
         self.xtol = xtol
+        self.published_circular = published_circular
         self.evaluations = 0
         self.reset()
 
@@ -173,10 +179,17 @@ class DyceSearch:
 
         return cost
 
-    def _best_option(self, k: int, lam: float) -> List[Tuple[float, float]]:
-        """``[(t, cost)]`` of position ``k``: enabled at ``fminbound``'s threshold, then disabled."""
+    def _best_option(self, k: int, lam: float, normalize_enabled: bool = True) -> List[Tuple[float, float]]:
+        """``[(t, cost)]`` of position ``k``: enabled at ``fminbound``'s threshold, then disabled.
+        ``normalize_enabled=False`` scores the enabled option (its ``fminbound`` search and the
+        value it returns) with the unnormalised cost, as the file's circular search does."""
         cost = self._candidate(k)
-        t, value, _, _ = fminbound(cost, 0.0, 1.0, args=(lam,), xtol=self.xtol, full_output=True)
+        normalize = self.normalize
+        self.normalize = normalize and normalize_enabled
+        try:
+            t, value, _, _ = fminbound(cost, 0.0, 1.0, args=(lam,), xtol=self.xtol, full_output=True)
+        finally:
+            self.normalize = normalize
         return [(float(t), float(value)), (np.inf, cost(np.inf, lam))]
 
     # -- the two searches -------------------------------------------------------------------------
@@ -196,13 +209,17 @@ class DyceSearch:
 
     def circular(self, lam: float, max_rounds: int = 1000) -> DyceConfig:
         """DyCE's ``config_search_circular``: apply the single best change over all positions and
-        options while it lowers the cost below the best so far."""
+        options while it lowers the cost below the best so far.
+
+        As published, its ``fminbound`` calls pass ``normalize=False`` (the 5th extra argument of
+        ``cost_func``) while "disabled" is scored with the search's ``normalize``: unless
+        ``published_circular`` was turned off, this port does the same."""
         self.reset()
         cost_min = math.inf
         for _ in range(max_rounds):
             candidate = None
             for k in range(self.n):
-                for t, value in self._best_option(k, lam):
+                for t, value in self._best_option(k, lam, normalize_enabled=not self.published_circular):
                     if value < cost_min:
                         cost_min, candidate = value, (k, t)
             if candidate is None:
@@ -227,13 +244,14 @@ def evaluate(config: DyceConfig, stages: Sequence[Stage]) -> Tuple[float, float,
 
 
 def sweep(stages: Sequence[Stage], lambdas: Optional[Sequence[float]] = None,
-          methods: Sequence[str] = ("onepass", "circular"), progress: bool = False) -> Dict[str, object]:
+          methods: Sequence[str] = ("onepass", "circular"), progress: bool = False,
+          published_circular: bool = True) -> Dict[str, object]:
     """DyCE's λ sweep on one split: every λ with every method; returns the configurations with
     their accuracy and GMACs on that split, and the number of cost evaluations."""
     from tqdm import tqdm
 
     lambdas = default_lambdas() if lambdas is None else np.asarray(lambdas, dtype=np.float64)
-    search = DyceSearch(stages)
+    search = DyceSearch(stages, published_circular=published_circular)
     configs: List[DyceConfig] = []
     for lam in tqdm(lambdas, desc="DyCE λ sweep", unit="λ", disable=not progress, leave=False):
         for method in methods:

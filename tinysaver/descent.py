@@ -381,23 +381,4 @@ class ChainDescent:
                              passes=passes, converged=converged, history=history)
 
 
-def descend(stages: Sequence[Stage], starts: Sequence[Sequence[float]], need: float, max_stages: int,
-            pair_grid: int = DEFAULT_PAIR_GRID) -> DescentResult:
-    """The best of the descents from several starts at one target (each start must meet it).
-
-    Examples:
-        >>> result = descend(stages, [start_a, start_b], need=9_300, max_stages=5)  # doctest: +SKIP
-        >>> result.chain, result.thresholds  # doctest: +SKIP
-    """
-    descent = ChainDescent(stages, max_stages, pair_grid)
-    best: Optional[DescentResult] = None
-    for start in starts:
-        result = descent.run(start, need)
-        if best is None or (result.cost, -result.correct) < (best.cost, -best.correct):
-            best = result
-    if best is None:
-        raise TinySaverError("the descent needs at least one start")
-    return best
-
-
-__all__ = ["ChainDescent", "DescentResult", "descend", "DEFAULT_PAIR_GRID"]
+__all__ = ["ChainDescent", "DescentResult", "DEFAULT_PAIR_GRID"]
