@@ -1,7 +1,7 @@
 """Benchmark (not a test): `tinysaver plan` on a pool of 8 savers + base, 50,000 samples, 3 stages.
 
 Times the whole command (interpreter start, imports, record loading, the search over 1 + 8 + 28
-chains, JSON and markdown), best of N runs, same-split and calibrated (a second split of the same
+chains and the descent's polish of the grid answers, JSON and markdown), best of N runs, same-split and calibrated (a second split of the same
 size chooses, the first measures), next to a naive NumPy grid loop on *one* 3-stage chain: a Python
 loop over a 0.001 grid of (t1, t2), one set of boolean masks per pair of thresholds. The loop is
 timed on its first rows of t1 only and extrapolated to the 1001 x 1001 grid (and to the 28 chains a
@@ -170,7 +170,8 @@ def main() -> None:
           f"Best of {args.repeats} runs; {os.cpu_count()} CPU cores, 1-min load average {result['load_average_1min']:.2f} "
           f"at the end (the machine is shared). The whole plan is {per_chain / same_wall:.0f}x faster than the naive "
           f"loop on one of its chains.\n\n"
-          "Cheapest GMACs per drop (same split): plan (grid-512 for 3-stage chains) | the same chain searched "
+          "Cheapest GMACs per drop (same split): plan (grid-512 tables for 3-stage chains, then the "
+          "descent's polish) | the same chain searched "
           "on 2048-value grids | best pair\n\n| drop | plan | chain on grid-2048 | best pair |\n|---|---|---|---|\n"
           + "".join(f"| {d} | {g:.4f} | {finer[d]['gmacs_grid_2048'] if d in finer else float('nan'):.4f} | "
                     f"{result['best_pair_gmacs'][d]:.4f} |\n" for d, g in result["required_gmacs"].items()))
