@@ -13,7 +13,13 @@ single-sample request and the next one as soon as the answer arrives (closed loo
 seconds after a warm-up. Reported: throughput, p50/p95/p99 latency, the exit ratio r measured from
 the answers, the speed-up over ``base`` at the same N, and the ideal speed-up
 ``1 / (t_S/t_B + 1 - r)`` from the stages' per-batch times measured here (onnxruntime, the served
-graphs and thread settings, batch min(N, max batch size), median of repeats, before Ray starts).
+graphs and thread settings, median of repeats, before Ray starts): t_S, t_B are times per sample at
+the batch a stage runs, min(N, its model batch).
+
+Model batch: on a CPU a large batch can cost more per sample than a small one (on the project's
+2-core machine fmnist_cnn_l did, from batch 4 on: see batch_times in the JSON). Each
+stage's model runs hold at most its model batch (--model-batch-size auto: the measured best; the
+same for every deployment), merged batches run in slices; the merging still saves calls.
 
 Pairs:
 - ``fmnist``: saver --saver (default fmnist_cnn_s) and base fmnist_cnn_l, threshold: the zero-loss
@@ -165,6 +171,24 @@ def batch_times(export_dir: str, batch_sizes: Sequence[int], threads: int, provi
     return out
 
 
+def model_batch_sizes(times: Dict[str, Dict[int, float]], choice: str) -> Dict[str, Any]:
+    """Per stage, the largest batch one model run gets: ``auto`` the batch with the lowest
+    measured time per sample, ``none`` the whole merged batch, or a number."""
+    if choice == "none":
+        return {name: None for name in times}
+    if choice != "auto":
+        return {name: int(choice) for name in times}
+    return {name: min(bt, key=lambda b: bt[b] / b) for name, bt in times.items()}
+
+
+def per_sample(times: Dict[int, float], clients: int, model_batch: Any) -> float:
+    """Seconds per sample of a stage whose runs hold min(clients, model batch) samples (the
+    batch sizes measured: the largest not above that)."""
+    want = clients if model_batch is None else min(clients, model_batch)
+    b = max(k for k in times if k <= want)
+    return times[b] / b
+
+
 # --- load -----------------------------------------------------------------------------------------
 async def closed_loop(url: str, payloads: Sequence[bytes], content_type: str, clients: int, warmup_s: float,
                       duration_s: float) -> Dict[str, Any]:
@@ -219,7 +243,8 @@ def app_config(info: Dict[str, Any], deployment: str, args: argparse.Namespace) 
                                "batch_wait_timeout_s": args.batch_wait_s, "threads": args.threads,
                                "num_replicas": replicas,
                                "providers": providers, "max_ongoing_requests": 256,
-                               "cross_request_batching": deployment != "cascade_per_request"}}
+                               "cross_request_batching": deployment != "cascade_per_request"},
+            "stages": [{"model_batch_size": info["model_batch_size"][name]} for name in info["names"]]}
 
 
 def free_port() -> int:
@@ -255,17 +280,19 @@ def run_pair(info: Dict[str, Any], args: argparse.Namespace, port: int) -> List[
 
 
 def add_ideal(rows: List[Dict[str, Any]], times: Dict[str, Dict[int, float]], names: Sequence[str],
-              max_batch: int) -> None:
+              model_batch: Dict[str, Any], max_batch: int) -> None:
     base = {r["clients"]: r["throughput"] for r in rows if r["deployment"] == "base"}
-    saver_t, base_t = times[names[0]], times[names[-1]]
+    saver, base_name = names[0], names[-1]
     for r in rows:
-        b = min(r["clients"], max_batch)
-        r["batch_for_ideal"] = b
+        clients = min(r["clients"], max_batch)
+        t_s = per_sample(times[saver], clients, model_batch[saver])
+        t_b = per_sample(times[base_name], clients, model_batch[base_name])
+        r["t_saver_per_sample_ms"], r["t_base_per_sample_ms"] = t_s * 1000, t_b * 1000
         r["speedup_vs_base"] = r["throughput"] / base[r["clients"]]
         if r["deployment"] == "base":
             r["ideal_speedup"] = r["fraction_of_ideal"] = None
             continue
-        ideal = 1.0 / (saver_t[b] / base_t[b] + 1.0 - r["exit_ratio"])
+        ideal = 1.0 / (t_s / t_b + 1.0 - r["exit_ratio"])
         r["ideal_speedup"] = ideal
         r["fraction_of_ideal"] = r["speedup_vs_base"] / ideal
 
@@ -283,6 +310,8 @@ def markdown(result: Dict[str, Any]) -> str:
                   "Per-batch model time (ms): " + "; ".join(
                       f"{name}: " + ", ".join(f"b{b} {t * 1000:.2f}" for b, t in pair["batch_times"][name].items())
                       for name in pair["names"]), "",
+                  "Model batch (largest batch one run gets; merged batches run in slices): " + ", ".join(
+                      f"{name} {pair['model_batch_size'][name]}" for name in pair["names"]), "",
                   "| deployment | clients | req/s | p50 ms | p95 ms | p99 ms | exit ratio | speed-up vs base | ideal | of ideal | errors | load |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in pair["rows"]:
@@ -342,6 +371,8 @@ def main() -> None:
     ap.add_argument("--max-batch-size", type=int, default=32)
     ap.add_argument("--batch-wait-s", type=float, default=0.002)
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads per replica")
+    ap.add_argument("--model-batch-size", default="auto",
+                    help="largest batch per model run: auto (lowest measured time per sample), none, or N")
     ap.add_argument("--repeats", type=int, default=30, help="runs per per-batch time")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "bench_serve.json"))
@@ -362,9 +393,10 @@ def main() -> None:
         raise SystemExit("bench_serve: --device cuda needs onnxruntime-gpu (CUDAExecutionProvider not available)")
     load_start = load_average()
     infos = [export_pair(pair, args, ROOT / "outputs" / "bench_serve" / pair) for pair in args.pairs]
-    batch_sizes = sorted({min(n, args.max_batch_size) for n in args.clients})
+    batch_sizes = [b for b in (1, 2, 4, 8, 16, 32, 64, 128) if b <= args.max_batch_size]
     for info in infos:
         info["batch_times"] = batch_times(info["export_dir"], batch_sizes, args.threads, providers, args.repeats)
+        info["model_batch_size"] = model_batch_sizes(info["batch_times"], args.model_batch_size)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # loopback only
     ray.init(num_cpus=os.cpu_count(), num_gpus=1 if args.device == "cuda" else 0, include_dashboard=False,
              log_to_driver=False, _node_ip_address="127.0.0.1")  # loopback only
@@ -373,7 +405,7 @@ def main() -> None:
     try:
         for info in infos:
             info["rows"] = run_pair(info, args, port)
-            add_ideal(info["rows"], info["batch_times"], info["names"], args.max_batch_size)
+            add_ideal(info["rows"], info["batch_times"], info["names"], info["model_batch_size"], args.max_batch_size)
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -382,7 +414,7 @@ def main() -> None:
                        "load_start": load_start, "load_end": load_average(), "clients": args.clients,
                        "threads": args.threads, "max_batch_size": args.max_batch_size, "batch_wait_s": args.batch_wait_s,
                        "duration_s": args.duration, "warmup_s": args.warmup,
-                       "ideal": "1 / (t_S/t_B + 1 - r), per-batch times at batch min(clients, max batch), r measured"},
+                       "ideal": "1 / (t_S/t_B + 1 - r), per-sample times at batch min(clients, model batch), r measured"},
               "pairs": [{k: v for k, v in info.items() if k != "payloads"} | {"batch_times": {
                   name: {str(b): t for b, t in bt.items()} for name, bt in info["batch_times"].items()}}
                         for info in infos]}

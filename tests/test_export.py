@@ -286,3 +286,14 @@ def test_the_help_example_runs(tmp_path, monkeypatch):
     assert main(argv[1:]) == 0
     out = OnnxCascade(tmp_path / argv[argv.index("--out") + 1])
     assert out.names == ["fmnist_cnn_s", "fmnist_cnn_l"] and out.thresholds == [0.9]
+
+
+def test_a_stage_model_can_run_a_batch_in_slices(small_export, inputs):
+    from tinysaver.runtime import StageModel, make_session, read_manifest, stage_specs
+
+    spec = stage_specs(read_manifest(small_export))[1]
+    session = make_session(small_export / spec.file, threads=1)
+    whole, sliced = StageModel(session, spec), StageModel(session, spec, max_batch=3)
+    x = inputs[:10]
+    assert sliced(x).shape == whole(x).shape == (10, 10)
+    assert np.abs(sliced(x) - whole(x)).max() <= 1e-5

@@ -149,14 +149,23 @@ class StageModel:
     Args:
         session: Its onnxruntime session.
         spec: Its manifest entry (for the input check).
+        max_batch: Largest batch one session run gets; a larger batch runs in slices of this size
+            (None: whole). On a CPU a large batch can cost more per sample than a small one (its
+            activations leave the cache): measure, e.g. with ``bench/bench_serve.py``'s
+            per-batch times. Each sample's logits do not depend on the slicing.
     """
 
-    def __init__(self, session: Any, spec: StageSpec) -> None:
-        self.session, self.spec = session, spec
+    def __init__(self, session: Any, spec: StageSpec, max_batch: Optional[int] = None) -> None:
+        self.session, self.spec, self.max_batch = session, spec, max_batch
         self.input_name = session.get_inputs()[0].name
         self.output_name = session.get_outputs()[0].name
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.max_batch is None or len(x) <= self.max_batch:
+            return self._run(x)
+        return np.concatenate([self._run(x[i:i + self.max_batch]) for i in range(0, len(x), self.max_batch)])
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], {self.input_name: x})[0]
 
 

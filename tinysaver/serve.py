@@ -96,6 +96,8 @@ class StageOptions:
         max_ongoing_requests: Requests a replica takes at once (Ray Serve back-pressure); must be
             >= ``max_batch_size`` for single-sample requests to fill a batch.
         max_queued_requests: Requests waiting beyond that before new ones get 503 (-1: no limit).
+        model_batch_size: Largest batch one model run gets (None: the whole batch); a merged batch
+            larger than this runs in slices (for CPUs where a big batch costs more per sample).
         threads: onnxruntime intra-op threads of the stage's session (None: all cores).
         providers: onnxruntime execution providers (default CPU).
     """
@@ -107,6 +109,7 @@ class StageOptions:
     cross_request_batching: bool = True
     max_ongoing_requests: int = 128
     max_queued_requests: int = -1
+    model_batch_size: Optional[int] = None
     threads: Optional[int] = 1
     providers: Optional[List[str]] = None
 
@@ -119,6 +122,8 @@ class StageOptions:
         opts = cls(**values)
         if int(opts.max_batch_size) < 1 or int(opts.num_replicas) < 1:
             raise TinySaverError(f"{where}: max_batch_size and num_replicas must be >= 1")
+        if opts.model_batch_size is not None and int(opts.model_batch_size) < 1:
+            raise TinySaverError(f"{where}: model_batch_size must be >= 1 (or null: the whole batch)")
         if float(opts.batch_wait_timeout_s) < 0:
             raise TinySaverError(f"{where}: batch_wait_timeout_s must be >= 0")
         return opts
@@ -214,7 +219,7 @@ def _stage_deployment() -> Any:
             opts = StageOptions(**options)
             self.model = StageModel(make_session(Path(export_dir) / self.spec.file, opts.providers, opts.threads,
                                                  spinning=False),
-                                    self.spec)
+                                    self.spec, max_batch=opts.model_batch_size)
             self.stage = Stage(model=self.model, confidence=self.spec.confidence, name=self.spec.name)
             self.next = next_stage
             self.limits = limits
