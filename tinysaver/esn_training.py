@@ -25,7 +25,7 @@ import json
 import math
 import os
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -57,6 +57,8 @@ class FeatureCache:
         target: ``[V·N, C]`` soft targets (one-hot without Mixup/CutMix).
         label: ``[V·N]`` the original labels (before mixing).
         views: ``V``.
+        meta: How the cache was made (models, augmentation, seed): a training checkpoint records it,
+            so a run is never resumed on features made another way.
     """
 
     saver_logits: torch.Tensor
@@ -66,6 +68,7 @@ class FeatureCache:
     target: torch.Tensor
     label: torch.Tensor
     views: int
+    meta: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def per_view(self) -> int:
@@ -192,9 +195,11 @@ def load_feature_cache(out: Path, views: int, num_batches: int, num_exits: int) 
                 for key in chunk.files:
                     parts.setdefault(key, []).append(chunk[key])
     t = {k: torch.from_numpy(np.concatenate(v)) for k, v in parts.items()}
+    meta_path = out / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     return FeatureCache(saver_logits=t["saver_logits"], saver_feat=t["saver_feat"],
                         exit_feats=[t[f"exit{i}"] for i in range(num_exits)], base_logits=t["base_logits"],
-                        target=t["target"], label=t["label"].long(), views=views)
+                        target=t["target"], label=t["label"].long(), views=views, meta=meta)
 
 
 # --- training -------------------------------------------------------------------------------------------
@@ -276,13 +281,14 @@ def train_sequence(sequence: ExitSequence, cache: FeatureCache, cfg: TrainConfig
     checkpoint = Path(checkpoint)
     steps = math.ceil(cache.per_view / cfg.batch_size)
     optimizer, scheduler = _optimizer_and_scheduler(sequence, cfg, steps)
-    config = {"train": asdict(cfg), "sequence": sequence.config, "views": cache.views, "samples": cache.per_view}
+    config = json.loads(json.dumps({"train": asdict(cfg), "sequence": sequence.config, "views": cache.views,
+                                    "samples": cache.per_view, "cache": cache.meta}))
     start, history = 0, []
     if checkpoint.exists():
         from .checkpoint import load_checkpoint
 
         state = load_checkpoint(checkpoint)
-        if state.get("config") != json.loads(json.dumps(config)):
+        if state.get("config") != config:
             raise TinySaverError(f"{checkpoint}: a checkpoint of another configuration; delete it to start over")
         sequence.load_state_dict(state["sequence"])
         optimizer.load_state_dict(state["optimizer"])

@@ -67,6 +67,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--limit", type=int, help="use only the first N images of each split (smoke runs)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads while training the exit sequence (its ops are too small to gain from more)")
     ap.add_argument("--no-progress", action="store_true")
 
 
@@ -80,9 +82,12 @@ def build_models(saver: str, base: str, saver_weights: Optional[str] = None, bas
 
 def split_dataset(data: str, split: str, transform: Callable, limit: Optional[int] = None):
     """The images of a split with ``transform`` (fashion_mnist, or an ImageFolder root)."""
-    from tinysaver.commands.record import build_dataset
+    from tinysaver.plugins.datasets import ArrayImageDataset, image_folder, load_fashion_mnist
 
-    dataset = build_dataset(data, split, transform)
+    if data == "fashion_mnist":
+        dataset = ArrayImageDataset(*load_fashion_mnist(split), transform)
+    else:  # classes numbered by sorted folder name (torchvision's ImageFolder)
+        dataset = image_folder(str(Path(data) / split), transform)
     if limit is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
     return dataset
@@ -184,8 +189,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         cfg = TrainConfig(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
                           warmup_epochs=args.warmup_epochs, batch_size=args.batch_size, loss=args.loss, seed=args.seed)
         esn.to(args.device)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(args.threads)
         log = train_sequence(esn.sequence, _to(feats["train"], args.device), cfg, out / "checkpoint.pth",
                              progress=progress)
+        torch.set_num_threads(threads)
         if rank != 0:
             return 0
         esn.cpu()
