@@ -17,11 +17,12 @@ import gzip
 import importlib.util
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from tinysaver.errors import TinySaverError
+from tinysaver.registry import DATASETS
 
 if TYPE_CHECKING:
     from tinysaver.plugins.imagenet import ClassMap
@@ -202,3 +203,36 @@ class PhotoViews:
     def __getitem__(self, i: int):
         img = self.images[i // self.views]
         return (self.transform(img) if self.transform else img), -1
+
+
+# --- the core's dataset sources (tinysaver.registry.DATASETS) ----------------------------------------
+
+class FashionMNISTSource:
+    """``--data fashion_mnist``: splits train / holdout / test; labels are the model's classes already."""
+
+    def class_map(self, data: str, split: str, num_classes: int, class_map_file: Optional[str] = None,
+                  mask_to_folders: bool = False) -> None:
+        if class_map_file or mask_to_folders:
+            raise TinySaverError("--class-map and --mask-to-folders apply to folder datasets, not fashion_mnist")
+        return None
+
+    def split(self, data: str, split: str, transform: Optional[Callable] = None, class_map: Any = None) -> ArrayImageDataset:
+        return ArrayImageDataset(*load_fashion_mnist(split), transform)
+
+
+class ImageFolderSource:
+    """``--data ROOT``: ImageNet-style folders ``ROOT/<split>/<class>/<image>``, each image labelled
+    with its folder's model class index (:func:`tinysaver.plugins.imagenet.folder_class_map`)."""
+
+    def class_map(self, data: str, split: str, num_classes: int, class_map_file: Optional[str] = None,
+                  mask_to_folders: bool = False) -> "ClassMap":
+        from .imagenet import folder_class_map
+
+        return folder_class_map(Path(data) / split, num_classes, class_map_file, mask_to_folders)
+
+    def split(self, data: str, split: str, transform: Optional[Callable] = None, class_map: Any = None):
+        return image_folder(str(Path(data) / split), transform, class_map=class_map)
+
+
+DATASETS.register("fashion_mnist")(FashionMNISTSource())
+DATASETS.register("imagefolder")(ImageFolderSource())

@@ -43,6 +43,7 @@ from torch import nn
 
 from tinysaver.checkpoint import load_state_dict, sha256_of
 from tinysaver.errors import TinySaverError
+from tinysaver.registry import CLASSIFIER_SOURCES
 
 TORCHVISION_PREFIX = "tv:"
 PYPI_PREFIX = "pypi:"
@@ -292,3 +293,37 @@ def imagenet_class_names() -> List[str]:
 
     info = ImageNetInfo()
     return [info.index_to_description(i) for i in range(1000)]
+
+
+class TimmClassifiers:
+    """timm and torchvision classifiers as the core's classifier source
+    (``tinysaver.registry.CLASSIFIER_SOURCES["timm"]``): what the pipeline and the commands need to
+    build a model by name and preprocess its inputs, without importing this plugin themselves."""
+
+    #: the weights value that asks for an untrained model (``NAME=random-init``)
+    random_init = RANDOM_INIT
+
+    create = staticmethod(create_classifier)
+    check_weights = staticmethod(check_weights)
+    weights_label = staticmethod(weights_label)
+    data_config = staticmethod(data_config)
+    eval_transform = staticmethod(eval_transform)
+    train_transform = staticmethod(train_transform)
+    multi_transform = MultiTransform
+
+    @staticmethod
+    def num_classes(name: str) -> int:
+        """Outputs of model ``name`` without building it (see :func:`tinysaver.plugins.imagenet.model_num_classes`)."""
+        from .imagenet import model_num_classes
+
+        return model_num_classes(name)
+
+    @staticmethod
+    def output_classes(model: nn.Module, input_size: Sequence[int]) -> int:
+        """Outputs of a built model (``num_classes``, else one forward pass)."""
+        from .imagenet import output_classes
+
+        return output_classes(model, input_size)
+
+
+CLASSIFIER_SOURCES.register("timm")(TimmClassifiers())

@@ -1,4 +1,6 @@
-"""The ``tinysaver`` command line: one sub-command per module in :mod:`tinysaver.commands`.
+"""The ``tinysaver`` command line: one sub-command per module in :mod:`tinysaver.commands`, plus
+the commands plugins declare in the entry-point group ``tinysaver.commands`` (``tinysaver yolo``
+comes from the ultralytics plugin that way: the core names no plugin).
 
 Command modules import only the standard library at import time, so ``tinysaver select`` starts
 fast; heavy libraries (torch, matplotlib) are imported by the commands that need them.
@@ -10,7 +12,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import List, Optional
+from importlib import metadata
+from typing import Dict, List, Optional
 
 from . import __version__
 from .errors import TinySaverError
@@ -24,13 +27,20 @@ COMMANDS = {
     "imagenet": "tinysaver.commands.imagenet",
     "det-tradeoff": "tinysaver.commands.det_tradeoff",
     "det-signals": "tinysaver.commands.det_signals",
-    "yolo": "tinysaver.commands.yolo",
     "chain": "tinysaver.commands.chain",
     "plan": "tinysaver.commands.plan",
     "calibrate": "tinysaver.commands.calibrate",
     "export": "tinysaver.commands.export",
     "serve": "tinysaver.commands.serve",
 }
+#: entry-point group of commands that plugins add (name -> module, like COMMANDS)
+COMMAND_GROUP = "tinysaver.commands"
+
+
+def all_commands() -> Dict[str, str]:
+    """The built-in commands and those plugins declare (a plugin cannot replace a built-in)."""
+    found = {ep.name: ep.value for ep in metadata.entry_points(group=COMMAND_GROUP)}
+    return {**COMMANDS, **{name: module for name, module in found.items() if name not in COMMANDS}}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `tinysaver COMMAND --help` for a command's options and an example.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, module_name in COMMANDS.items():
+    for name, module_name in all_commands().items():
         module = importlib.import_module(module_name)
         doc = (module.__doc__ or "").strip()
         # The docstring's closing "Example..." block goes after the options, where --help ends.

@@ -30,6 +30,7 @@ from .numerics import Numerics
 from .recording import (SeededItems, default_record_path, model_fingerprint, record_predictions,
                         recording_settings)
 from .records import Record, load_record
+from .registry import DEFAULT_CLASSIFIER_SOURCE, classifier_source
 from .report import plot_exit_accuracy, plot_tradeoff, selection_markdown, tradeoff_markdown
 from .speed import measure_cascade_speed, speed_table
 
@@ -99,21 +100,20 @@ class PipelineConfig:
 class _Models:
     """Builds each model once, with its transforms and GMACs."""
 
-    def __init__(self, device: str) -> None:
-        from tinysaver.plugins.timm import create_classifier, data_config, eval_transform, train_transform
-
-        self._create, self._cfg = create_classifier, data_config
-        self._eval_t, self._train_t = eval_transform, train_transform
+    def __init__(self, device: str, source: str = DEFAULT_CLASSIFIER_SOURCE) -> None:
+        # Models are resolved by name through the registry plugins fill (timm by default).
+        self.source = classifier_source(source)
         self.device = device
         self._cache: Dict[str, Any] = {}
 
     def get(self, spec: ModelSpec) -> Dict[str, Any]:
         if spec.name not in self._cache:
-            model = self._create(spec.name, spec.weights)
-            size = self._cfg(model)["input_size"]
+            model = self.source.create(spec.name, spec.weights)
+            size = self.source.data_config(model)["input_size"]
             self._cache[spec.name] = dict(model=model, input_size=size, gmacs=count_gmacs(model, size),
                                           fingerprint=model_fingerprint(model),
-                                          eval_t=self._eval_t(model), train_t=self._train_t(model))
+                                          eval_t=self.source.eval_transform(model),
+                                          train_t=self.source.train_transform(model))
         return self._cache[spec.name]
 
 
@@ -161,11 +161,10 @@ def _transform(model: Dict[str, Any], split: Split) -> Callable:
 
 def _pair_dataset(cfg: PipelineConfig, models: _Models, saver: ModelSpec) -> Any:
     """The report split with each item as (saver view, base view): what each was recorded on."""
-    from tinysaver.plugins.timm import MultiTransform
-
     s, b = models.get(saver), models.get(cfg.base)
     split = cfg.report_split
-    return SeededItems(split.factory(MultiTransform([_transform(s, split), _transform(b, split)])), split.seed)
+    both = models.source.multi_transform([_transform(s, split), _transform(b, split)])
+    return SeededItems(split.factory(both), split.seed)
 
 
 def _on_split(model: Dict[str, Any], split: Split) -> torch.nn.Module:

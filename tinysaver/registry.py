@@ -27,8 +27,9 @@ Examples:
 from __future__ import annotations
 
 import importlib
+import os
 from importlib import metadata
-from typing import Callable, Dict, Generic, Iterator, List, Optional, TypeVar
+from typing import Any, Callable, Dict, Generic, Iterator, List, Optional, TypeVar
 
 from .errors import TinySaverError
 
@@ -123,5 +124,25 @@ CLASSIFIER_SOURCES: Registry = Registry("classifier source", plugins=True)
 DATASETS: Registry = Registry("dataset", plugins=True)
 STAGES: Registry = Registry("stage type", plugins=True)
 
+#: the classifier source commands use unless told otherwise
+DEFAULT_CLASSIFIER_SOURCE = "timm"
 
-__all__ = ["Registry", "CLASSIFIER_SOURCES", "DATASETS", "STAGES", "PLUGIN_GROUP", "load_plugins"]
+
+def classifier_source(name: str = DEFAULT_CLASSIFIER_SOURCE) -> Any:
+    """The registered classifier source ``name``: ``create(name, weights, random_init)``,
+    ``check_weights``, ``weights_label``, ``data_config``, ``eval_transform``, ``train_transform``,
+    ``multi_transform``, ``num_classes(name)``, ``output_classes(model, input_size)``."""
+    return CLASSIFIER_SOURCES.get(name)
+
+
+def dataset_source(data: str) -> Any:
+    """The dataset source behind a ``--data`` value: a registered name (``fashion_mnist``), else a
+    folder root (``imagefolder``). A source has ``split(data, split, transform, class_map)`` and
+    ``class_map(data, split, num_classes, class_map_file, mask_to_folders)``."""
+    if not os.path.isdir(data) and data in DATASETS:
+        return DATASETS.get(data)
+    return DATASETS.get("imagefolder")
+
+
+__all__ = ["Registry", "CLASSIFIER_SOURCES", "DATASETS", "STAGES", "PLUGIN_GROUP", "load_plugins",
+           "classifier_source", "dataset_source"]

@@ -33,12 +33,13 @@ def run(args: argparse.Namespace) -> int:
     from ..complexity import complexity_report
     from ..errors import TinySaverError
     from ..io import write_json
-    from tinysaver.plugins.timm import create_classifier, data_config
+    from ..registry import classifier_source
 
     # Counting alone needs no weights; a measured model is one that could be deployed.
     untrained = args.random_init or not (args.measure or args.weights)
-    model = create_classifier(args.model, args.weights, random_init=untrained)
-    size = list(data_config(model)["input_size"])
+    models = classifier_source()
+    model = models.create(args.model, args.weights, random_init=untrained)
+    size = list(models.data_config(model)["input_size"])
     if args.input_size:
         given = args.input_size
         if len(given) == 1:

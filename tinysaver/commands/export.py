@@ -38,18 +38,19 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import TinySaverError
     from ..export import DEFAULT_OPSET, export_cascade
     from ..pipeline import ModelSpec
+    from ..registry import classifier_source
     from ..runtime import parse_thresholds
-    from tinysaver.plugins.timm import create_classifier, data_config
 
     specs = [ModelSpec.parse(text) for text in args.stages]
     if len(specs) < 2:
         raise TinySaverError("--stages: a cascade needs at least two models (saver and base)")
     thresholds = parse_thresholds(args.thresholds, len(specs))
     confidence = build_confidence(args.confidence)
-    models = [create_classifier(spec.name, spec.weights) for spec in specs]
+    source = classifier_source()
+    models = [source.create(spec.name, spec.weights) for spec in specs]
     cascade = Cascade(*models, thresholds=thresholds, confidence=confidence)
     manifest = export_cascade(cascade, args.out, names=[spec.name for spec in specs],
-                              data_configs=[data_config(m) for m in models], opset=args.opset or DEFAULT_OPSET,
+                              data_configs=[source.data_config(m) for m in models], opset=args.opset or DEFAULT_OPSET,
                               single_graph=args.single_graph)
     print(f"{args.out}: {len(specs)} stages, opset {manifest['opset']}, thresholds {manifest['thresholds']}")
     for k, stage in enumerate(manifest["stages"]):

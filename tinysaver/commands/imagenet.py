@@ -56,38 +56,37 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from tinysaver.plugins.imagenet import model_num_classes
-
-    from tinysaver.plugins.timm import RANDOM_INIT, check_weights
-
     from ..errors import TinySaverError
     from ..pipeline import ModelSpec, PipelineConfig, Split, run_pipeline
+    from ..registry import classifier_source, dataset_source
     from ..report import summary_console
-    from .record import build_dataset, split_class_map
 
+    models, data = classifier_source(), dataset_source(args.data)
     specs = [ModelSpec.parse(args.base), *(ModelSpec.parse(s) for s in args.savers)]
     if args.random_init:
-        specs = [ModelSpec(s.name, s.weights or RANDOM_INIT) for s in specs]
+        specs = [ModelSpec(s.name, s.weights or models.random_init) for s in specs]
     for spec in specs:  # refuse an untrained model before anything is recorded
-        check_weights(spec.name, spec.weights)
-    outputs = {spec.name: model_num_classes(spec.name) for spec in specs}
+        models.check_weights(spec.name, spec.weights)
+    outputs = {spec.name: models.num_classes(spec.name) for spec in specs}
     if len(set(outputs.values())) > 1:
         raise TinySaverError(f"the models have different numbers of classes ({outputs}); a cascade needs one")
     num_classes = outputs[specs[0].name]
 
     def split(name: str, augment: bool = False, subset: int | None = None) -> Split:
-        class_map = split_class_map(args.data, name, num_classes, args.class_map, args.mask_to_folders)
+        class_map = data.class_map(args.data, name, num_classes, args.class_map, args.mask_to_folders)
         if class_map is not None:
             print(f"{args.data}/{name}: classes: {class_map.describe()}")
 
         def factory(transform):
-            ds = build_dataset(args.data, name, transform, class_map)
+            ds = data.split(args.data, name, transform, class_map)
             if subset and subset < len(ds):
                 idx = np.sort(np.random.default_rng(0).choice(len(ds), subset, replace=False))
                 ds = torch.utils.data.Subset(ds, idx.tolist())
             return ds
 
-        return Split(name, factory, augment=augment, class_map=class_map)
+        # What the records depend on besides the models: part of the record-reuse key.
+        root = str(Path(args.data).resolve()) if Path(args.data).is_dir() else args.data
+        return Split(name, factory, augment=augment, class_map=class_map, source=f"{root} subset={subset}")
 
     cfg = PipelineConfig(
         base=specs[0], savers=specs[1:],

@@ -47,53 +47,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="set the logits of classes without a folder to -inf (ImageNet-R/-A protocol)")
 
 
-def split_class_map(data: str, split: str, num_classes: int, class_map_file: Optional[str] = None,
-                    mask_to_folders: bool = False):
-    """The :class:`~tinysaver.plugins.imagenet.ClassMap` of folder split ``DATA/SPLIT`` (None for
-    the built-in fashion_mnist, whose labels are the model's classes already)."""
-    from pathlib import Path
-
-    from tinysaver.plugins.imagenet import folder_class_map
-
-    from ..errors import TinySaverError
-
-    if data == "fashion_mnist":
-        if class_map_file or mask_to_folders:
-            raise TinySaverError("--class-map and --mask-to-folders apply to folder datasets, not fashion_mnist")
-        return None
-    return folder_class_map(Path(data) / split, num_classes, class_map_file, mask_to_folders)
-
-
-def build_dataset(data: str, split: str, transform, class_map=None):
-    """The dataset behind --data/--split with ``transform`` applied to each PIL image; a folder
-    dataset labels each image with its folder's model class index from ``class_map``."""
-    from pathlib import Path
-
-    from tinysaver.plugins.datasets import ArrayImageDataset, image_folder, load_fashion_mnist
-
-    if data == "fashion_mnist":
-        images, labels = load_fashion_mnist(split)
-        return ArrayImageDataset(images, labels, transform)
-    return image_folder(str(Path(data) / split), transform, class_map=class_map)
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..complexity import count_gmacs
     from ..recording import SeededItems, default_record_path, init_distributed_from_env, record_predictions
-    from tinysaver.plugins.imagenet import output_classes
-    from tinysaver.plugins.timm import create_classifier, data_config, eval_transform, train_transform, weights_label
+    from ..registry import classifier_source, dataset_source
 
     rank, world = init_distributed_from_env(args.device)  # also picks this process's GPU (LOCAL_RANK)
-    model = create_classifier(args.model, args.weights, random_init=args.random_init)
-    size = data_config(model)["input_size"]
-    transform = train_transform(model) if args.augment else eval_transform(model)
-    num_classes = output_classes(model, size)
-    class_map = split_class_map(args.data, args.split, num_classes, args.class_map, args.mask_to_folders)
+    models, data = classifier_source(), dataset_source(args.data)
+    model = models.create(args.model, args.weights, random_init=args.random_init)
+    size = models.data_config(model)["input_size"]
+    transform = models.train_transform(model) if args.augment else models.eval_transform(model)
+    num_classes = models.output_classes(model, size)
+    class_map = data.class_map(args.data, args.split, num_classes, args.class_map, args.mask_to_folders)
     if class_map is not None and rank == 0:
         print(f"{args.data}/{args.split}: classes: {class_map.describe()}")
-    dataset = build_dataset(args.data, args.split, transform, class_map)
+    dataset = data.split(args.data, args.split, transform, class_map)
     if args.limit:
         dataset = torch.utils.data.Subset(dataset, range(min(args.limit, len(dataset))))
     out = args.out or default_record_path("records", args.model, args.split, args.augment)
@@ -102,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, workers=args.workers, device=args.device, amp=args.amp,
         channels_last=args.channels_last, save_logits=args.save_logits, num_classes=num_classes,
         class_map=class_map,
-        extra_meta={"weights": weights_label(args.model, args.weights, args.random_init), "data": args.data,
+        extra_meta={"weights": models.weights_label(args.model, args.weights, args.random_init), "data": args.data,
                     "split": args.split, "augment": args.augment,
                     "seed": args.seed, "limit": args.limit})
     if record is not None:

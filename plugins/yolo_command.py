@@ -54,7 +54,7 @@ def parse_value(text: str) -> Any:
 
 
 def parse_pairs(pairs: List[str]) -> Dict[str, Any]:
-    from ..errors import TinySaverError
+    from tinysaver.errors import TinySaverError
 
     out: Dict[str, Any] = {}
     for pair in pairs:
@@ -73,7 +73,7 @@ def _as_list(value: Any) -> list:
 
 def build_cascade(cfg: Dict[str, Any]):
     """A :class:`YOLOCascade` from the parsed keys (removed from ``cfg``)."""
-    from ..errors import TinySaverError
+    from tinysaver.errors import TinySaverError
 
     if "models" in cfg and ("saver" in cfg or "base" in cfg):
         raise TinySaverError("give models=... or saver=... base=..., not both")
@@ -86,20 +86,20 @@ def build_cascade(cfg: Dict[str, Any]):
     if "threshold" in cfg and "thresholds" in cfg:
         raise TinySaverError("give threshold or thresholds, not both")
     thresholds = _as_list(cfg.pop("thresholds", cfg.pop("threshold", 0.5)))
-    from ..plugins.ultralytics import YOLOCascade
+    from .ultralytics import YOLOCascade
 
     options = {k: cfg.pop(k) for k in ("imgsz", "names", "confidence", "min_score", "device") if k in cfg}
     return YOLOCascade(models, thresholds=[float(t) for t in thresholds], **options)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import TinySaverError
-    from ..io import write_json
+    from tinysaver.errors import TinySaverError
+    from tinysaver.io import write_json
 
     cfg = parse_pairs(args.args)
     out = cfg.pop("json", None)
     if args.mode == "coco":
-        from ..plugins.ultralytics import yolo_to_coco
+        from .ultralytics import yolo_to_coco
 
         if "data" not in cfg:
             raise TinySaverError("coco needs data=DATA.yaml")
