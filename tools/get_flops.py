@@ -1,44 +1,113 @@
 #!/usr/bin/env python
-"""GFLOPs of a TinySaver cascade config: each stage (averaged over test images, each image at the size
-the stage runs it at) and the cascade for given shares of images answered per stage.
+"""Cost of a TinySaver cascade config, classification or detection alike (the task read from the
+config): each stage's cost per sample and the cascade's average for given shares answered per stage
+(every sample pays the stages it reached: Σ_k reach_k · cost_k).
 
-Convention: GFLOPs = 2 x GMACs, as ultralytics and the paper's Table 4 report them.
-mmengine.analysis (mmdet's get_flops.py) counts one multiply-add as one "flop": its figure is doubled
-here; ultralytics' get_flops already is 2 x MACs.
+Classification: GMACs per sample of each stage at its own input size (one multiply-add = 1 MAC, as
+the paper's Tables 1 and 5 and timm count them; GFLOPs = 2 x GMACs). ``--random-init`` builds the
+stages untrained on the meta device (no weights, no memory: costs do not depend on weights).
 
-Usage: python tools/get_flops.py CONFIG [--images 5] [--answered 0.6 0.4] [--json OUT] [--cfg-options k=v ...]
+Detection: GFLOPs per image of each stage, averaged over test images, each image at the size the
+stage runs it at (``--images``). Convention: GFLOPs = 2 x GMACs, as ultralytics and the paper's
+Table 4 report them; mmengine.analysis (mmdet's get_flops.py) counts one multiply-add as one "flop":
+its figure is doubled here; ultralytics' get_flops already is 2 x MACs. GMACs are given too.
+
+Bad input (a missing config, an unknown stage or model) is one line on stderr and exit code 2.
+
+Usage: python tools/get_flops.py CONFIG [--answered 0.6 0.4] [--json OUT] [--cfg-options k=v ...]
+  python tools/get_flops.py configs/tinysaver/cls/efficientformerv2-l_convnextv2-h_in1k.py --random-init --answered 0.8 0.2
+  python tools/get_flops.py configs/tinysaver/yolov8n_retinanet-r18-tiny_fashion-det.py --images 5 --exit-ratio 0.6
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+from typing import Any, Dict, List, Optional
 
 
-def main() -> None:
-    from mmengine.config import Config, DictAction
+def parse_args(argv=None) -> argparse.Namespace:
+    from mmengine.config import DictAction
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("config")
-    ap.add_argument("--images", type=int, default=5, help="test images to average over (each at its own size)")
+    ap.add_argument("--images", type=int, default=5, help="detection: test images to average over (each at its own size)")
     ap.add_argument("--answered", type=float, nargs="+", metavar="R",
-                    help="share of images each stage answers (summing to 1): also give the cascade's average")
+                    help="share of samples each stage answers (summing to 1): also give the cascade's average")
     ap.add_argument("--exit-ratio", type=float, help="two stages: the share the first answers (= --answered R 1-R)")
-    ap.add_argument("--mode", default="tensor", choices=["tensor", "predict"], help="what to trace in mmdet stages")
+    ap.add_argument("--mode", default="tensor", choices=["tensor", "predict"], help="detection: what to trace in mmdet stages")
+    ap.add_argument("--random-init", action="store_true",
+                    help="classification: build every stage untrained on the meta device (costs without weights)")
     ap.add_argument("--json", help="write the figures as JSON")
     ap.add_argument("--cfg-options", nargs="+", action=DictAction)
-    args = ap.parse_args()
+    return ap.parse_args(argv)
 
+
+def main(argv=None) -> Dict[str, Any]:
+    args = parse_args(argv)
+    from tinysaver.errors import TinySaverError
+    from tinysaver.io import write_json
+    from tinysaver.plugins.mmengine_cls.config import CLASSIFICATION, load_config, registry_miss, task_of
+
+    try:
+        cfg = load_config(args.config, args.cfg_options)
+        answered = _answered(args)
+        report = (classification_report if task_of(cfg) == CLASSIFICATION else detection_report)(args, cfg, answered)
+    except TinySaverError as exc:
+        _fail(str(exc))
+    except KeyError as exc:
+        if registry_miss(exc) is None:
+            raise
+        _fail(registry_miss(exc))
+    if args.json:
+        write_json(args.json, report)
+    print(json.dumps(report, indent=2))
+    return report
+
+
+def _fail(message: str) -> None:
+    print(f"tools/get_flops.py: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _answered(args: argparse.Namespace) -> Optional[List[float]]:
+    from tinysaver.errors import TinySaverError
+
+    if args.exit_ratio is not None and args.answered is not None:
+        raise TinySaverError("give --answered or --exit-ratio, not both")
+    if args.exit_ratio is not None:
+        return [args.exit_ratio, 1.0 - args.exit_ratio]
+    return args.answered
+
+
+def classification_report(args: argparse.Namespace, cfg: Any, answered: Optional[List[float]]) -> Dict[str, Any]:
+    """Each stage's GMACs at its input size and the cascade's average (:func:`gmacs_report`)."""
+    import torch
+    from mmengine.registry import MODELS
+
+    from tinysaver.plugins.mmengine_cls import gmacs_report
+
+    if args.random_init:
+        for stage in cfg.model.stages:
+            stage["weights"], stage["random_init"] = None, True
+        with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+            model = MODELS.build(cfg.model)
+    else:
+        model = MODELS.build(cfg.model)
+    return gmacs_report(model, answered)
+
+
+def detection_report(args: argparse.Namespace, cfg: Any, answered: Optional[List[float]]) -> Dict[str, Any]:
+    """Each stage's GFLOPs per image (each image at its own size) and the cascade's average."""
     from mmdet.registry import DATASETS, MODELS
     from mmdet.utils import register_all_modules
 
     from tinysaver.errors import TinySaverError
-    from tinysaver.io import write_json
     from tinysaver.plugins.mmdet import cascade_gflops_report
 
+    if args.random_init:
+        raise TinySaverError("--random-init applies to classification configs (detection stages load their checkpoints)")
     register_all_modules()
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
     detector = MODELS.build(cfg.model)
     dataset = DATASETS.build(cfg.test_dataloader.dataset)
     items = {}
@@ -47,16 +116,14 @@ def main() -> None:
         items[int(item["data_samples"].img_id)] = item
     images = [{"img_id": img_id, "ori_shape": item["data_samples"].ori_shape[:2],
                "img_shape": item["data_samples"].img_shape[:2]} for img_id, item in items.items()]
-    answered = args.answered
-    if args.exit_ratio is not None:
-        answered = [args.exit_ratio, 1.0 - args.exit_ratio]
     if answered is not None and (len(answered) != len(detector.stages) or abs(sum(answered) - 1) > 1e-6):
         raise TinySaverError(f"--answered needs {len(detector.stages)} shares summing to 1, got {answered}")
     report = cascade_gflops_report(detector, images, items.__getitem__, args.mode, answered)
     report.pop("per_image")
-    if args.json:
-        write_json(args.json, report)
-    print(json.dumps(report, indent=2))
+    report = {"task": "detection", **report}
+    if "cascade_gflops" in report:
+        report["cascade_gmacs"] = report["cascade_gflops"] / 2
+    return report
 
 
 if __name__ == "__main__":

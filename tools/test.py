@@ -1,17 +1,34 @@
 #!/usr/bin/env python
-"""Evaluate a TinySaver cascade config the mmdet way: COCO box AP (all 12 stats), the share of
+"""Evaluate a TinySaver cascade config with mmengine's Runner, classification or detection alike:
+the task is read from the config (its ``task`` key, else its model type).
+
+Classification (``TinySaverClassifier``, configs/tinysaver/cls/): top-1/top-5 accuracy, the share of
+samples each stage answered, and the cascade's average GMACs per sample (every sample pays the stages
+it reached: Σ_k reach_k · GMACs_k). Every sample's answering stage, confidence and prediction go to
+WORK_DIR/tinysaver_samples.npz; ``--dump-records DIR`` runs every stage on every sample and writes one
+classification record per stage (``DIR/<stage>_<split>.npz``: what ``tinysaver tradeoff``, ``chain``
+and ``plan`` read).
+
+Detection (``TinySaverDetector``, configs/tinysaver/): COCO box AP (all 12 stats), the share of
 images each stage answered and the cascade's average GFLOPs per image (the mean over the images of
-the costs of the stages each image reached, each image costed at the size each stage ran it at).
+the costs of the stages each image reached, each image costed at the size each stage ran it at);
+``--dump-records DIR`` writes one detection record per stage (``tinysaver det-tradeoff``).
 
 CHECKPOINT is a cascade checkpoint (a state dict with ``stages.<k>.`` keys, e.g. from
-``tools/pack_checkpoint.py``, loaded by mmengine's Runner as usual) or ``none`` to use the
-checkpoints named in the config, which the stages load themselves (mmengine's Runner loads one
-checkpoint and runs no ``init_cfg`` at test time).
+``tools/pack_checkpoint.py``, loaded by mmengine's Runner as usual) or ``none`` to use the weights
+named in the config, which the stages load themselves (mmengine's Runner loads one checkpoint and runs
+no ``init_cfg`` at test time).
+
+Bad input (a missing config or checkpoint, an unknown stage, model or weights) is one line on stderr
+and exit code 2.
 
 Examples:
+  python tools/test.py configs/tinysaver/cls/fmnist-cnn-s_fmnist-cnn-l_fashion-mnist.py none
+  python tools/test.py configs/tinysaver/cls/mobilenetv3-l_efficientnet-b2_in1k.py none \\
+      --cfg-options data_root=/data/imagenet model.stages.0.weights=mnv3_l.pth model.stages.1.weights=effnet_b2.pth
   python tools/test.py configs/tinysaver/yolov8n_retinanet-r18-tiny_fashion-det.py none
   torchrun --nproc_per_node 2 tools/test.py CONFIG none --launcher pytorch
-  python tools/test.py CONFIG none --dump-records records/det   # then: tinysaver det-tradeoff ...
+  python tools/test.py CONFIG none --dump-records records   # then: tinysaver tradeoff / det-tradeoff ...
 """
 from __future__ import annotations
 
@@ -19,7 +36,6 @@ import argparse
 import os
 import os.path as osp
 import sys
-
 
 
 def coco_items(max_dets) -> list:
@@ -39,16 +55,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--threshold", type=float, help="override the first stage's threshold")
     ap.add_argument("--thresholds", type=float, nargs="+", metavar="T", help="override every threshold (one per stage but the last)")
     ap.add_argument("--flops-images", type=int, default=-1,
-                    help="0: skip the GFLOPs count; otherwise (default) every test image is costed at the size each "
-                         "stage runs it at, each distinct size counted once (a positive count is accepted, as before)")
-    ap.add_argument("--dump-records", metavar="DIR", help="run every stage on every image and write one detection record per stage")
+                    help="detection: 0 skips the GFLOPs count; otherwise (default) every test image is costed at the "
+                         "size each stage runs it at, each distinct size counted once (a positive count is accepted, "
+                         "as before). Classification costs are always counted (one input size per stage)")
+    ap.add_argument("--dump-records", metavar="DIR", help="run every stage on every sample and write one record per stage")
     ap.add_argument("--out-json", help="write the summary here (default WORK_DIR/tinysaver_test.json)")
+    ap.add_argument("--out-samples", help="classification: every sample's index, label, prediction, answering stage "
+                                          "and confidence (default WORK_DIR/tinysaver_samples.npz)")
     ap.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config settings, key=value")
     ap.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
     ap.add_argument("--local_rank", "--local-rank", type=int, default=0)
     args = ap.parse_args(argv)
-    if args.dump_records and args.flops_images == 0:
-        ap.error("--dump-records needs --flops-images > 0: the records carry each model's GFLOPs")
     if args.threshold is not None and args.thresholds is not None:
         ap.error("give --threshold or --thresholds, not both")
     if "LOCAL_RANK" not in os.environ:
@@ -56,12 +73,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _cascade_metric(cfg) -> dict:
-    evaluators = cfg.test_evaluator if isinstance(cfg.test_evaluator, list) else [cfg.test_evaluator]
-    for ev in evaluators:
-        if ev.get("type") == "TinySaverCascadeMetric":
+# --- whatever the task ------------------------------------------------------------------------------
+
+def _common_cfg(args: argparse.Namespace, cfg):
+    cfg.launcher = args.launcher
+    cfg.work_dir = args.work_dir or cfg.get("work_dir") or osp.join("./work_dirs", osp.splitext(osp.basename(args.config))[0])
+    cfg.load_from = None if args.checkpoint.lower() == "none" else args.checkpoint
+    if args.threshold is not None:
+        cfg.model.thresholds = [args.threshold, *cfg.model.get("thresholds", [None])[1:]]
+    if args.thresholds is not None:
+        cfg.model.thresholds = list(args.thresholds)
+    return cfg
+
+
+def _evaluators(cfg) -> list:
+    return cfg.test_evaluator if isinstance(cfg.test_evaluator, list) else [cfg.test_evaluator]
+
+
+def _config_metric(cfg, type_name: str) -> dict:
+    from tinysaver.errors import TinySaverError
+
+    for ev in _evaluators(cfg):
+        if ev.get("type") == type_name:
             return ev
-    raise SystemExit("the config's test_evaluator has no TinySaverCascadeMetric: is it a TinySaver cascade config?")
+    raise TinySaverError(f"the config's test_evaluator has no {type_name}: is it a TinySaver cascade config?")
 
 
 def _join_cpu_process_group(cfg) -> None:
@@ -76,72 +111,159 @@ def _join_cpu_process_group(cfg) -> None:
         cfg.launcher = "none"
 
 
-def build_cfg(args: argparse.Namespace):
-    from mmengine.config import Config
+def _runner_metric(runner, type_name: str):
+    from tinysaver.errors import TinySaverError
 
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
-    cfg.work_dir = args.work_dir or cfg.get("work_dir") or osp.join("./work_dirs", osp.splitext(osp.basename(args.config))[0])
-    cfg.load_from = None if args.checkpoint.lower() == "none" else args.checkpoint
-    if args.threshold is not None:
-        cfg.model.thresholds = [args.threshold, *cfg.model.get("thresholds", [None])[1:]]
-    if args.thresholds is not None:
-        cfg.model.thresholds = list(args.thresholds)
-    # One COCO maxDets for the live metric and for the records det-tradeoff reads back.
-    from tinysaver.detection import DEFAULT_MAX_DETS, check_max_dets
+    for metric in runner.test_loop.evaluator.metrics:
+        if type(metric).__name__ == type_name:
+            return metric
+    raise TinySaverError(f"the evaluator has no {type_name}")
 
-    evaluators = cfg.test_evaluator if isinstance(cfg.test_evaluator, list) else [cfg.test_evaluator]
-    for ev in evaluators:
-        if ev.get("type") == "CocoMetric":
-            ev["proposal_nums"] = list(check_max_dets(ev.get("proposal_nums", DEFAULT_MAX_DETS)))
-            ev.setdefault("metric_items", coco_items(ev["proposal_nums"]))
-            cfg.tinysaver_max_dets = ev["proposal_nums"]
-    for ev in evaluators:
-        if ev.get("type") == "TinySaverCascadeMetric":
-            ev["max_dets"] = cfg.get("tinysaver_max_dets", list(DEFAULT_MAX_DETS))
-    if args.dump_records:
-        cfg.model.record_all = True
-        _cascade_metric(cfg)["record_dir"] = args.dump_records
-    return cfg
+
+def _unwrap(model):
+    return model.module if hasattr(model, "module") else model  # DDP-wrapped or not
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    from tinysaver.errors import TinySaverError
+    from tinysaver.plugins.mmengine_cls.config import CLASSIFICATION, load_config, registry_miss, task_of
+
+    try:
+        cfg = load_config(args.config, args.cfg_options, args.checkpoint)
+        if task_of(cfg) == CLASSIFICATION:
+            return run_classification(args, cfg)
+        return run_detection(args, cfg)
+    except TinySaverError as exc:
+        _fail(str(exc))
+    except KeyError as exc:  # mmengine's registry: "X is not in the mmengine::model registry. ..."
+        if registry_miss(exc) is None:
+            raise
+        _fail(registry_miss(exc))
+
+
+def _fail(message: str) -> None:
+    print(f"tools/test.py: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+# --- classification -----------------------------------------------------------------------------------
+
+def build_cls_cfg(args: argparse.Namespace, cfg):
+    cfg = _common_cfg(args, cfg)
+    metric = _config_metric(cfg, "TinySaverClsMetric")
+    if args.dump_records:
+        cfg.model.record_all = True
+        metric["record_dir"] = args.dump_records
+    return cfg
+
+
+def run_classification(args: argparse.Namespace, cfg) -> dict:
+    from mmengine.dist import get_rank
+    from mmengine.runner import Runner
+
+    from tinysaver.io import atomic_open, write_json
+    from tinysaver.plugins.mmengine_cls.model import GMACS_CONVENTION
+
+    cfg = build_cls_cfg(args, cfg)
+    _join_cpu_process_group(cfg)
+    runner = Runner.from_cfg(cfg)
+    metrics = runner.test()
+    model = _unwrap(runner.model)
+    summary = {"task": "classification", "config": args.config, "stages": model.stage_names,
+               "thresholds": model.thresholds, "threshold": model.threshold, "stage_gmacs": model.stage_gmacs,
+               "convention": GMACS_CONVENTION, "metrics": metrics}
+    if get_rank() == 0:
+        import numpy as np
+
+        metric = _runner_metric(runner, "TinySaverClsMetric")
+        samples = args.out_samples or osp.join(cfg.work_dir, "tinysaver_samples.npz")
+        with atomic_open(samples, "wb") as f:
+            np.savez(f, **metric.samples)
+        summary["samples"] = samples
+        if args.dump_records:
+            summary["records"] = metric.record_paths
+        _print_cls(summary)
+        write_json(args.out_json or osp.join(cfg.work_dir, "tinysaver_test.json"), summary)
+    return summary
+
+
+def _print_cls(summary: dict) -> None:
+    m = summary["metrics"]
+    chain = " → ".join(summary["stages"])
+    thresholds = ", ".join(f"{t:g}" for t in summary["thresholds"])
+    print(f"\nTinySaver cascade {summary['config']}\n  {chain}  (thresholds {thresholds})")
+    for key in sorted(k for k in m if k.startswith("tinysaver/top")):
+        print(f"  {'top-' + key.split('top')[-1] + ' accuracy':<28} {m[key]:.4f}")
+    print(f"  {'images':<28} {int(m['tinysaver/images'])}")
+    for k, name in enumerate(summary["stages"]):
+        alone = m.get(f"tinysaver/stage{k}_top1")
+        alone = f", alone top-1 {alone:.4f}" if alone is not None else ""
+        print(f"  {'answered by ' + name:<28} {m[f'tinysaver/answered_{k}']:.4f}  "
+              f"({summary['stage_gmacs'][k]:.4f} GMACs per sample{alone})")
+    print(f"  {'cascade GMACs':<28} {m['tinysaver/gmacs']:.4f}  (mean over the samples of the stages each reached; "
+          f"the last stage alone {summary['stage_gmacs'][-1]:.4f})")
+    for path in summary.get("records", []):
+        print(f"  record {path}")
+    sys.stdout.flush()
+
+
+# --- detection ----------------------------------------------------------------------------------------
+
+def build_cfg(args: argparse.Namespace, cfg=None):
+    """The detection config: one COCO maxDets for the live metric and the records."""
+    from tinysaver.detection import DEFAULT_MAX_DETS, check_max_dets
+    from tinysaver.errors import TinySaverError
+
+    if args.dump_records and args.flops_images == 0:
+        raise TinySaverError("--dump-records needs --flops-images > 0: the records carry each model's GFLOPs")
+    if cfg is None:
+        from tinysaver.plugins.mmengine_cls.config import load_config
+
+        cfg = load_config(args.config, args.cfg_options, args.checkpoint)
+    cfg = _common_cfg(args, cfg)
+    for ev in _evaluators(cfg):
+        if ev.get("type") == "CocoMetric":
+            ev["proposal_nums"] = list(check_max_dets(ev.get("proposal_nums", DEFAULT_MAX_DETS)))
+            ev.setdefault("metric_items", coco_items(ev["proposal_nums"]))
+            cfg.tinysaver_max_dets = ev["proposal_nums"]
+    for ev in _evaluators(cfg):
+        if ev.get("type") == "TinySaverCascadeMetric":
+            ev["max_dets"] = cfg.get("tinysaver_max_dets", list(DEFAULT_MAX_DETS))
+    if args.dump_records:
+        cfg.model.record_all = True
+        _config_metric(cfg, "TinySaverCascadeMetric")["record_dir"] = args.dump_records
+    return cfg
+
+
+def run_detection(args: argparse.Namespace, cfg) -> dict:
     from mmdet.utils import register_all_modules
     from mmengine.dist import get_rank
     from mmengine.runner import Runner
 
     register_all_modules(init_default_scope=False)
-    cfg = build_cfg(args)
+    cfg = build_cfg(args, cfg)
     _join_cpu_process_group(cfg)
     runner = Runner.from_cfg(cfg)
     metrics = runner.test()
-    detector = runner.model.module if hasattr(runner.model, "module") else runner.model  # DDP-wrapped or not
-    summary = {"config": args.config, "stages": detector.stage_names, "thresholds": detector.thresholds,
-               "threshold": detector.threshold, "metrics": metrics, "max_dets": list(cfg.get("tinysaver_max_dets", []))}
+    detector = _unwrap(runner.model)
+    summary = {"task": "detection", "config": args.config, "stages": detector.stage_names,
+               "thresholds": detector.thresholds, "threshold": detector.threshold, "metrics": metrics,
+               "max_dets": list(cfg.get("tinysaver_max_dets", []))}
     if get_rank() == 0:
         if args.flops_images != 0:
             from tinysaver.plugins.mmdet import cascade_gflops_report, item_loader
 
-            images = _cascade_metric_of(runner).images  # every image, its answering stage and its shapes
+            images = _runner_metric(runner, "TinySaverCascadeMetric").images  # every image, its stage and shapes
             summary["gflops"] = cascade_gflops_report(detector, images, item_loader(runner.test_dataloader.dataset))
             per_image = summary["gflops"].pop("per_image")
             if args.dump_records:
                 _stamp_records(args.dump_records, summary["gflops"], per_image)
-        _print(summary)
+        _print_det(summary)
         from tinysaver.io import write_json
 
         write_json(args.out_json or osp.join(cfg.work_dir, "tinysaver_test.json"), summary)
     return summary
-
-
-def _cascade_metric_of(runner):
-    for metric in runner.test_loop.evaluator.metrics:
-        if type(metric).__name__ == "TinySaverCascadeMetric":
-            return metric
-    raise SystemExit("the evaluator has no TinySaverCascadeMetric")
 
 
 def _stamp_records(record_dir: str, gflops: dict, per_image: dict) -> None:
@@ -163,7 +285,7 @@ def _stamp_records(record_dir: str, gflops: dict, per_image: dict) -> None:
         save_det_record(path, replace(rec, name=stage["name"], gflops=stage["gflops"], image_gflops=costs))
 
 
-def _print(summary: dict) -> None:
+def _print_det(summary: dict) -> None:
     m = summary["metrics"]
     chain = " → ".join(summary["stages"])
     thresholds = ", ".join(f"{t:g}" for t in summary["thresholds"])

@@ -1,0 +1,10 @@
+# The paper's Table 1, row 1: EfficientFormerV2-L saver, ConvNeXtV2-H base (at 224 px: the fcmae_ft_in1k weights).
+# Weights are the user's (timm checkpoints of these models):
+#   IMAGENET_ROOT=/data/imagenet python tools/test.py configs/tinysaver/cls/efficientformerv2-l_convnextv2-h_in1k.py none \
+#       --cfg-options model.stages.0.weights=SAVER.pth model.stages.1.weights=BASE.pth
+_base_ = ['_base_/in1k_pair.py']
+
+model = dict(stages=[
+    dict(model='efficientformerv2_l', weights=None),
+    dict(model='convnextv2_huge.fcmae_ft_in1k', name='convnextv2_huge', weights=None),
+])

@@ -1,0 +1,10 @@
+# A 3-stage chain of the Fashion-MNIST demo pool, on a CPU: fmnist_cnn_xs -> fmnist_cnn_m -> fmnist_cnn_l.
+# A sample leaves at the first stage whose confidence reaches its threshold; the last answers the rest.
+#   python tools/test.py configs/tinysaver/cls/fmnist-cnn-xs_m_l_fashion-mnist.py none --thresholds 0.95 0.9
+_base_ = ['_base_/default_runtime.py', '_base_/fashion_mnist_test.py']
+
+model = dict(
+    type='TinySaverClassifier',
+    stages=[dict(model='fmnist_cnn_xs'), dict(model='fmnist_cnn_m'), dict(model='fmnist_cnn_l')],
+    confidence='max_softmax',
+    thresholds=[0.95, 0.9])
