@@ -103,6 +103,8 @@ def pair_live(pair_dump, tmp_path_factory):
 
 
 def test_dump_run_equals_the_simulation_of_its_records_which_equal_tinysaver_record(pair_dump, tmp_path):
+    from mmengine.config import Config
+
     from tinysaver.plugins.timm import create_classifier, eval_transform
     from tinysaver.recording import record_predictions
 
@@ -110,8 +112,9 @@ def test_dump_run_equals_the_simulation_of_its_records_which_equal_tinysaver_rec
 
     summary, samples, records, stdout = pair_dump
     assert [r.name for r in records] == summary["stages"] == ["fmnist_cnn_s", "fmnist_cnn_l"]
-    assert summary["thresholds"] == [0.9] and summary["metrics"]["tinysaver/images"] == N
-    _assert_equals_simulation(summary, samples, records, [0.9])
+    thresholds = list(Config.fromfile(str(PAIR)).model.thresholds)
+    assert summary["thresholds"] == thresholds and summary["metrics"]["tinysaver/images"] == N
+    _assert_equals_simulation(summary, samples, records, thresholds)
     m = summary["metrics"]
     assert 0 < m["tinysaver/exit_ratio"] < 1
     for k, rec in enumerate(records):

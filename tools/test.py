@@ -200,9 +200,9 @@ def _print_cls(summary: dict) -> None:
         alone = m.get(f"tinysaver/stage{k}_top1")
         alone = f", alone top-1 {alone:.4f}" if alone is not None else ""
         print(f"  {'answered by ' + name:<28} {m[f'tinysaver/answered_{k}']:.4f}  "
-              f"({summary['stage_gmacs'][k]:.4f} GMACs per sample{alone})")
-    print(f"  {'cascade GMACs':<28} {m['tinysaver/gmacs']:.4f}  (mean over the samples of the stages each reached; "
-          f"the last stage alone {summary['stage_gmacs'][-1]:.4f})")
+              f"({summary['stage_gmacs'][k]:.4g} GMACs per sample{alone})")
+    print(f"  {'cascade GMACs':<28} {m['tinysaver/gmacs']:.4g}  (mean over the samples of the stages each reached; "
+          f"the last stage alone {summary['stage_gmacs'][-1]:.4g})")
     for path in summary.get("records", []):
         print(f"  record {path}")
     sys.stdout.flush()

@@ -8,4 +8,8 @@ model = dict(
     type='TinySaverClassifier',
     stages=[dict(model='fmnist_cnn_s'), dict(model='fmnist_cnn_l')],
     confidence='max_softmax',
-    thresholds=[0.9])
+    # Chosen on the holdout split (never trained on): the cheapest threshold within 0.5 pt of the
+    # base's accuracy there, by `tinysaver tradeoff` on the records this config dumps with
+    # --cfg-options test_dataloader.dataset.split=holdout --dump-records DIR.
+    thresholds=[0.6993300914764404])
+default_hooks = dict(logger=dict(interval=10))  # 40 batches of 256 in a 10k split
