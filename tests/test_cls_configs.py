@@ -45,13 +45,13 @@ def _env() -> dict:
     return dict(os.environ, OMP_NUM_THREADS="1")
 
 
-def _test_py(config: Path, work: Path, *extra: str, nproc: int = 1) -> tuple:
-    """Runs tools/test.py (under torchrun when ``nproc`` > 1); returns its summary and samples."""
+def _test_py(config: Path, work: Path, *extra: str, nproc: int = 1, checkpoint: str = "none") -> tuple:
+    """Runs tools/test.py (under torchrun when ``nproc`` > 1); returns its summary, samples and stdout."""
     work.mkdir(parents=True, exist_ok=True)
     out, samples = work / "summary.json", work / "samples.npz"
     launch = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
                                                   str(nproc), "--master_port", "29547"]
-    cmd = [*launch, str(ROOT / "tools" / "test.py"), str(config), "none", "--work-dir", str(work / "w"),
+    cmd = [*launch, str(ROOT / "tools" / "test.py"), str(config), checkpoint, "--work-dir", str(work / "w"),
            "--out-json", str(out), "--out-samples", str(samples), *extra]
     if nproc > 1:
         cmd += ["--launcher", "pytorch"]
@@ -140,9 +140,15 @@ def test_live_routing_equals_the_records_simulation_sample_by_sample(pair_dump, 
     assert 0.5 < summary["metrics"]["tinysaver/answered_0"] < 0.7
 
 
-def test_two_processes_give_the_same_metrics_as_one(pair_live, tmp_path):
+def test_two_processes_and_a_packed_checkpoint_give_the_same_metrics_as_one(pair_live, tmp_path):
     t, one, one_samples = pair_live
-    two, two_samples, _ = _test_py(PAIR, tmp_path, "--threshold", repr(t), *_limit(N), nproc=2)
+    # also the CHECKPOINT path: the stages' weights packed into one cascade checkpoint (stages.<k>.*)
+    packed = tmp_path / "cascade.pth"
+    subprocess.run([sys.executable, str(ROOT / "tools" / "pack_checkpoint.py"), str(PAIR), str(packed)],
+                   check=True, env=_env(), capture_output=True)
+    two, two_samples, stdout = _test_py(PAIR, tmp_path, "--threshold", repr(t), *_limit(N), nproc=2,
+                                        checkpoint=str(packed))
+    assert f"Load checkpoint from {packed}" in stdout
     assert two["metrics"].keys() == one["metrics"].keys()
     for key, value in one["metrics"].items():
         assert two["metrics"][key] == pytest.approx(value, rel=1e-12, abs=0), key

@@ -12,6 +12,9 @@ OpenMMLab codebase beyond mmengine is needed):
 - ``TinySaverClsMetric`` in ``METRICS`` (:mod:`.metric`): top-1/top-5, share answered per stage,
   GMACs per image, classification records.
 
+:mod:`.config` reads a cascade config for ``tools/test.py``/``tools/get_flops.py`` (classification
+or detection, the task from the config).
+
 One decode per image: the pipeline decodes each image once (a PIL image, as torchvision's loader
 gives it); every stage applies its own eval transform (its data config) inside the model, to the
 images that reach it only.
