@@ -24,8 +24,8 @@ and exit code 2.
 
 Examples:
   python tools/test.py configs/tinysaver/cls/fmnist-cnn-s_fmnist-cnn-l_fashion-mnist.py none
-  python tools/test.py configs/tinysaver/cls/mobilenetv3-l_efficientnet-b2_in1k.py none \\
-      --cfg-options data_root=/data/imagenet model.stages.0.weights=mnv3_l.pth model.stages.1.weights=effnet_b2.pth
+  IMAGENET_ROOT=/data/imagenet python tools/test.py configs/tinysaver/cls/mobilenetv3-l_efficientnet-b2_in1k.py none \\
+      --cfg-options model.stages.0.weights=mnv3_l.pth model.stages.1.weights=effnet_b2.pth
   python tools/test.py configs/tinysaver/yolov8n_retinanet-r18-tiny_fashion-det.py none
   torchrun --nproc_per_node 2 tools/test.py CONFIG none --launcher pytorch
   python tools/test.py CONFIG none --dump-records records   # then: tinysaver tradeoff / det-tradeoff ...
