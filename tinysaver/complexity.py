@@ -22,12 +22,15 @@ def count_gmacs(model: nn.Module, input_size: Sequence[int], device: str = "cpu"
         >>> round(count_gmacs(timm.create_model("resnet50"), (3, 224, 224)), 2)
         4.09
     """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
     x = torch.zeros(1, *input_size, device=device)
     was_training = model.training
     model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    # The math kernel of scaled_dot_product_attention: the fused CPU kernels are invisible to the
+    # counter (an attention model would count 0 MACs for its attention).
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         model(x)
     model.train(was_training)
     return counter.get_total_flops() / 2 / 1e9

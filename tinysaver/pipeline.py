@@ -90,6 +90,13 @@ class PipelineConfig:
     force: bool = False
     #: "labels": the dataset's labels; "base": the base model's top-1 (agreement, for unlabelled data)
     reference: str = "labels"
+    #: plan chains of the pool (needs a calibration split): longest chain (None: pool size + 1)
+    plan: bool = False
+    plan_max_stages: Optional[int] = None
+    #: δ of the Learn-then-Test certification of each planned chain (None: none)
+    plan_certify: Optional[float] = 0.1
+    #: the drop whose planned chain runs live against its simulation
+    plan_live_drop: float = 0.5
 
     @property
     def numerics(self) -> Numerics:
@@ -159,12 +166,12 @@ def _transform(model: Dict[str, Any], split: Split) -> Callable:
     return model["train_t"] if split.augment else model["eval_t"]
 
 
-def _pair_dataset(cfg: PipelineConfig, models: _Models, saver: ModelSpec) -> Any:
-    """The report split with each item as (saver view, base view): what each was recorded on."""
-    s, b = models.get(saver), models.get(cfg.base)
+def _stage_dataset(cfg: PipelineConfig, models: _Models, specs: Sequence[ModelSpec]) -> Any:
+    """The report split with each item as one view per stage (one decode, each model's own
+    preprocessing): what each model was recorded on."""
     split = cfg.report_split
-    both = models.source.multi_transform([_transform(s, split), _transform(b, split)])
-    return SeededItems(split.factory(both), split.seed)
+    views = models.source.multi_transform([_transform(models.get(spec), split) for spec in specs])
+    return SeededItems(split.factory(views), split.seed)
 
 
 def _on_split(model: Dict[str, Any], split: Split) -> torch.nn.Module:
@@ -176,32 +183,38 @@ def _key(split: Split) -> str:
     return split.name + ("_aug" if split.augment else "")
 
 
-def live_check(cfg: PipelineConfig, models: _Models, saver: ModelSpec, threshold: float,
-               saver_rec: Record, base_rec: Record) -> Dict[str, Any]:
-    """Runs the live cascade on the report split and compares it with the simulation."""
+def live_check(cfg: PipelineConfig, models: _Models, specs: Sequence[ModelSpec], thresholds: Sequence[float],
+               records: Sequence[Record]) -> Dict[str, Any]:
+    """Runs the live cascade ``specs`` (cheapest first, base last) on the report split and compares
+    it, sample by sample, with the chain simulated from the report-split ``records``."""
     from tqdm import tqdm
 
-    s, b = models.get(saver), models.get(cfg.base)
     split = cfg.report_split
     # The same numerics (device, dtype, autocast, memory format) the records were made with.
     numerics = cfg.numerics
-    cascade = numerics.prepare_model(Cascade(_on_split(s, split), _on_split(b, split), threshold=threshold))
-    dataset = _pair_dataset(cfg, models, saver)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.workers)
+    cascade = numerics.prepare_model(Cascade(*(_on_split(models.get(s), split) for s in specs),
+                                             thresholds=list(thresholds)))
+    loader = torch.utils.data.DataLoader(_stage_dataset(cfg, models, specs), batch_size=cfg.batch_size,
+                                         num_workers=cfg.workers)
     preds, stages = [], []
     with numerics.context():
-        for (xs, xb), _ in tqdm(loader, desc="live cascade", unit="batch"):
-            out = cascade(numerics.prepare_inputs(xs), numerics.prepare_inputs(xb))
+        for views, _ in tqdm(loader, desc="live cascade", unit="batch"):
+            out = cascade(*(numerics.prepare_inputs(v) for v in views))
             preds.append(out.logits.argmax(1).cpu().numpy())
             stages.append(out.stage.cpu().numpy())
     pred, stage = np.concatenate(preds), np.concatenate(stages)
-    sim_exit = saver_rec.conf >= threshold
-    sim_pred = np.where(sim_exit, saver_rec.pred, base_rec.pred)
-    label = saver_rec.label
-    return {"threshold": threshold, "samples": int(len(pred)),
-            "live_exit_ratio": float((stage == 0).mean()), "simulated_exit_ratio": float(sim_exit.mean()),
+    # The simulation: the first stage whose recorded confidence reaches its threshold (float64).
+    reach = np.stack([r.conf >= t for r, t in zip(records, [*thresholds, -np.inf])])
+    sim_stage = reach.argmax(axis=0)
+    sim_pred = np.choose(sim_stage, [r.pred for r in records])
+    label = records[0].label
+    answered = lambda st: [float(np.mean(st == k)) for k in range(len(specs))]  # noqa: E731
+    return {"stages": [s.name for s in specs], "thresholds": [float(t) for t in thresholds],
+            "threshold": float(thresholds[0]), "samples": int(len(pred)),
+            "live_answered": answered(stage), "simulated_answered": answered(sim_stage),
+            "live_exit_ratio": float((stage == 0).mean()), "simulated_exit_ratio": float((sim_stage == 0).mean()),
             "live_acc": float((pred == label).mean()), "simulated_acc": float((sim_pred == label).mean()),
-            "routing_mismatches": int(((stage == 0) != sim_exit).sum()),
+            "routing_mismatches": int((stage != sim_stage).sum()),
             "prediction_mismatches": int((pred != sim_pred).sum())}
 
 
@@ -210,7 +223,7 @@ def speed_check(cfg: PipelineConfig, models: _Models, saver: ModelSpec, threshol
     if not cfg.speed_batch_sizes:
         return []
     s, b = models.get(saver), models.get(cfg.base)
-    dataset = _pair_dataset(cfg, models, saver)
+    dataset = _stage_dataset(cfg, models, [saver, cfg.base])
     sizes = {bs: min(len(dataset), cfg.speed_samples.get(bs, 8 * bs)) for bs in cfg.speed_batch_sizes}
     items = [dataset[i][0] for i in range(max(sizes.values()))]  # decoded once for every batch size
     xs, xb = torch.stack([it[0] for it in items]), torch.stack([it[1] for it in items])
@@ -277,10 +290,14 @@ def run_pipeline(cfg: PipelineConfig) -> Dict[str, Any]:
     zero_loss = calibrated.required.get(0.0)
     threshold = zero_loss.threshold if zero_loss else None
     if cfg.live_check and threshold is not None:
-        summary["live_check"] = live_check(cfg, models, chosen, threshold, rep[chosen.name], rep[cfg.base.name])
+        summary["live_check"] = live_check(cfg, models, [chosen, cfg.base], [threshold],
+                                           [rep[chosen.name], rep[cfg.base.name]])
         summary["speed"] = [r.to_json() for r in speed_check(cfg, models, chosen, threshold)]
+    plan_md = None
+    if cfg.plan and cfg.calib_splits:
+        summary["plan"], plan_md = _plan_section(cfg, models, records, out)
     write_json(out / "summary.json", summary)
-    md = _summary_markdown(summary, selection_md, tradeoff_md)
+    md = _summary_markdown(summary, selection_md, tradeoff_md, plan_md)
     write_text(out / "summary.md", md)
     return summary
 
@@ -295,10 +312,46 @@ def verdict(base: str, best: Any) -> str:
             f"(C_S/C_B = {ratio:.3f} but r_match = {best.r_match:.3f}); this saver does not compress this base.")
 
 
-def _summary_markdown(summary: Dict[str, Any], selection_md: str, tradeoff_md: str) -> str:
+def _plan_section(cfg: PipelineConfig, models: _Models, records: Dict[str, Dict[str, Record]],
+                  out: Path) -> tuple:
+    """Chains of the whole pool (any length) vs the best pair vs the oracle, honest mode: chosen on
+    the first calibration split, measured on the report split, certified by Learn-then-Test; the
+    chain chosen at :attr:`PipelineConfig.plan_live_drop` runs live and is checked against its
+    simulation. Writes ``plan.json``, ``plan.md``, ``plan.png``."""
+    from .chain import plan_records
+
+    rep, calib = records[_key(cfg.report_split)], records[_key(cfg.calib_splits[0])]
+    pool = sorted(cfg.savers, key=lambda s: rep[s.name].gmacs)  # chains run cheapest first
+    section = plan_records(rep[cfg.base.name], [rep[s.name] for s in pool], calib[cfg.base.name],
+                           [calib[s.name] for s in pool], max_stages=cfg.plan_max_stages,
+                           certify=cfg.plan_certify, plot=out / "plan.png")
+    md = section.pop("markdown")
+    write_json(out / "plan.json", section)
+    write_text(out / "plan.md", md)
+    chosen = section["required"].get(repr(float(cfg.plan_live_drop)))
+    if cfg.live_check and chosen and len(chosen["stages"]) > 1:
+        by_name = {s.name: s for s in [*cfg.savers, cfg.base]}
+        specs = [by_name[name] for name in chosen["stages"]]
+        thresholds = [float(t) for t in chosen["thresholds"]]
+        section["live_check"] = live_check(cfg, models, specs, thresholds, [rep[s.name] for s in specs])
+        section["live_check"]["drop"] = cfg.plan_live_drop
+    return section, md
+
+
+def _summary_markdown(summary: Dict[str, Any], selection_md: str, tradeoff_md: str,
+                      plan_md: Optional[str] = None) -> str:
     parts = [f"# TinySaver: base {summary['base']}, chosen saver {summary['chosen_saver']}", "",
              f"**Verdict:** {summary['verdict']}", "", selection_md,
              "## Trade-off on the report split", "", tradeoff_md]
+    if plan_md:
+        parts += ["## Chains of savers (plan): best chain per drop vs best pair vs oracle", "", plan_md]
+        lc = summary["plan"].get("live_check")
+        if lc:
+            parts += [f"Live chain at ≤ {lc['drop']:g} pt ({' → '.join(lc['stages'])}, thresholds "
+                      f"{', '.join(f'{t:.6g}' for t in lc['thresholds'])}): live accuracy {lc['live_acc']:.4%} vs "
+                      f"simulated {lc['simulated_acc']:.4%}; answered per stage live "
+                      f"{', '.join(f'{a:.4f}' for a in lc['live_answered'])}; {lc['routing_mismatches']} routing "
+                      f"and {lc['prediction_mismatches']} prediction mismatches over {lc['samples']} samples.", ""]
     if "live_check" in summary:
         lc = summary["live_check"]
         parts += ["## Live cascade vs simulation", "",

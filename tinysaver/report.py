@@ -200,7 +200,51 @@ def summary_console(summary: Mapping[str, Any]) -> str:
                           f"{r['ideal_speedup']:.2f}x", f"{r['fraction_of_ideal']:.0%}"])
         parts += ["Measured speed, base alone vs cascade"]
         parts += _aligned(table, [True, False] + [True] * 7, indent="  ") + [""]
+    if summary.get("plan"):
+        parts += _plan_console(summary["plan"])
     return "\n".join(parts)
+
+
+def _plan_console(plan: Mapping[str, Any]) -> list:
+    """The plan section of :func:`summary_console`: per drop the chain, its measured accuracy and
+    saving (✗ where the target was missed), the best pair's saving and the headroom captured."""
+    base = plan["base_gmacs"]
+    # rounded first, so the base alone reads +0.0% and not -0.0%
+    saving = lambda p: "-" if not p else f"{round(1 - p['gmacs'] / base, 4) + 0.0:+.1%}"  # noqa: E731
+    certified = plan.get("certified") or {}
+    table = [["drop", "chain", "acc.", "saving", "best pair", "headroom"]]
+    if certified:
+        table[0].append("certified: saving, acc.")
+    for drop, point in plan["required"].items():
+        pair = plan["best_pair"].get(drop)
+        head = plan["headroom_captured"].get(drop)
+        chain = "-" if not point else " → ".join(n.replace("fmnist_cnn_", "") for n in point["stages"])
+        acc = "-" if not point else f"{point['acc']:.2%}" + (" ✗" if point.get("meets_target") is False else "")
+        row = [f"≤{float(drop):g} pt", chain, acc, saving(point), saving(pair), "-" if head is None else f"{head:.0%}"]
+        if certified:
+            cert = certified.get(drop)
+            row.append("-" if not cert or "acc" not in cert else
+                       f"{saving(cert)} {cert['acc']:.2%}" + (" ✗" if cert.get("meets_target") is False else ""))
+        table.append(row)
+    oracle = plan["oracle"]
+    where = ("chosen on the calibration split, measured on the report split" if plan.get("selection") == "calibrated"
+             else "chosen and measured on the report split")
+    lines = [f"Chains of savers ({where}; saving vs the base)"]
+    lines += _aligned(table, [False, False, True, True, True, True, True], indent="  ")
+    if certified:
+        delta = next(iter(certified.values()), {}).get("delta")
+        lines += textwrap.wrap(f"Certified: chosen by Learn-then-Test on the calibration split, so that with "
+                               f"probability ≥ {1 - delta:g} the drop on new data stays within the target "
+                               f"(+0.0%: only the base could be certified).", CONSOLE_WIDTH)
+    lines += textwrap.wrap(f"Oracle (each sample to the cheapest model that is right): accuracy {oracle['acc']:.2%}, "
+                           f"saving {1 - oracle['gmacs'] / base:+.1%}.", CONSOLE_WIDTH)
+    lc = plan.get("live_check")
+    if lc:
+        lines += textwrap.wrap(f"Live chain at ≤ {lc['drop']:g} pt ({len(lc['stages'])} stages): accuracy "
+                               f"{lc['live_acc']:.4%} live vs {lc['simulated_acc']:.4%} simulated; "
+                               f"{lc['routing_mismatches']} routing and {lc['prediction_mismatches']} prediction "
+                               f"mismatches over {lc['samples']} samples.", CONSOLE_WIDTH)
+    return lines + [""]
 
 
 def _point_from_json(data: Optional[Mapping[str, Any]]) -> Optional[OperatingPoint]:

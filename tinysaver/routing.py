@@ -223,4 +223,17 @@ def _merge_stage_and_confidence(runs: List[StageRun]) -> tuple:
     return stage, conf
 
 
-__all__ = ["Stage", "StageRun", "Routed", "route", "exit_mask", "take"]
+def expected_cost(answered: Sequence[float], stage_costs: Sequence[float]) -> float:
+    """Average cost per sample of a cascade: a sample answered at stage k paid stages 1..k, so the
+    cost is ``Σ_k reach_k · cost_k`` with ``reach_k`` the share answered at stage k or later.
+
+    Examples:
+        >>> round(expected_cost([0.6, 0.4], [0.2, 1.0]), 6)  # all pay 0.2, 40 % also pay 1.0
+        0.6
+    """
+    answered = np.asarray(answered, dtype=np.float64)
+    reach = 1.0 - np.concatenate(([0.0], np.cumsum(answered)[:-1]))
+    return float(np.dot(reach, np.asarray(stage_costs, dtype=np.float64)))
+
+
+__all__ = ["Stage", "StageRun", "Routed", "route", "exit_mask", "take", "expected_cost"]

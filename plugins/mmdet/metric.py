@@ -17,13 +17,11 @@ from mmdet.registry import METRICS
 
 from tinysaver.detection import DEFAULT_MAX_DETS, DetRecord, save_det_record
 from tinysaver.errors import TinySaverError
+from tinysaver.routing import expected_cost
 
 
-def cascade_cost(answered: Sequence[float], stage_gflops: Sequence[float]) -> float:
-    """Average cost per image: every image pays each stage it reached, ``Σ_k reach_k · gflops_k``
-    where ``reach_k`` is the share of images answered at stage k or later."""
-    reach = 1.0 - np.concatenate(([0.0], np.cumsum(answered)[:-1]))
-    return float(np.dot(reach, stage_gflops))
+#: the cascade's average GFLOPs per image from the share answered per stage (the core's cost model)
+cascade_cost = expected_cost
 
 
 @METRICS.register_module()

@@ -37,7 +37,7 @@ from tinysaver.confidence import build_confidence
 from tinysaver.errors import TinySaverError
 from tinysaver.numerics import Numerics
 from tinysaver.registry import classifier_source
-from tinysaver.routing import Stage, route
+from tinysaver.routing import Stage, expected_cost, route
 
 #: metainfo key of the per-batch cascade description the model attaches to every output sample
 CASCADE_KEY = "tinysaver_cascade"
@@ -333,16 +333,8 @@ def _class_space(samples: Sequence[Any]) -> Tuple[Optional[Tuple[int, ...]], Opt
 
 
 def _count_gmacs(model: nn.Module, input_size: Sequence[int]) -> float:
-    """GMACs of one sample, counted on the device the model is on (the meta device works too).
-
-    Attention runs through PyTorch's math kernel while counting: fused CPU attention kernels are
-    invisible to ``FlopCounterMode`` (torch 2.14: 0 for ``scaled_dot_product_attention`` on the CPU;
-    DaViT-B counts 15.32 GMACs with them, 15.47 with the math kernel, as on the meta device).
-    """
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    with sdpa_kernel(SDPBackend.MATH):
-        return float(count_gmacs(model, input_size, device=str(_device_of(model))))
+    """GMACs of one sample, counted on the device the model is on (the meta device works too)."""
+    return float(count_gmacs(model, input_size, device=str(_device_of(model))))
 
 
 def _device_of(module: nn.Module) -> torch.device:
@@ -353,17 +345,8 @@ def _device_of(module: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def cascade_gmacs(answered: Sequence[float], stage_gmacs: Sequence[float]) -> float:
-    """Average cost per sample: every sample pays each stage it reached, ``Σ_k reach_k · gmacs_k``
-    where ``reach_k`` is the share answered at stage k or later.
-
-    Examples:
-        >>> cascade_gmacs([0.6, 0.4], [0.2, 1.0])
-        0.6
-    """
-    answered = np.asarray(answered, dtype=np.float64)
-    reach = 1.0 - np.concatenate(([0.0], np.cumsum(answered)[:-1]))
-    return float(np.dot(reach, np.asarray(stage_gmacs, dtype=np.float64)))
+#: the cascade's average GMACs per sample from the share answered per stage (the core's cost model)
+cascade_gmacs = expected_cost
 
 
 def gmacs_report(model: TinySaverClassifier, answered: Optional[Sequence[float]] = None) -> Dict[str, Any]:
