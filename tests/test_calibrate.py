@@ -186,3 +186,82 @@ def test_calibrate_cli(make_record, tmp_path, capsys):
     assert "increasing cost" in capsys.readouterr().err
     assert main(["calibrate", "--stages", a, base, "--saver", a, "--drop", "1"]) == 2
     assert "either" in capsys.readouterr().err
+
+
+def test_certify_with_no_usable_saver_gives_the_base_alone(make_record, tmp_path, capsys):
+    # every pool member costs more than the base: the plan is the base alone, and so is the
+    # certified answer (this used to end in a numpy reshape traceback)
+    m = 200
+    label = np.zeros(m, dtype=np.int64)
+    rng = np.random.default_rng(5)
+    paths = {}
+    for split in ("test", "cal"):
+        right = rng.random(m) < 0.9
+        paths[split] = (str(make_record("costly", rng.random(m), np.where(right, label, label + 1), label, gmacs=2.0,
+                                        filename=f"costly_{split}.npz")),
+                        str(make_record("B", np.ones(m), np.where(rng.random(m) < 0.9, label, label + 1), label,
+                                        gmacs=1.0, filename=f"B_{split}.npz")))
+    out = tmp_path / "plan.json"
+    assert main(["plan", "--base", paths["test"][1], "--pool", paths["test"][0], "--calib-base", paths["cal"][1],
+                 "--calib-pool", paths["cal"][0], "--certify", "0.1", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["pool"] == [] and data["skipped"][0]["name"] == "costly"
+    for drop in ("1.0", "0.0"):
+        assert data["certified"][drop]["stages"] == ["B"] and data["certified"][drop]["thresholds"] == []
+        assert data["certified"][drop]["gmacs"] == 1.0
+    assert "the base alone" in capsys.readouterr().out
+
+
+def _wsr_ucb_reference(x, delta):
+    """Upper confidence bound of E[x] for x in [0, 1]: a line-by-line transcription of
+    ``WSR_mu_plus`` in the RCPS reference code (Bates et al. 2021, ``core/bounds.py``), solved with
+    scipy's brentq."""
+    from scipy.optimize import brentq
+
+    n = x.shape[0]
+    muhat = (np.cumsum(x) + 0.5) / (1 + np.arange(1, n + 1))
+    sigma2hat = (np.cumsum((x - muhat) ** 2) + 0.25) / (1 + np.arange(1, n + 1))
+    sigma2hat[1:] = sigma2hat[:-1]
+    sigma2hat[0] = 0.25
+    nu = np.minimum(np.sqrt(2 * np.log(1 / delta) / n / sigma2hat), 1)
+
+    def kn(mu):
+        return np.max(np.cumsum(np.log(1 - nu * (x - mu)))) + np.log(delta)
+
+    if kn(1) < 0:
+        return 1.0
+    return brentq(kn, 1e-10, 1 - 1e-10, maxiter=1000)
+
+
+def test_bounds_equal_the_published_formulas():
+    """Each test rejects ``E[L] > alpha`` exactly when the cited paper's bound says so, on losses in
+    {-1, 0, 1} (computed independently here: scipy's binomial, the RCPS code's WSR bound)."""
+    from scipy.stats import binom
+
+    from tinysaver.calibrate import _reject_bernstein, _reject_hoeffding_bentkus, _reject_wsr
+
+    rng = np.random.default_rng(6)
+    checked = {"wsr": [0, 0], "bernstein": [0, 0], "hoeffding-bentkus": [0, 0]}
+    for trial in range(60):
+        n = int(rng.integers(50, 3000))
+        p_minus, p_plus = rng.uniform(0, 0.1), rng.uniform(0, 0.1)
+        loss = rng.choice([-1.0, 0.0, 1.0], n, p=[p_minus, 1 - p_minus - p_plus, p_plus])
+        alpha, delta = float(rng.uniform(0, 0.08)), float(rng.choice([0.05, 0.1, 0.2]))
+        x, a = (loss + 1) / 2, (alpha + 1) / 2  # rescaled to [0, 1]
+        # Maurer & Pontil (2009) Thm 4 on x in [0, 1], mapped back: E L = 2 E x - 1
+        ucb_x = x.mean() + math.sqrt(2 * x.var(ddof=1) * math.log(2 / delta) / n) + 7 * math.log(2 / delta) / (
+            3 * (n - 1))
+        # Bates et al. (2021) RCPS: p = min(exp(-n h1(min(R, a), a)), e * P(Bin(n, a) <= ceil(n R)))
+        r = min(x.mean(), a)
+        h1 = (r * math.log(r / a) if r > 0 else 0.0) + ((1 - r) * math.log((1 - r) / (1 - a)) if r < 1 else 0.0)
+        p_hb = min(math.exp(-n * h1), math.e * binom.cdf(math.ceil(n * x.mean() - 1e-9), n, a))
+        expected = {"bernstein": 2 * ucb_x - 1 <= alpha, "hoeffding-bentkus": p_hb <= delta,
+                    "wsr": _wsr_ucb_reference(x, delta) < a}
+        got = {"bernstein": _reject_bernstein(loss[None], alpha, delta)[0],
+               "hoeffding-bentkus": _reject_hoeffding_bentkus(loss[None], alpha, delta)[0],
+               "wsr": _reject_wsr(loss[None], alpha, delta)[0]}
+        for method in expected:
+            assert bool(got[method]) == bool(expected[method]), (method, trial)
+            checked[method][bool(expected[method])] += 1
+    # both outcomes occurred for every method: the comparison could fail either way
+    assert all(min(counts) > 0 for counts in checked.values()), checked

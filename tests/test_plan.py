@@ -261,3 +261,26 @@ def test_plan_cli_json_markdown_plot(make_record, tmp_path, capsys):
     bad = tmp_path / "bad.json"
     assert main(["plan", "--base", b, "--pool", *paths, "--calib-base", cb, "--json", str(bad)]) == 2
     assert not bad.exists()
+
+
+def test_headroom_above_one_and_uncertified_gains_are_explained():
+    from tinysaver.plan_report import plan_markdown
+
+    # nobody is right on samples 2-3: the oracle sends them to the base (10 GMACs), while a chain
+    # allowed to lose 25 points answers everything at the saver: cheaper than the oracle
+    label = np.zeros(4, dtype=np.int64)
+    a = _record("a", 1.0, [0.9, 0.9, 0.9, 0.9], [1, 0, 0, 0], label)
+    base = _record("base", 10.0, np.ones(4), [1, 1, 0, 0], label)
+    plan = plan_chains(base, [a], drops=[25.0, 0.0], progress=False)
+    assert plan.oracle.gmacs == pytest.approx((1 + 10 + 10 + 10) / 4)
+    assert plan.required[25.0].gmacs == pytest.approx(1.0)
+    assert plan.headroom_captured[25.0] == pytest.approx((10 - 1) / (10 - 7.75))
+    text = plan_markdown(plan)
+    assert "Headroom above 100 % (25 pt)" in text
+    # a negative drop (a gain) is planned but not certified: the markdown says so
+    pool, base = _synthetic(400, 2, 11)
+    cpool, cbase = _synthetic(400, 2, 12)
+    plan = plan_chains(base, pool, calib_base=cbase, calib_pool=cpool, drops=[-1.0, 1.0], certify=0.1,
+                       progress=False)
+    assert set(plan.extra["certified"]) == {"1.0"}
+    assert "Not certified: -1 pt" in plan_markdown(plan)

@@ -3,16 +3,20 @@
 **The guarantee.** :func:`calibrate_pair` returns a threshold ``t̂`` such that, with probability at
 least ``1 − δ`` over the draw of the calibration set, the accuracy drop of the cascade on new data
 from the same distribution (i.i.d. with the calibration samples) is at most the target:
-``acc_base − acc_cascade(t̂) <= drop``. It is Learn then Test (Angelopoulos, Bates, Candès, Jordan,
+``acc_base − acc_cascade(t̂) <= drop``, accuracies being expectations over that distribution. A
+finite test set measures them with its own sampling noise (standard error of the measured drop:
+``sqrt(Var(L) / n)``, ``L`` the per-sample loss below), so a certified threshold can read slightly
+above its target there. It is Learn then Test (Angelopoulos, Bates, Candès, Jordan,
 Lei, "Learn then Test: Calibrating predictive algorithms to achieve risk control", arXiv:2110.01052,
 2021) with fixed-sequence testing:
 
 - per-sample loss ``L_i(t) = 1[c_i >= t] · (1[base right] − 1[saver right]) ∈ {−1, 0, 1}``, whose
   mean is exactly the accuracy drop at ``t``; null hypothesis ``H_t: E[L(t)] > α`` with
   ``α = drop / 100``;
-- hypotheses are tested from the most confident threshold down (t = +∞, where nothing exits and the
-  drop is 0, then every distinct calibration confidence); the first one not rejected stops the
-  sequence and the lowest rejected threshold is returned (+inf when none is). The statistics only
+- hypotheses are tested from the most confident threshold down (every distinct calibration
+  confidence; t = +∞, where nothing exits, has drop 0 <= α and needs no test); the first one not
+  rejected stops the sequence and the lowest rejected threshold is returned (+inf when none is,
+  and when the first is not: too few samples cannot certify anything). The statistics only
   change where a calibration sample enters, so this is fixed-sequence testing over *every* real
   threshold, and it controls the family-wise error at δ: the returned threshold violates the target
   only if the largest violating threshold was rejected, which has probability ``<= δ``;
@@ -215,8 +219,9 @@ class Calibration:
                    calib_base_acc=self.calib_base_acc, calib_answered=self.calib_answered,
                    calib_gmacs=self.calib_gmacs, hypotheses_tested=self.tested,
                    hypotheses_rejected=self.rejected, procedure=self.procedure,
-                   guarantee=f"with probability >= {1 - self.delta:g} over the calibration draw, the accuracy "
-                             f"drop vs the base on new i.i.d. data is <= {self.drop:g} points")
+                   guarantee=f"with probability >= {1 - self.delta:g} over the calibration draw, the expected "
+                             f"accuracy drop vs the base on new i.i.d. data is <= {self.drop:g} points (a finite "
+                             f"test set adds its own sampling noise)")
         out.update(self.extra)
         return out
 
@@ -437,7 +442,8 @@ def certify_plan(calib: Sequence[Stage], report: Optional[Sequence[Stage]], drop
             if vector.tobytes() not in seen:
                 seen.add(vector.tobytes())
                 path.append(vector)
-        path_arr = np.array(path).reshape(-1, savers)
+        # (len, savers) even when there is no usable saver: every vector is then empty
+        path_arr = np.array(path, dtype=np.float64).reshape(len(path), savers)
 
         def columns(sl: slice) -> np.ndarray:
             stage = answering_stage(test_half, path_arr[sl])

@@ -886,7 +886,8 @@ class Plan:
 
     @property
     def headroom_captured(self) -> Dict[float, Optional[float]]:
-        """(C_base − C_plan) / (C_base − C_oracle) per drop (None: drop not reached, or no headroom)."""
+        """(C_base − C_plan) / (C_base − C_oracle) per drop (None: drop not reached, or no headroom).
+        Above 1 when the plan is cheaper than the oracle (see :func:`oracle`)."""
         room = self.base_gmacs - self.oracle.gmacs
         return {d: (None if p is None or room <= 0 else (self.base_gmacs - p.gmacs) / room)
                 for d, p in self.required.items()}
@@ -911,7 +912,12 @@ class Plan:
 
 def oracle(stages: Sequence[Stage]) -> Oracle:
     """Each sample answered by the cheapest stage that gets it right, the base (last) when none does.
-    Its cost is that model's own GMACs (no cascade overhead): a bound no chain can beat."""
+
+    Its cost is that model's own GMACs (no cascade overhead). It is the most accurate answer the
+    pool has, and no chain answers a sample right for less; it is not a lower bound on cost: a
+    chain that answers some samples wrong with a cheap model (within its allowed drop), where the
+    oracle pays for a right answer or, when no model is right, for the base, can cost less than the
+    oracle (``headroom_captured`` above 1)."""
     order = sorted(range(len(stages) - 1), key=lambda i: stages[i].gmacs) + [len(stages) - 1]
     right = np.stack([stages[i].correct > 0 for i in order])
     chosen = np.where(right.any(axis=0), np.argmax(right, axis=0), len(order) - 1)
