@@ -78,9 +78,9 @@ def plan_markdown(plan: Plan) -> str:
     if certified:
         first = next(iter(certified.values()))
         lines += ["", f"Certified (Learn then Test, {first['method']}, δ = {first['delta']:g}: for each drop, with "
-                      f"probability ≥ {1 - first['delta']:g} over the calibration draw, the expected drop on new data "
-                      "from the calibration split's distribution is within the target (a finite split such as the "
-                      "reported one adds its own sampling noise); chosen on the calibration split, measured on "
+                      f"probability ≥ {1 - first['delta']:g} over the calibration draw, the expected drop on new "
+                      "data from the calibration split's distribution is within the target (a finite split such as "
+                      "the reported one adds its own sampling noise); chosen on the calibration split, measured on "
                       "the reported split):", "",
                   "| drop ≤ | chain | thresholds | acc. | calib. acc. | target | GMACs (vs base) |",
                   "|---|---|---|---|---|---|---|"]
