@@ -138,9 +138,14 @@ def _check_equal(stage, pred, rs, rb, t):
 def test_half_precision_cascade_routes_like_its_records(pool, tmp_path):
     saver, base = (m.half() for m in (create_classifier(n, weights(n)) for n in ("fmnist_cnn_xs", "fmnist_cnn_s")))
     rs, rb, x = _records(saver, base, tmp_path, dtype="float16")
-    # A threshold fp16 cannot represent, between two recorded confidences that fp16 rounds alike.
-    t = float(np.median(rs.conf))
+    # A threshold fp16 cannot represent, just above a recorded confidence c, that fp16 rounds down
+    # to c or below: routing against the fp16-rounded threshold would send c's sample to the saver,
+    # the records keep it at the base (so this test fails if the threshold is rounded anywhere).
+    middle = np.sort(rs.conf)[N // 4:3 * N // 4]
+    c = next(c for c in middle if float(np.float16(np.nextafter(c, np.inf))) <= c)
+    t = float(np.nextafter(c, np.inf))
     assert float(torch.tensor(t, dtype=torch.float16)) != t
+    assert not np.array_equal(rs.conf >= t, rs.conf >= float(np.float16(t)))
     cascade = Cascade(saver, base, threshold=t).half()
     assert cascade.threshold == t  # .half() does not round the threshold
     _check_equal(*_live(cascade, x, dtype=torch.float16), rs, rb, t)
