@@ -128,3 +128,20 @@ def test_bad_cascade_arguments_are_clear(pair):
         Cascade(saver, base, base, thresholds=[0.5])
     with pytest.raises(ValueError, match="NaN"):
         Cascade(saver, base, threshold=float("nan"))
+    with pytest.raises(ValueError, match="3 stages need thresholds"):
+        Cascade(saver, base, base)  # no silent default leaving the middle stage idle
+    cascade = Cascade(saver, base, threshold=0.5)
+    with pytest.raises(ValueError, match="NaN"):
+        cascade.threshold = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        cascade.thresholds = [float("nan")]
+    assert cascade.threshold == 0.5
+
+
+def test_infinite_threshold_lets_nothing_exit_even_an_infinite_confidence():
+    from tinysaver.routing import exit_mask
+
+    conf = torch.tensor([float("inf"), 1.0, 0.2])
+    assert not exit_mask(conf, float("inf")).any()
+    assert not exit_mask(conf.numpy(), float("inf")).any()
+    assert exit_mask(conf, torch.tensor(1.0, dtype=torch.float64)).tolist() == [True, True, False]

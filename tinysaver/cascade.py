@@ -107,7 +107,7 @@ class Cascade(nn.Module):
 
     @threshold.setter
     def threshold(self, value: float) -> None:
-        self._thresholds[0].fill_(float(value))
+        self._thresholds[0].fill_(_check_threshold(value))
 
     @property
     def thresholds(self) -> List[float]:
@@ -118,7 +118,7 @@ class Cascade(nn.Module):
         if len(values) != len(self._thresholds):
             raise ValueError(f"{len(self.models)} stages need {len(self._thresholds)} thresholds, got {len(values)}")
         for t, v in zip(self._thresholds, values):
-            t.fill_(float(v))
+            t.fill_(_check_threshold(v))
 
     def stages(self) -> List[Stage]:
         """The cascade as routing-core stages (with the current thresholds)."""
@@ -163,15 +163,20 @@ def _resolve_thresholds(n_models: int, threshold: Optional[float], thresholds: O
     if threshold is not None and thresholds is not None:
         raise ValueError("give threshold (two models) or thresholds (one per stage but the last), not both")
     if thresholds is None:
-        thresholds = [0.5 if threshold is None else threshold] + [math.inf] * (n_models - 2)
-        if n_models > 2 and threshold is not None:
+        if n_models > 2:  # a silent default would leave the middle stages never answering
             raise ValueError(f"{n_models} stages need thresholds=[...] with {n_models - 1} values")
-    thresholds = [float(t) for t in thresholds]
+        thresholds = [0.5 if threshold is None else threshold]
+    thresholds = [_check_threshold(t) for t in thresholds]
     if len(thresholds) != n_models - 1:
         raise ValueError(f"{n_models} stages need {n_models - 1} thresholds, got {len(thresholds)}")
-    if any(math.isnan(t) for t in thresholds):
-        raise ValueError("a threshold is NaN")
     return thresholds
+
+
+def _check_threshold(value: float) -> float:
+    value = float(value)
+    if math.isnan(value):
+        raise ValueError("a threshold is NaN")
+    return value
 
 
 __all__ = ["Cascade", "CascadeOutput", "SAVER", "BASE", "ConfidenceFn"]

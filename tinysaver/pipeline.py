@@ -326,8 +326,6 @@ def _plan_section(cfg: PipelineConfig, models: _Models, records: Dict[str, Dict[
                            [calib[s.name] for s in pool], max_stages=cfg.plan_max_stages,
                            certify=cfg.plan_certify, plot=out / "plan.png")
     md = section.pop("markdown")
-    write_json(out / "plan.json", section)
-    write_text(out / "plan.md", md)
     chosen = section["required"].get(repr(float(cfg.plan_live_drop)))
     if cfg.live_check and chosen and len(chosen["stages"]) > 1:
         by_name = {s.name: s for s in [*cfg.savers, cfg.base]}
@@ -335,6 +333,8 @@ def _plan_section(cfg: PipelineConfig, models: _Models, records: Dict[str, Dict[
         thresholds = [float(t) for t in chosen["thresholds"]]
         section["live_check"] = live_check(cfg, models, specs, thresholds, [rep[s.name] for s in specs])
         section["live_check"]["drop"] = cfg.plan_live_drop
+    write_json(out / "plan.json", section)
+    write_text(out / "plan.md", md)
     return section, md
 
 

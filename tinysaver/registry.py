@@ -61,7 +61,7 @@ def load_plugins() -> Dict[str, str]:
     for name, module in targets:
         try:
             importlib.import_module(module)
-        except ImportError as exc:  # an optional dependency missing: the other plugins still work
+        except Exception as exc:  # a missing optional dependency or a broken plugin: the others still work
             _failures[name] = f"{type(exc).__name__}: {exc}"
     return _failures
 

@@ -137,14 +137,17 @@ def exit_mask(confidence: Any, threshold: Any) -> Any:
     """``confidence >= threshold`` compared in float64 (tensor in, tensor out; array in, array out).
 
     ``threshold`` is a float or a 0-dim float64 tensor (a tensor lets ``torch.compile`` change it
-    without recompiling).
+    without recompiling). A threshold of +inf lets nothing exit, not even a confidence that
+    overflowed to +inf (a float16 logit can).
     """
     if _is_torch(confidence):
         import torch
 
         t = threshold if _is_torch(threshold) else torch.tensor(float(threshold), dtype=torch.float64)
-        return confidence.to(torch.float64) >= t.to(torch.float64)
-    return np.asarray(confidence, dtype=np.float64) >= float(threshold)
+        t = t.to(torch.float64)
+        return (confidence.to(torch.float64) >= t) & (t < math.inf)
+    t = float(threshold)
+    return (np.asarray(confidence, dtype=np.float64) >= t) & (t < math.inf)
 
 
 @_eager
