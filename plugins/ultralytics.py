@@ -278,6 +278,7 @@ class YOLOCascade:
         """
         if "imgsz" in kwargs:
             raise TinySaverError("imgsz is per stage: give it to YOLOCascade(imgsz=[...])")
+        check_ultralytics_args("predict", kwargs)
         gen = self._predict(source, batch, kwargs)
         return gen if stream else list(gen)
 
@@ -342,6 +343,10 @@ class YOLOCascade:
                                                                                if key == "imgsz" else ""))
         args = dict(data=str(data), batch=int(batch), conf=conf, iou=iou, max_det=max_det, rect=bool(rect),
                     split=split, device=self.device, plots=False, save_json=False, verbose=verbose, **kwargs)
+        check_ultralytics_args("val", args)
+        if not Path(data).is_file() or Path(data).suffix.lower() not in (".yaml", ".yml"):
+            raise TinySaverError(f"{data}: not a dataset .yaml file" if Path(data).exists()
+                                 else f"{data}: dataset file not found")
         with tempfile.TemporaryDirectory(prefix="tinysaver-yolo-val-") as save_dir:  # ultralytics wants one
             vals = [_StageVal(stage, {**args, "imgsz": stage.imgsz}, Path(save_dir)) for stage in self.stages]
             return self._val(vals, data, split, batch, records, verbose, progress)
@@ -437,6 +442,21 @@ class YOLOCascade:
         write_json(folder_path / f"instances_{split}.json", ann)
         for file_name, rec in zip(record_names(len(recs)), recs):
             save_det_record(folder_path / f"{file_name}.npz", rec)
+
+
+def check_ultralytics_args(mode: str, args: Mapping[str, Any]) -> None:
+    """ultralytics' own check of the arguments a cascade passes on (known key, type, range), as one
+    line: an unknown key, ``conf=2`` or ``rect=maybe`` is a :class:`TinySaverError`, not a traceback
+    from inside the first stage (or, for an unknown key, ultralytics' whole command-line help)."""
+    from ultralytics.cfg import DEFAULT_CFG_DICT, get_cfg
+
+    unknown = sorted(set(args) - set(DEFAULT_CFG_DICT))
+    if unknown:
+        raise TinySaverError(f"{unknown[0]!r} is not an ultralytics {mode} argument (see `yolo cfg`)")
+    try:
+        get_cfg(overrides={**args, "mode": mode})
+    except (SyntaxError, TypeError, ValueError) as exc:
+        raise TinySaverError(" ".join(str(exc).split())[:200]) from None
 
 
 def record_names(n: int) -> List[str]:

@@ -79,7 +79,7 @@ def test_val_at_the_extremes_equals_each_model_alone(fashion, tmp_path, threshol
     assert metrics.results_dict == alone  # ultralytics' own numbers, to the last bit
     assert set(alone) >= {"metrics/precision(B)", "metrics/recall(B)", "metrics/mAP50(B)", "metrics/mAP50-95(B)"}
     summary = metrics.tinysaver
-    assert summary["answered"] == [1.0, 0.0] if who == 0 else [0.0, 1.0]
+    assert summary["answered"] == ([1.0, 0.0] if who == 0 else [0.0, 1.0])
     # the cascade pays the stages each image reached
     expected = summary["stage_gflops"][0] + (summary["stage_gflops"][1] if who == 1 else 0.0)
     assert summary["gflops"] == pytest.approx(expected)
@@ -210,6 +210,27 @@ def test_yolo_to_coco_gives_the_canvases_boxes(fashion, tmp_path):
     assert len(ours) == len(theirs)
     for a, b in zip(ours, theirs):
         assert a[:2] == b[:2] and np.allclose(a[2:], b[2:], atol=1e-3)  # YOLO labels keep 6 decimals
+
+
+def test_bad_ultralytics_arguments_are_one_line_errors(fashion, tmp_path):
+    """A value ultralytics refuses, an unknown key or a data file that is not a dataset .yaml is a
+    TinySaverError before any stage runs, not a traceback from inside ultralytics."""
+    from tinysaver.errors import TinySaverError
+
+    cascade = _cascade(0.5)
+    data = str(fashion / "data.yaml")
+    for kwargs, message in [(dict(conf=2), "'conf=2' is an invalid value"), (dict(max_det="x"), "'max_det' must be an int"),
+                            (dict(foo=1), "'foo' is not an ultralytics val argument"),
+                            (dict(data=str(ROOT / "README.md")), "README.md: not a dataset .yaml file"),
+                            (dict(data=str(tmp_path / "none.yaml")), "none.yaml: dataset file not found")]:
+        with pytest.raises(TinySaverError, match=message) as info:
+            cascade.val(**{"data": data, **kwargs}, verbose=False, progress=False)
+        assert "\n" not in str(info.value)
+    files = sorted(str(p) for p in (fashion / "images" / "val").glob("*.jpg"))[:2]
+    with pytest.raises(TinySaverError, match="'bar' is not an ultralytics predict argument"):
+        cascade.predict(files, bar=1)
+    with pytest.raises(TinySaverError, match="'iou=1.5' is an invalid value"):
+        cascade.predict(files, iou=1.5)
 
 
 def test_yolo_cli(fashion, tmp_path, capsys):
