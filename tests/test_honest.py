@@ -260,3 +260,37 @@ def test_pipeline_live_check_under_autocast_and_record_reuse_key(tmp_path):
     run_pipeline(cfg)
     assert mtimes()["fmnist_cnn_s_test.npz"] != after["fmnist_cnn_s_test.npz"]  # other data: redone
     assert mtimes()["fmnist_cnn_s_holdout.npz"] == after["fmnist_cnn_s_holdout.npz"]
+
+
+def test_thresholds_chosen_on_another_models_records_are_refused(make_record, tmp_path, capsys):
+    # --calib-saver of another saver (other confidences, other cost): its thresholds say nothing
+    # about this saver, and its ΔC would be printed as this pair's.
+    from tinysaver import load_record
+    from tinysaver.analysis import tradeoff_from_records
+    from tinysaver.errors import TinySaverError
+
+    rng = np.random.default_rng(3)
+    label = rng.integers(0, 5, 400)
+    paths = {}
+    for split in ("test", "holdout"):
+        for name, gmacs in (("base", 4.0), ("saver", 0.5), ("other", 0.1)):
+            paths[name, split] = make_record(name, rng.random(400), label, label, gmacs=gmacs,
+                                             filename=f"{name}_{split}.npz")
+    out = tmp_path / "row.json"
+    argv = ["tradeoff", "--base", str(paths["base", "test"]), "--saver", str(paths["saver", "test"]),
+            "--calib-base", str(paths["base", "holdout"]), "--json", str(out)]
+    assert main(argv + ["--calib-saver", str(paths["other", "holdout"])]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "calibration saver costs 0.1 GMACs but the reported saver 0.5" in err[0]
+    assert not out.exists()
+    assert main(argv + ["--calib-saver", str(paths["saver", "holdout"])]) == 0 and out.exists()
+    # From records, the names are checked too (same cost, another model).
+    rec = {k: load_record(p) for k, p in paths.items()}
+    renamed = load_record(paths["saver", "holdout"])
+    renamed.name = "saver_v2"
+    with pytest.raises(TinySaverError, match="'saver_v2'"):
+        tradeoff_from_records(rec["saver", "test"], rec["base", "test"], calib_saver=renamed,
+                              calib_base=rec["base", "holdout"])
+    row = tradeoff_from_records(rec["saver", "test"], rec["base", "test"], calib_saver=rec["saver", "holdout"],
+                                calib_base=rec["base", "holdout"])
+    assert row.mode == "calibrated" and row.calib_split == "calibration"

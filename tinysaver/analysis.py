@@ -326,6 +326,8 @@ def tradeoff(curve: ExitCurve, drops: Sequence[float] = PAPER_DROPS, *, saver: s
         ...                calib_split="holdout")  # doctest: +SKIP
         >>> row.required[0.5].acc, row.required[0.5].meets_target  # doctest: +SKIP
     """
+    if calibration is not None:
+        _check_same_costs(curve, calibration)
     chooser = calibration if calibration is not None else curve
     picks = {float(d): cheapest_within_drop(chooser, d) for d in drops}
     match = match_point(curve)
@@ -360,6 +362,16 @@ def tradeoff(curve: ExitCurve, drops: Sequence[float] = PAPER_DROPS, *, saver: s
     return row
 
 
+def _check_same_costs(curve: ExitCurve, calibration: ExitCurve) -> None:
+    # A model's cost per sample does not depend on the split: other costs mean other models, whose
+    # confidences say nothing about where this saver's threshold should be.
+    for role, mine, theirs in (("saver", curve.saver_gmacs, calibration.saver_gmacs),
+                               ("base", curve.base_gmacs, calibration.base_gmacs)):
+        if not np.isclose(mine, theirs, rtol=1e-9, atol=0.0):
+            raise TinySaverError(f"the calibration {role} costs {theirs:g} GMACs but the reported {role} "
+                                 f"{mine:g}: choose the thresholds on records of the same saver and base")
+
+
 def tradeoff_from_records(saver: Record, base: Record, drops: Sequence[float] = PAPER_DROPS,
                           calib_saver: Optional[Record] = None,
                           calib_base: Optional[Record] = None) -> Tradeoff:
@@ -367,8 +379,15 @@ def tradeoff_from_records(saver: Record, base: Record, drops: Sequence[float] = 
     if (calib_saver is None) != (calib_base is None):
         raise TinySaverError("the honest mode needs both calibration records (saver and base)")
     curve = ExitCurve.from_records(saver, base)
-    calib = ExitCurve.from_records(calib_saver, calib_base) if calib_saver is not None else None
-    result = tradeoff(curve, drops, saver=saver.name, base=base.name, calibration=calib)
+    calib = None
+    if calib_saver is not None:
+        from .chain import _check_calibration  # same models, same costs, in the same roles
+
+        _check_calibration([saver], [calib_saver], base, calib_base)
+        calib = ExitCurve.from_records(calib_saver, calib_base)
+    result = tradeoff(curve, drops, saver=saver.name, base=base.name, calibration=calib,
+                      split=base.split_name("report"),
+                      calib_split=calib_base.split_name("calibration") if calib_base is not None else "calibration")
     if calib is not None:
         result.extra["calibration_samples"] = calib.num_samples
     return result
