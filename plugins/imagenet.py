@@ -199,7 +199,11 @@ def read_class_map_file(path: os.PathLike | str) -> Dict[str, int]:
     path = Path(path)
     if not path.is_file():
         raise TinySaverError(f"{path}: class map file not found")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError) as exc:  # a binary file, a folder, no permission
+        raise TinySaverError(f"{path}: unreadable class map ({type(exc).__name__}); expected a JSON object "
+                             f"or UTF-8 text lines 'folder index'") from None
     if text.lstrip().startswith("{"):
         try:
             table = json.loads(text)

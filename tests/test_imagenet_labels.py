@@ -105,6 +105,9 @@ def test_class_map_file_json_and_text(tmp_path):
     (tmp_path / "bad.txt").write_text("tench zero\n")
     with pytest.raises(TinySaverError, match=r"bad.txt:1: expected 'folder index'"):
         read_class_map_file(tmp_path / "bad.txt")
+    (tmp_path / "binary.txt").write_bytes(bytes(range(256)))  # not text: one line, no traceback
+    with pytest.raises(TinySaverError, match=r"binary.txt: unreadable class map \(UnicodeDecodeError\)"):
+        read_class_map_file(tmp_path / "binary.txt")
 
 
 @pytest.mark.parametrize("layout", ["synset", "numeric"])
