@@ -258,6 +258,8 @@ def _tool(name: str):
     ([str(CLS / "mobilenetv3-s_mobilenetv3-l_in1k.py"), "none"],
      "model.stages.0 (mobilenetv3_small_100): no weights for mobilenetv3_small_100: pass model.stages.0.weights="),
     ([str(PAIR), "none", "--cfg-options", "model.type=NoSuchCascade"], "NoSuchCascade is not in the"),
+    ([str(PAIR), "none", "--cfg-options", "model.confidence=mean_box_score"],
+     "model.confidence 'mean_box_score' is a detection confidence; a classifier cascade needs one that reads logits"),
     ([str(ROOT / "configs" / "tinysaver" / "yolov8n_retinanet-r18-tiny_fashion-det.py"), "none",
       "--cfg-options", "model.stages.0.type=nope"], "unknown stage type 'nope'"),
 ])

@@ -33,7 +33,7 @@ from mmengine.registry import MODELS
 from torch import nn
 
 from tinysaver.complexity import count_gmacs
-from tinysaver.confidence import build_confidence
+from tinysaver.confidence import CONFIDENCES, build_confidence
 from tinysaver.errors import TinySaverError
 from tinysaver.numerics import Numerics
 from tinysaver.registry import classifier_source
@@ -150,6 +150,10 @@ class TinySaverClassifier(BaseModel):
             raise TinySaverError(f"{len(confs)} confidence names for {len(stages)} stages")
         self.confidence_names = [str(c) for c in confs]
         self.confidences = [build_confidence(c) for c in self.confidence_names]
+        for name, fn in zip(self.confidence_names, self.confidences):
+            if getattr(fn, "kind", "classification") != "classification":  # e.g. mean_box_score reads box scores
+                raise TinySaverError(f"model.confidence {name!r} is a {fn.kind} confidence; a classifier cascade "
+                                     f"needs one that reads logits ({', '.join(classification_confidences())})")
         if threshold is not None and thresholds is not None:
             raise TinySaverError("give threshold or thresholds, not both")
         self.thresholds = list(thresholds) if thresholds is not None else [0.5 if threshold is None else threshold]
@@ -303,6 +307,11 @@ class TinySaverClassifier(BaseModel):
                 "thresholds": self.thresholds, "num_classes": int(num_classes),
                 "numerics": Numerics(device=str(_device_of(self)), **self.numerics_cfg).to_json(),
                 "record_all": self.record_all}
+
+
+def classification_confidences() -> List[str]:
+    """The registered confidences that read logits (the ones a classifier cascade can use)."""
+    return [n for n in CONFIDENCES.names() if getattr(CONFIDENCES.get(n), "kind", "") == "classification"]
 
 
 def _build_stage(k: int, cfg: dict) -> ClassifierStage:
