@@ -196,6 +196,26 @@ def test_console_tradeoff_table_fits_100_columns_and_marks_missed_targets():
     assert f"{met.acc * 100:.2f} " in text  # measured accuracy of a calibrated cell, no mark
 
 
+def test_console_tradeoff_table_with_many_drops_stacks_within_100_columns():
+    from tinysaver.report import tradeoff_console
+
+    drops = (2.0, 1.0, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01, 0.0, -0.1)
+    rng = np.random.default_rng(5)
+    conf = rng.random(10_000)
+    curve = lambda: exit_curve(conf, rng.random(10_000) < 0.5 + 0.45 * conf, rng.random(10_000) < 0.93,  # noqa: E731
+                               0.0005084, 0.02913)
+    row = tradeoff(curve(), drops, saver="fmnist_cnn_xs", base="fmnist_cnn_l", calibration=curve(), split="test",
+                   calib_split="holdout")
+    lines = tradeoff_console([row]).splitlines()
+    assert max(len(line) for line in lines) <= 100
+    heads = [line for line in lines if line.strip().startswith("chosen on")]
+    cells = [line for line in lines if line.strip().startswith("holdout")]
+    assert len(heads) == len(cells) >= 2  # stacked, each part with the source and ΔC again
+    named = [h for line in heads for h in line.split("  ") if h.strip().startswith("≤")]
+    assert [float(h.strip()[1:-3]) for h in named] == list(drops)  # every drop once, in order
+    assert all(f"{row.calib_delta_c:+.3f}" in line for line in cells) and "max acc." in heads[-1]
+
+
 def test_pipeline_console_summary_fits_100_columns():
     from tinysaver.analysis import SaverScore
     from tinysaver.report import summary_console

@@ -145,13 +145,32 @@ def tradeoff_console(rows: Iterable[Tradeoff]) -> str:
     right = [False] + [True] * (len(head) - 1)
     lines: List[str] = []
     for title, table in blocks:
-        lines += [title] + _aligned(table, right, indent="  ", widths=widths)
+        lines.append(title)
+        # Many drops: the cells go on as many stacked tables as needed to stay within the width,
+        # each with the threshold source and ΔC again.
+        for columns in _column_groups(widths, keep=2, indent=2):
+            lines += _aligned([[row[c] for c in columns] for row in table], [right[c] for c in columns],
+                              indent="  ", widths=[widths[c] for c in columns])
     split = rows[0].split
     legend = (f"Cells: expected GMACs vs the base's and accuracy (%) measured on {split}, at the cheapest "
               f"threshold within each allowed accuracy drop, chosen on the split on the left (ΔC is that "
               f"split's). ✗: below the base's accuracy minus the drop on {split}; -: no threshold meets "
               f"the drop where it is chosen.")
     return "\n".join(lines + [""] + textwrap.wrap(legend, CONSOLE_WIDTH)) + "\n"
+
+
+def _column_groups(widths: Sequence[int], keep: int, indent: int) -> List[List[int]]:
+    """Column indices of consecutive tables that each fit :data:`CONSOLE_WIDTH`: the first ``keep``
+    columns in every table, the others packed in order (one per table at least)."""
+    fixed = list(range(keep))
+    width = lambda cols: indent + sum(widths[c] for c in cols) + 2 * (len(cols) - 1)  # noqa: E731
+    groups: List[List[int]] = []
+    for c in range(keep, len(widths)):
+        if groups and width(fixed + groups[-1] + [c]) <= CONSOLE_WIDTH:
+            groups[-1].append(c)
+        else:
+            groups.append([c])
+    return [fixed + g for g in groups] or [fixed]
 
 
 def _pairs(rows: Sequence[Tradeoff]) -> Dict[tuple, List[Tradeoff]]:
