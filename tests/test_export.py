@@ -231,6 +231,19 @@ def test_bad_inputs_are_one_line_errors(small_export, batch, problem):
     assert "\n" not in str(info.value)
 
 
+def test_an_absurdly_elongated_image_is_refused_before_its_resize():
+    """timm's resize scales the shorter side: 1 x 20,000 pixels would become 28 x 560,000 here, and
+    256 x 5,120,000 (3.9 GB) at ImageNet settings, from a PNG of a hundred bytes."""
+    from PIL import Image
+
+    from tinysaver.runtime import MAX_ASPECT_RATIO
+
+    with pytest.raises(TinySaverError, match="1x20000 is more than 100 times longer than wide"):
+        preprocess_image(Image.new("L", (1, 20_000)), FMNIST_PREPROCESS)
+    wide = preprocess_image(Image.new("L", (MAX_ASPECT_RATIO * 3, 3), 255), FMNIST_PREPROCESS)  # at the limit
+    assert wide.shape == (1, 28, 28)
+
+
 def test_undecodable_image_and_changed_graph_are_refused(small_export, tmp_path):
     cascade = OnnxCascade(small_export)
     with pytest.raises(TinySaverError, match="image 1: cannot decode"):

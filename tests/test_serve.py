@@ -87,6 +87,7 @@ def server(models, data, tmp_path_factory):
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     config = {"export_dir": str(export_dir), "max_request_bytes": 300_000, "max_samples_per_request": 64,
+              "max_request_pixels": 1_000_000,
               # a long batch wait makes cross-request merging certain, not a matter of timing
               "stage_defaults": {"ray_actor_options": {"num_cpus": 0.25}, "batch_wait_timeout_s": 0.05,
                                  "max_batch_size": 16}}
@@ -97,6 +98,14 @@ def server(models, data, tmp_path_factory):
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def _png(width: int, height: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (width, height)).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _npy(x: np.ndarray) -> bytes:
@@ -180,6 +189,11 @@ def test_multi_sample_json_and_images_equal_arrays(server, models, data):
     (dict(data=_npy(np.zeros((65, 1, 28, 28), np.float32)), headers={"content-type": "application/x-npy"}),
      "65 samples in one request"),
     (dict(data=b"x", headers={"content-type": "text/plain"}), "unsupported content type"),
+    # small on the wire, large in memory: refused from the header, before decoding
+    (dict(data=_png(1100, 1000), headers={"content-type": "image/png"}),
+     "image: 1100x1000 pixels would pass max_request_pixels (1000000 decoded pixels per request)"),
+    (dict(json={"images": [base64.b64encode(_png(600, 600)).decode()] * 3}), "image 2: 600x600 pixels would pass"),
+    (dict(data=_png(20_000, 1), headers={"content-type": "image/png"}), "more than 100 times longer than wide"),
 ])
 def test_bad_requests_get_400_with_one_line_and_the_server_keeps_serving(server, data, kwargs, reason):
     r = requests.post(f"{server['url']}/predict", timeout=120, **kwargs)
@@ -188,6 +202,25 @@ def test_bad_requests_get_400_with_one_line_and_the_server_keeps_serving(server,
     assert reason in error and "\n" not in error
     code, answer = _post_npy(server["url"], data[1][:1])
     assert code == 200 and len(answer["stage"]) == 1
+
+
+def test_image_limits_are_checked_before_decoding():
+    """The pixel limit reads the header only (a PNG cut after its header is refused for its size, not
+    as undecodable), and the sample count is checked before any image is decoded."""
+    from tinysaver import TinySaverError
+    from tinysaver.serve import parse_payload
+
+    cut = _png(3000, 3000)[:64]  # the IHDR chunk (the size) survives, the pixels do not
+    with pytest.raises(TinySaverError, match="image: 3000x3000 pixels would pass max_request_pixels"):
+        parse_payload("image/png", cut, max_pixels=1_000_000)
+    with pytest.raises(TinySaverError, match="cannot decode"):
+        parse_payload("image/png", cut)
+    garbage = {"images": [base64.b64encode(b"not an image").decode()] * 3}
+    with pytest.raises(TinySaverError, match="3 samples in one request"):
+        parse_payload("application/json", json.dumps(garbage).encode(), max_samples=2)
+    kind, images = parse_payload("application/json", json.dumps({"images": [base64.b64encode(_png(500, 400)).decode()]
+                                                                  * 5}).encode(), max_pixels=1_000_000)
+    assert kind == "images" and len(images) == 5 and images[0].shape == (400, 500)  # 5 x 200,000 = the limit
 
 
 def test_new_thresholds_reconfigure_the_running_replicas(server, models, data):

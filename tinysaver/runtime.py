@@ -42,6 +42,10 @@ from .routing import Routed, Stage, route
 MANIFEST = "cascade.json"  # the same name as tinysaver.export.MANIFEST (export imports torch lazily)
 FORMAT, VERSION = "tinysaver-onnx-cascade", 1
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
+#: longest side / shortest side of an image ``preprocess_image`` takes: the resize scales the shorter
+#: side to the model's size, so a 1 x 20,000 image of a hundred bytes would become 256 x 5,120,000
+#: pixels (3.9 GB in RGB) before the crop; no photograph is that elongated
+MAX_ASPECT_RATIO = 100
 
 
 class CascadeResult(NamedTuple):
@@ -304,15 +308,24 @@ def merge(routed: Routed) -> CascadeResult:
 
 
 # --- images ---------------------------------------------------------------------------------------
-def decode_image(image: Any, what: str = "image") -> Any:
-    """A PIL image from encoded bytes, a PIL image, or a uint8 array ``[H, W]``/``[H, W, 3]``."""
+def decode_image(image: Any, what: str = "image", max_pixels: Optional[int] = None,
+                 limit: str = "the pixel limit") -> Any:
+    """A PIL image from encoded bytes, a PIL image, or a uint8 array ``[H, W]``/``[H, W, 3]``.
+
+    Args:
+        max_pixels: Encoded bytes whose header announces more pixels than this are refused before
+            anything is decoded (a few kB of PNG can announce 100 million pixels).
+        limit: How the error names ``max_pixels``.
+    """
     from PIL import Image, UnidentifiedImageError
 
     if isinstance(image, Image.Image):
         return image
     if isinstance(image, (bytes, bytearray, memoryview)):
         try:
-            img = Image.open(io.BytesIO(bytes(image)))
+            img = Image.open(io.BytesIO(bytes(image)))  # reads the header only
+            if max_pixels is not None and img.width * img.height > max_pixels:
+                raise TinySaverError(f"{what}: {img.width}x{img.height} pixels would pass {limit}")
             img.load()
             return img
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
@@ -349,6 +362,10 @@ def preprocess_image(image: Any, preprocess: Mapping[str, Any]) -> np.ndarray:
             raise TinySaverError("crop_mode 'center' with a non-square input is not supported")
         w, h = img.size
         short, long = (w, h) if w <= h else (h, w)
+        if long > MAX_ASPECT_RATIO * short:
+            raise TinySaverError(f"image of {w}x{h} is more than {MAX_ASPECT_RATIO} times longer than wide: refused "
+                                 f"(resizing its shorter side to {scale[0]} px would make it {scale[0] * long // short} "
+                                 "px long)")
         new_short, new_long = scale[0], int(scale[0] * long / short)
         img = img.resize((new_short, new_long) if w <= h else (new_long, new_short), resample)
     else:

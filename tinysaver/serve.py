@@ -26,8 +26,11 @@ HTTP API (``route_prefix`` + ...):
   ``calls_to_next`` (calls carrying escalated samples to the next stage).
 
 A bad request (wrong shape or dtype, undecodable image, payload over ``max_request_bytes``, more
-than ``max_samples_per_request`` samples, malformed JSON) is answered 400 ``{"error": "<one
-line>"}``; the replica keeps serving. Overload is Ray Serve's back-pressure: a request beyond a
+than ``max_samples_per_request`` samples, images of more than ``max_request_pixels`` pixels in all,
+an image more than 100 times longer than wide, malformed JSON) is answered 400 ``{"error": "<one
+line>"}``; the replica keeps serving. The pixel limit is read from each image's header before it
+is decoded: a compressed image is small on the wire and large in memory (100 kB of PNG can hold
+10,000 x 10,000 pixels). Overload is Ray Serve's back-pressure: a request beyond a
 deployment's ``max_ongoing_requests`` waits in its queue, beyond ``max_queued_requests`` it gets
 503.
 
@@ -43,6 +46,7 @@ Config (the ``args`` of a Ray Serve application, see ``configs/serve/fmnist_casc
     thresholds: [0.9]                   # optional, overrides cascade.json
     max_request_bytes: 4194304
     max_samples_per_request: 256
+    max_request_pixels: 67108864          # decoded pixels of a request's images, in all
     base_only: false                    # serve the last stage alone (the reference of a benchmark)
     stage_defaults: {max_batch_size: 32, batch_wait_timeout_s: 0.005, threads: 1}
     stages:                             # optional, one entry per stage, over stage_defaults
@@ -139,12 +143,15 @@ class ServeConfig:
     stages: List[StageOptions]
     max_request_bytes: int = 4 * 1024 * 1024
     max_samples_per_request: int = 256
+    #: decoded pixels of a request's images in all (64 Mpx: ~200 MB in RGB; photos of 4 MB hold far fewer)
+    max_request_pixels: int = 64 * 1024 * 1024
     base_only: bool = False
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any], where: str = "serve config") -> "ServeConfig":
         """Parses and checks a config (a YAML mapping, or ``serve run``'s ``key=value`` strings)."""
-        known = {"export_dir", "thresholds", "max_request_bytes", "max_samples_per_request", "base_only",
+        known = {"export_dir", "thresholds", "max_request_bytes", "max_samples_per_request", "max_request_pixels",
+                 "base_only",
                  "stage_defaults", "stages"}
         unknown = sorted(set(config) - known)
         if unknown:
@@ -169,6 +176,7 @@ class ServeConfig:
         return cls(export_dir=export_dir, thresholds=thresholds, names=names, stages=stages,
                    max_request_bytes=int(config.get("max_request_bytes", cls.max_request_bytes)),
                    max_samples_per_request=int(config.get("max_samples_per_request", cls.max_samples_per_request)),
+                   max_request_pixels=int(config.get("max_request_pixels", cls.max_request_pixels)),
                    base_only=_as_bool(config.get("base_only", False)))
 
 
@@ -366,11 +374,9 @@ def _stage_deployment() -> Any:
 
         async def _parse(self, request: Any) -> tuple:
             body = await _read_body(request, self.limits["max_request_bytes"])
-            kind, data = parse_payload(request.headers.get("content-type", ""), body)
-            if len(data) > self.limits["max_samples_per_request"]:
-                raise TinySaverError(f"{len(data)} samples in one request (max_samples_per_request is "
-                                     f"{self.limits['max_samples_per_request']})")
-            return kind, data
+            return parse_payload(request.headers.get("content-type", ""), body,
+                                 max_samples=self.limits["max_samples_per_request"],
+                                 max_pixels=self.limits.get("max_request_pixels"))
 
         def _to_json(self, out: Mapping[str, np.ndarray]) -> Dict[str, Any]:
             names = [s.name for s in self.specs]
@@ -394,8 +400,23 @@ async def _read_body(request: Any, limit: int) -> bytes:
     return bytes(body)
 
 
-def parse_payload(content_type: str, body: bytes) -> tuple:
-    """``(kind, data)`` of a request body: float32 arrays or decoded uint8 images (one-line errors)."""
+def parse_payload(content_type: str, body: bytes, max_samples: Optional[int] = None,
+                  max_pixels: Optional[int] = None) -> tuple:
+    """``(kind, data)`` of a request body: float32 arrays or decoded uint8 images (one-line errors).
+
+    Args:
+        max_samples: Most samples (array rows or images) in one body; checked before any image is
+            decoded.
+        max_pixels: Most decoded pixels of the body's images in all, checked on each image's header
+            before it is decoded.
+    """
+    kind, data = _parse_payload(content_type, body, max_samples, max_pixels)
+    if max_samples is not None and len(data) > max_samples:
+        raise TinySaverError(f"{len(data)} samples in one request (max_samples_per_request is {max_samples})")
+    return kind, data
+
+
+def _parse_payload(content_type: str, body: bytes, max_samples: Optional[int], max_pixels: Optional[int]) -> tuple:
     ctype = content_type.split(";")[0].strip().lower()
     if not body:
         raise TinySaverError("empty request body")
@@ -411,7 +432,9 @@ def parse_payload(content_type: str, body: bytes) -> tuple:
         images = payload["images"]
         if not isinstance(images, list) or not images:
             raise TinySaverError('"images" must be a non-empty list of base64 strings')
-        return IMAGES, [decode_to_array(_b64(img, i), f"image {i}") for i, img in enumerate(images)]
+        if max_samples is not None and len(images) > max_samples:
+            raise TinySaverError(f"{len(images)} samples in one request (max_samples_per_request is {max_samples})")
+        return IMAGES, _decode_all([_b64(img, i) for i, img in enumerate(images)], max_pixels)
     if ctype in ("application/x-npy", "application/octet-stream"):
         try:
             array = np.load(io.BytesIO(body), allow_pickle=False)
@@ -419,7 +442,7 @@ def parse_payload(content_type: str, body: bytes) -> tuple:
             raise TinySaverError(f"body is not a .npy array ({type(exc).__name__})") from None
         return ARRAYS, _as_batch(array)
     if ctype.startswith("image/"):
-        return IMAGES, [decode_to_array(body, "image")]
+        return IMAGES, [decode_to_array(body, "image", max_pixels)]
     raise TinySaverError(f"unsupported content type {ctype or 'none'!r} (use application/json, "
                          f"application/x-npy or image/*)")
 
@@ -451,11 +474,30 @@ def _b64(value: Any, i: int) -> bytes:
         raise TinySaverError(f"image {i}: not valid base64") from None
 
 
-def decode_to_array(data: bytes, what: str) -> np.ndarray:
-    """An encoded image as uint8 ``[H, W]`` (grayscale) or ``[H, W, 3]``: what travels between stages."""
+def _decode_all(encoded: Sequence[bytes], max_pixels: Optional[int]) -> List[np.ndarray]:
+    """Decodes a request's images; each is refused from its header when the request's pixels would
+    pass ``max_pixels`` with it."""
+    out: List[np.ndarray] = []
+    used = 0
+    for i, data in enumerate(encoded):
+        left = None if max_pixels is None else max_pixels - used
+        out.append(decode_to_array(data, f"image {i}", left, max_pixels))
+        used += out[-1].shape[0] * out[-1].shape[1]
+    return out
+
+
+def decode_to_array(data: bytes, what: str, max_pixels: Optional[int] = None,
+                    request_pixels: Optional[int] = None) -> np.ndarray:
+    """An encoded image as uint8 ``[H, W]`` (grayscale) or ``[H, W, 3]``: what travels between stages.
+
+    Args:
+        max_pixels: Refused from its header beyond that many pixels (what the request has left).
+        request_pixels: The request's limit, for the message.
+    """
     from .runtime import decode_image
 
-    img = decode_image(data, what)
+    limit = f"max_request_pixels ({request_pixels or max_pixels} decoded pixels per request)"
+    img = decode_image(data, what, max_pixels=max_pixels, limit=limit)
     if img.mode not in ("L", "RGB"):
         img = img.convert("RGB")
     return np.asarray(img, dtype=np.uint8)
@@ -478,7 +520,8 @@ def build_app(config: Mapping[str, Any]) -> Any:
     deployment = serve.deployment(cls)
     n = len(cfg.names)
     indices = [n - 1] if cfg.base_only else list(range(n))
-    limits = {"max_request_bytes": cfg.max_request_bytes, "max_samples_per_request": cfg.max_samples_per_request}
+    limits = {"max_request_bytes": cfg.max_request_bytes, "max_samples_per_request": cfg.max_samples_per_request,
+              "max_request_pixels": cfg.max_request_pixels}
     thresholds = [*cfg.thresholds, math.inf]
     nxt = None
     for k in reversed(indices):
