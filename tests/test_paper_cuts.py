@@ -294,6 +294,7 @@ def test_tradeoff_plot_labels_do_not_overlap(calibrated):
         for j, b in enumerate(boxes[i + 1:], i + 1):
             assert not a.overlaps(b), (texts[i], texts[j])
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert ax.get_title().endswith("on test (thresholds chosen on holdout)" if calibrated else "on test (same-split)")
     if calibrated:  # a missed target looks different, with a legend entry
         assert 0 < len(row.missed) < 6
         assert sorted(t for t in texts if t.endswith("missed")) == sorted(f"≤{d:g} pt missed" for d in row.missed)

@@ -347,7 +347,8 @@ def draw_tradeoff(ax, curve: ExitCurve, result: Tradeoff, title: Optional[str] =
                    for x, y, drops in points]
     ax.set_xlabel("expected cost (GMACs per sample)")
     ax.set_ylabel(f"accuracy on {result.split} (%)")
-    ax.set_title(title or f"{result.base} with saver {result.saver} ({result.mode})", fontsize=9)
+    source = f"thresholds chosen on {result.calib_split}" if result.calib_split else result.mode
+    ax.set_title(title or f"{result.base} with saver {result.saver} on {result.split} ({source})", fontsize=9)
     ax.grid(alpha=0.3)
     legend = ax.legend(fontsize=7, loc="lower right")
     # Labels keep off the curve and the markers as well as each other, so each stays legible.
