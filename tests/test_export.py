@@ -260,8 +260,12 @@ def test_undecodable_image_and_changed_graph_are_refused(small_export, tmp_path)
 
 def test_export_refuses_what_the_runtime_cannot_rebuild(pool, tmp_path):
     custom = Cascade(pool["fmnist_cnn_xs"], pool["fmnist_cnn_s"], threshold=0.9, confidence=lambda z: z.max(1).values)
-    with pytest.raises(TinySaverError, match="not a registered confidence"):
+    with pytest.raises(TinySaverError, match="not a registered confidence .*: margin, max_softmax, neg_entropy$"):
         export_cascade(custom, tmp_path / "a", data_configs=[FMNIST_PREPROCESS] * 2)
+    boxes = Cascade(pool["fmnist_cnn_xs"], pool["fmnist_cnn_s"], threshold=0.9, confidence=build_confidence("mean_box_score"))
+    with pytest.raises(TinySaverError, match="reads detection outputs; an exported classifier cascade needs one that "
+                                             "reads logits: margin, max_softmax, neg_entropy"):
+        export_cascade(boxes, tmp_path / "a", data_configs=[FMNIST_PREPROCESS] * 2)
     with_preprocess = Cascade(pool["fmnist_cnn_xs"], pool["fmnist_cnn_s"], threshold=0.9, base_preprocess=lambda x: x)
     with pytest.raises(TinySaverError, match="preprocess callables"):
         export_cascade(with_preprocess, tmp_path / "b", data_configs=[FMNIST_PREPROCESS] * 2)

@@ -128,12 +128,15 @@ def export_cascade(cascade: Any, out_dir: str | Path, *, names: Optional[Sequenc
 
 def confidence_name(fn: Any) -> str:
     """The registered name of confidence function ``fn`` (the runtime rebuilds it by name)."""
-    for name in CONFIDENCES.names():
-        cls = CONFIDENCES.get(name)
-        if type(fn) is cls and not vars(fn):  # registered, and built without options
+    logits = [n for n in CONFIDENCES.names() if getattr(CONFIDENCES.get(n), "kind", "") == "classification"]
+    if getattr(fn, "kind", "classification") != "classification":
+        raise TinySaverError(f"confidence {fn!r} reads {fn.kind} outputs; an exported classifier cascade needs one "
+                             f"that reads logits: {', '.join(logits)}")
+    for name in logits:
+        if type(fn) is CONFIDENCES.get(name) and not vars(fn):  # registered, and built without options
             return name
     raise TinySaverError(f"confidence {fn!r} is not a registered confidence function without options; "
-                         f"export needs one of: {', '.join(CONFIDENCES.names())}")
+                         f"export needs one of: {', '.join(logits)}")
 
 
 def threshold_to_json(t: float) -> Any:
