@@ -32,8 +32,12 @@ ultralytics' rectangular val gives a batch of one: long side ``imgsz``, padded u
 multiple plus half a stride), ``rect=False`` to the square; images of one shape are batched
 together. So ``val`` equals ``YOLO(model).val(rect=False)`` at any batch size, and
 ``YOLO(model).val(rect=True, batch=1)``, when one stage answers everything (threshold 0: the first;
-above 1: the last). ``YOLO.val``'s default, rectangular batches, letterboxes an image by the widest
-image of its batch: that is the batch dependence this policy removes.
+above 1: the last; "above 1" holds for confidences in [0, 1]: ``box_count`` needs +inf).
+``YOLO.val``'s default, rectangular batches, letterboxes an image by the widest image of its batch:
+that is the batch dependence this policy removes. On COCO val2017 itself ``YOLO.val`` turns
+``save_json`` on and replaces mAP50-95 and mAP50 by pycocotools' figures; the cascade always reports
+ultralytics' own metric code, so compare it with ``YOLO.val(save_json=False)`` there (COCO's own AP
+of the cascade: ``records=`` and ``tinysaver det-tradeoff``).
 
 Costs: GFLOPs per image at the shape each stage actually ran the image at (thop via ultralytics'
 ``get_flops``, counted once per shape); the cascade's average is the mean over images of the
