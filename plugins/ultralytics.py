@@ -35,7 +35,8 @@ together. So ``val`` equals ``YOLO(model).val(rect=False)`` at any batch size, a
 above 1: the last; "above 1" holds for confidences in [0, 1]: ``box_count`` needs +inf).
 ``YOLO.val``'s default, rectangular batches, letterboxes an image by the widest image of its batch:
 that is the batch dependence this policy removes. On COCO val2017 itself ``YOLO.val`` turns
-``save_json`` on and replaces mAP50-95 and mAP50 by pycocotools' figures; the cascade always reports
+``save_json`` on and replaces mAP50-95 and mAP50 in the stats it returns by a COCO evaluation
+(faster-coco-eval); the cascade always reports
 ultralytics' own metric code, so compare it with ``YOLO.val(save_json=False)`` there (COCO's own AP
 of the cascade: ``records=`` and ``tinysaver det-tradeoff``).
 
