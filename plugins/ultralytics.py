@@ -36,9 +36,9 @@ above 1: the last; "above 1" holds for confidences in [0, 1]: ``box_count`` need
 ``YOLO.val``'s default, rectangular batches, letterboxes an image by the widest image of its batch:
 that is the batch dependence this policy removes. On COCO val2017 itself ``YOLO.val`` turns
 ``save_json`` on and replaces mAP50-95 and mAP50 in the stats it returns by a COCO evaluation
-(faster-coco-eval); the cascade always reports
-ultralytics' own metric code, so compare it with ``YOLO.val(save_json=False)`` there (COCO's own AP
-of the cascade: ``records=`` and ``tinysaver det-tradeoff``).
+(faster-coco-eval); the cascade always reports ultralytics' own metric code, so compare it with
+``YOLO.val(save_json=False)`` there (COCO's own AP of the cascade: ``records=`` and
+``tinysaver det-tradeoff``).
 
 Costs: GFLOPs per image at the shape each stage actually ran the image at (thop via ultralytics'
 ``get_flops``, counted once per shape); the cascade's average is the mean over images of the
