@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 
@@ -248,6 +249,19 @@ def test_undecodable_image_and_changed_graph_are_refused(small_export, tmp_path)
     cascade = OnnxCascade(small_export)
     with pytest.raises(TinySaverError, match="image 1: cannot decode"):
         cascade.predict_images([np.zeros((28, 28), np.uint8), b"not an image"])
+    # the same once ultralytics is imported (it patches PIL.Image.open to import pi_heif on an
+    # unidentified image): in one process after the detection tests, as `make test` runs them
+    code = ("import ultralytics, numpy as np\n"
+            "from tinysaver.runtime import OnnxCascade\n"
+            "from tinysaver.errors import TinySaverError\n"
+            f"cascade = OnnxCascade({str(small_export)!r})\n"
+            "try:\n    cascade.predict_images([b'not an image'])\n"
+            "except TinySaverError as exc:\n    print(exc)\n")
+    env = {**os.environ, "YOLO_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
+    # (ultralytics logs its attempt to install pi-heif first; the error is the last line)
+    assert result.returncode == 0 and result.stdout.strip().splitlines()[-1].startswith("image 0: cannot decode"), \
+        result.stdout[-2000:] + result.stderr[-2000:]
     copy = tmp_path / "copy"
     copy.mkdir()
     for f in small_export.iterdir():

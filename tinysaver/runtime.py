@@ -328,7 +328,9 @@ def decode_image(image: Any, what: str = "image", max_pixels: Optional[int] = No
                 raise TinySaverError(f"{what}: {img.width}x{img.height} pixels would pass {limit}")
             img.load()
             return img
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, ImportError) as exc:
+            # ImportError: once ultralytics is imported, PIL.Image.open is its patch, which answers an
+            # unidentified image by importing pi_heif (not installed: ModuleNotFoundError)
             raise TinySaverError(f"{what}: cannot decode ({type(exc).__name__})") from None
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
