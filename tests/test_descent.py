@@ -112,6 +112,7 @@ def test_descent_improves_at_every_move_and_ends_pair_optimal(case, drop, max_st
     # hold every distinct confidence
     end = result.thresholds
     values = [sorted(set(s.conf.tolist())) + [math.inf] for s in stages[:-1]]
+    feasible_costs = []  # of the neighbours that meet the target (the end state itself is one)
     for a, b in itertools.combinations_with_replacement(range(n), 2):
         for va in values[a]:
             for vb in values[b] if b != a else [None]:
@@ -123,7 +124,8 @@ def test_descent_improves_at_every_move_and_ends_pair_optimal(case, drop, max_st
                     continue
                 correct, cost = _simulate(stages, t)
                 if correct >= need - 1e-6:
-                    assert cost >= result.cost - 1e-9
+                    feasible_costs.append(cost)
+    assert feasible_costs and min(feasible_costs) >= result.cost - 1e-9
     # the Lagrangian sweep's descent only lowers its own objective, cost − μ · right answers
     mu = float(rng.choice([0.1, 1.0, 10.0]))
     swept = descent.lagrangian(start, mu)
