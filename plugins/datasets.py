@@ -214,6 +214,8 @@ class FashionMNISTSource:
                   mask_to_folders: bool = False) -> None:
         if class_map_file or mask_to_folders:
             raise TinySaverError("--class-map and --mask-to-folders apply to folder datasets, not fashion_mnist")
+        if split not in FASHION_MNIST_SPLITS:  # refused here, before any split is recorded
+            raise TinySaverError(f"unknown Fashion-MNIST split {split!r} (known: {', '.join(FASHION_MNIST_SPLITS)})")
         return None
 
     def split(self, data: str, split: str, transform: Optional[Callable] = None, class_map: Any = None) -> ArrayImageDataset:

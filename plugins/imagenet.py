@@ -41,6 +41,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from tinysaver.errors import TinySaverError
 
@@ -140,7 +141,23 @@ def class_folders(root: os.PathLike | str) -> List[str]:
     folders = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
     if not folders:
         raise TinySaverError(f"{root}: no class folders (expected ROOT/<class>/<image>)")
+    empty = next((f for f in folders if not _has_image(root / f)), None)
+    if empty is not None:  # ImageFolder would refuse it later, after other splits were recorded
+        raise TinySaverError(f"{root / empty}: class folder {empty!r} has no image "
+                             f"({', '.join(IMG_EXTENSIONS)}); remove it or add its images")
     return folders
+
+
+def _has_image(folder: Path) -> bool:
+    """Whether ``folder`` holds at least one file ImageFolder loads (searched as ImageFolder does:
+    the whole tree, following links; stops at the first)."""
+    with os.scandir(folder) as entries:  # the usual layout: images right there, found at once
+        if any(e.name.lower().endswith(IMG_EXTENSIONS) and e.is_file() for e in entries):
+            return True
+    for _, _, files in os.walk(folder, followlinks=True):
+        if any(name.lower().endswith(IMG_EXTENSIONS) for name in files):
+            return True
+    return False
 
 
 def resolve_class_map(folders: Sequence[str], num_classes: int, *, root: os.PathLike | str = ".",

@@ -1,8 +1,11 @@
 """Ultralytics YOLO models as cascade stages: ultralytics' own loading and preprocessing, BGR numpy in.
 
 A YOLO ``.pt`` file is a pickle by ultralytics' design (it stores the model object), so it is loaded
-through ultralytics (``YOLO(path)``), which is the only loader that understands it: load only
-checkpoints you trust, as with any pickle.
+through ultralytics (``YOLO(path)``), which is the only loader that understands it. Before that, the
+file must pass ultralytics' restricted loader (``torch_safe_load(..., safe_only=True)``: torch's
+``weights_only`` unpickler with an allow-list of model layer classes): a checkpoint that names any
+other callable (``os.system``...) is refused with one line and nothing from it runs
+(:func:`check_checkpoint`).
 
 Offline: :func:`prepare_offline` sets ``YOLO_OFFLINE``, keeps ultralytics' settings in a local
 folder with sync off, and gives it the font it would otherwise try to download; call it before
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -49,6 +53,31 @@ def prepare_offline(config_dir: Optional[str] = None) -> None:
 prepare_offline()
 
 
+def check_checkpoint(checkpoint: str) -> None:
+    """Refuses (one line, nothing run) a file that is not an ultralytics ``.pt`` checkpoint made of
+    known model classes only: ultralytics' restricted loader must read it before ``YOLO(path)``
+    unpickles it for real (the same bytes, so the same classes and nothing else)."""
+    import pickle
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise TinySaverError(f"{checkpoint}: YOLO checkpoint not found")
+    if path.suffix != ".pt":
+        raise TinySaverError(f"{checkpoint}: not an ultralytics checkpoint (a .pt file)")
+    from ultralytics.nn.tasks import _SafeLoad, torch_safe_load
+
+    if not _SafeLoad.SUPPORTED:  # it would fall back to an unrestricted load
+        raise TinySaverError(f"{checkpoint}: checking a YOLO checkpoint needs torch >= 2.6 (restricted loading)")
+    try:
+        with warnings.catch_warnings():  # torch warns about what it then refuses: the refusal is the one line
+            warnings.simplefilter("ignore")
+            torch_safe_load(str(path), safe_only=True)
+    except (TypeError, ModuleNotFoundError, pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+        text = " ".join(str(exc).replace("ERROR ❌️", "").split())
+        raise TinySaverError(f"{checkpoint}: refused by the restricted checkpoint loader "
+                             f"({type(exc).__name__}: {text[:200]})") from None
+
+
 class YOLOModel:
     """A YOLO checkpoint with fixed inference settings, answering lists of BGR images.
 
@@ -64,8 +93,7 @@ class YOLOModel:
 
     def __init__(self, checkpoint: str, imgsz: int = 640, conf: float = 0.001, iou: float = 0.7,
                  max_det: int = 300, device: str = "cpu", half: bool = False) -> None:
-        if not Path(checkpoint).is_file():
-            raise TinySaverError(f"{checkpoint}: YOLO checkpoint not found")
+        check_checkpoint(checkpoint)
         from ultralytics import YOLO
 
         self.checkpoint = str(checkpoint)

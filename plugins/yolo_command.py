@@ -24,6 +24,7 @@ Example (the detection data and weights `make demo` uses; the checkpoint at two 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any, Dict, List
 
 MODES = ("val", "predict", "coco")
@@ -86,18 +87,33 @@ def build_cascade(cfg: Dict[str, Any]):
     if "threshold" in cfg and "thresholds" in cfg:
         raise TinySaverError("give threshold or thresholds, not both")
     thresholds = _as_list(cfg.pop("thresholds", cfg.pop("threshold", 0.5)))
+    from tinysaver.detection import detection_confidence
+
     from .ultralytics import YOLOCascade
 
     options = {k: cfg.pop(k) for k in ("imgsz", "names", "confidence", "min_score", "device") if k in cfg}
+    values = [t for t in thresholds if not isinstance(t, (int, float)) or isinstance(t, bool)]
+    if values or any(t != t for t in thresholds):  # t != t: NaN
+        raise TinySaverError(f"thresholds must be numbers ('inf': nothing exits there), got {values or thresholds}")
+    sizes = _as_list(options.get("imgsz", 640))
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 32 for v in sizes):
+        raise TinySaverError(f"imgsz must be whole numbers of pixels >= 32 (one, or one per stage), got {options['imgsz']}")
+    if not isinstance(options.get("min_score", 0.05), (int, float)):
+        raise TinySaverError(f"min_score must be a number in [0, 1], got {options['min_score']!r}")
+    detection_confidence(str(options.get("confidence", "mean_box_score")), options.get("min_score", 0.05),
+                         option="confidence=")
     return YOLOCascade(models, thresholds=[float(t) for t in thresholds], **options)
 
 
 def run(args: argparse.Namespace) -> int:
     from tinysaver.errors import TinySaverError
-    from tinysaver.io import write_json
+    from tinysaver.io import check_outputs, write_json
 
     cfg = parse_pairs(args.args)
     out = cfg.pop("json", None)
+    check_outputs({"json=": out, "records=": cfg.get("records")}, directories=["records="])
+    if not isinstance(cfg.get("batch", 1), int) or cfg.get("batch", 1) < 1:
+        raise TinySaverError(f"batch must be a whole number >= 1, got {cfg['batch']!r}")
     if args.mode == "coco":
         from .ultralytics import yolo_to_coco
 
@@ -113,14 +129,22 @@ def run(args: argparse.Namespace) -> int:
     if args.mode == "val":
         if "data" not in cfg:
             raise TinySaverError("val needs data=DATA.yaml")
-        metrics = cascade.val(cfg.pop("data"), **cfg)
+        data = str(cfg.pop("data"))
+        try:
+            metrics = cascade.val(data, **cfg)
+        except FileNotFoundError as exc:  # the dataset file or its images
+            raise TinySaverError(f"data={data}: {' '.join(str(exc).split())[:200]}") from None
         if out:
             summary = {k: v for k, v in metrics.tinysaver.items() if not k.startswith("image_")}
             write_json(out, {"metrics": {k: float(v) for k, v in metrics.results_dict.items()}, "tinysaver": summary})
         return 0
     if "source" not in cfg:
         raise TinySaverError("predict needs source=PATH")
-    results = cascade.predict(cfg.pop("source"), stream=True, **cfg)
+    source = cfg.pop("source")
+    if isinstance(source, str) and "://" not in source and not any(c in source for c in "*?[") \
+            and not Path(source).exists():
+        raise TinySaverError(f"source={source}: no such file or folder")
+    results = cascade.predict(source, stream=True, **cfg)
     rows = []
     for r in results:
         boxes = r.boxes

@@ -68,8 +68,8 @@ def test_chain_cli(make_record, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv_tail, message", [
-    (["--thresholds", "0.5"], "needs 2 threshold"),
-    (["--thresholds", "0.5", "0.5", "0.5"], "needs 2 threshold"),
+    (["--thresholds", "0.5"], "need 2 threshold"),
+    (["--thresholds", "0.5", "0.5", "0.5"], "need 2 threshold"),
     (["--thresholds", "nan", "0.5"], "NaN"),
 ])
 def test_chain_cli_bad_thresholds(make_record, tmp_path, capsys, argv_tail, message):

@@ -23,6 +23,7 @@ import argparse
 import hashlib
 import os
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Sequence, Union
 
@@ -106,8 +107,14 @@ def load_checkpoint(path: PathLike) -> Any:
     if not path.is_file():
         raise TinySaverError(f"{path}: weights file not found")
     try:
-        with torch.serialization.safe_globals(safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
+        # torch warns about what it is about to refuse (e.g. "Detected pickle protocol 4"): the
+        # refusal below says it in one line, so its warnings are shown only when the load succeeds.
+        with warnings.catch_warnings(record=True) as caught, torch.serialization.safe_globals(safe_globals()):
+            warnings.simplefilter("always")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        for w in caught:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        return checkpoint
     except pickle.UnpicklingError as exc:
         reason = _unpickler_reason(exc)
         if "global" not in reason.lower():  # not a pickle at all (garbage, another format)

@@ -13,7 +13,7 @@ import argparse
 import importlib
 import sys
 from importlib import metadata
-from typing import Dict, List, Optional
+from typing import Dict, List, NoReturn, Optional
 
 from . import __version__
 from .errors import TinySaverError
@@ -43,8 +43,20 @@ def all_commands() -> Dict[str, str]:
     return {**COMMANDS, **{name: module for name, module in found.items() if name not in COMMANDS}}
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line like every other input error (exit 2):
+    ``tinysaver chain: error: argument --thresholds: ... (see tinysaver chain --help)``.
+
+    argparse prints the usage block first, which splits the message over several lines; the usage
+    is one ``--help`` away, named in the line. Sub-command parsers inherit the class.
+    """
+
+    def error(self, message: str) -> "NoReturn":  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="tinysaver",
         description="TinySaver: a tiny pre-trained model answers the inputs it is sure about, "
                     "a large model the rest.",

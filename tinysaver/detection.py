@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .confidence import MIN_BOX_SCORE, build_confidence
+from .confidence import CONFIDENCES, MIN_BOX_SCORE, build_confidence, detection_confidences
 from .errors import RecordError, TinySaverError
 from .io import atomic_open
 from .records import read_npz
@@ -78,26 +79,59 @@ class DetRecord:
 
     def __post_init__(self) -> None:
         fail = lambda p: RecordError(self.path, p)  # noqa: E731
+        self._check_types(fail)
         k = len(self.det_scores)
         if self.det_boxes.shape != (k, 4) or len(self.det_image) != k or len(self.det_labels) != k:
-            raise fail(f"detection arrays disagree: boxes {self.det_boxes.shape}, image {len(self.det_image)}, "
-                       f"scores {k}, labels {len(self.det_labels)}")
+            raise fail(f"detection arrays disagree: boxes {self.det_boxes.shape} (expected ({k}, 4)), "
+                       f"image {len(self.det_image)}, scores {k}, labels {len(self.det_labels)}")
         if len(self.image_ids) == 0:
             raise fail("record is empty (0 images)")
+        if len(self.cat_ids) == 0 or len(np.unique(self.cat_ids)) != len(self.cat_ids):
+            raise fail(f"cat_ids must list each class's COCO category id once, got {self.cat_ids.tolist()[:10]}")
         if k and (self.det_image.min() < 0 or self.det_image.max() >= len(self.image_ids)):
-            raise fail("det_image points outside image_ids")
+            bad = int(np.flatnonzero((self.det_image < 0) | (self.det_image >= len(self.image_ids)))[0])
+            raise fail(f"det_image points outside image_ids: detection {bad} names image row "
+                       f"{int(self.det_image[bad])}, but there are {len(self.image_ids)} images")
         if k and not (np.isfinite(self.det_scores).all() and np.isfinite(self.det_boxes).all()):
             raise fail("non-finite (NaN/inf) scores or boxes")
+        if k and ((self.det_boxes[:, 2] < self.det_boxes[:, 0]) | (self.det_boxes[:, 3] < self.det_boxes[:, 1])).any():
+            bad = int(np.flatnonzero((self.det_boxes[:, 2] < self.det_boxes[:, 0])
+                                     | (self.det_boxes[:, 3] < self.det_boxes[:, 1]))[0])
+            raise fail(f"det_boxes must be x1 y1 x2 y2 with x2 >= x1 and y2 >= y1; box {bad} is "
+                       f"{self.det_boxes[bad].tolist()}")
         if k and (self.det_labels.min() < 0 or self.det_labels.max() >= len(self.cat_ids)):
             raise fail(f"det_labels outside 0..{len(self.cat_ids) - 1} ({len(self.cat_ids)} classes)")
+        if not np.isfinite(self.gflops) or self.gflops < 0:
+            raise fail(f"'gflops' must be a finite cost >= 0, got {self.gflops}")
         if self.max_dets is not None:
             self.max_dets = check_max_dets(self.max_dets, self.path)
         if self.image_gflops is not None:
-            self.image_gflops = np.asarray(self.image_gflops, dtype=np.float64)
+            try:
+                self.image_gflops = np.asarray(self.image_gflops, dtype=np.float64)
+            except (TypeError, ValueError):
+                raise fail(f"image_gflops must hold numbers, got {np.asarray(self.image_gflops).dtype}") from None
             if self.image_gflops.shape != self.image_ids.shape or not np.all(np.isfinite(self.image_gflops)) \
                     or (self.image_gflops < 0).any():
                 raise fail(f"image_gflops must hold one finite cost >= 0 per image ({len(self.image_ids)}), "
                            f"got shape {self.image_gflops.shape}")
+
+    def _check_types(self, fail) -> None:
+        """Arrays of the right kind and rank, before any value is looked at (integers for ids and
+        labels, real numbers for scores and boxes; an empty array of detections is fine)."""
+        for key, ndim, kinds in (("image_ids", 1, "iu"), ("det_image", 1, "iu"), ("det_labels", 1, "iu"),
+                                 ("cat_ids", 1, "iu"), ("det_scores", 1, "iuf"), ("det_boxes", 2, "iuf")):
+            value = np.asarray(getattr(self, key))
+            if value.size == 0:
+                value = value.astype(np.int64 if kinds == "iu" else np.float32).reshape((0, 4)[:ndim])
+            elif value.ndim != ndim:
+                raise fail(f"{key!r} must be {ndim}-D, got shape {value.shape}")
+            elif value.dtype.kind not in kinds:
+                raise fail(f"{key!r} must hold {'integers' if kinds == 'iu' else 'real numbers'}, got {value.dtype}")
+            setattr(self, key, value)
+        try:
+            self.gflops = float(self.gflops)
+        except (TypeError, ValueError):
+            raise fail(f"'gflops' must be one number, got {self.gflops!r}") from None
 
     def cost_per_image(self) -> np.ndarray:
         """``[M]`` GFLOPs of this model on each image (``image_gflops``, else ``gflops`` everywhere)."""
@@ -121,6 +155,23 @@ class DetRecord:
         order = np.argsort(self.det_image, kind="stable")
         bounds = np.searchsorted(self.det_image[order], np.arange(len(self.image_ids) + 1))
         return [self.det_scores[order[bounds[i]:bounds[i + 1]]] for i in range(len(self.image_ids))]
+
+
+def check_min_score(min_score: float, option: str = "--min-score") -> float:
+    """A box-score floor in [0, 1] (scores are probabilities), else a clear error."""
+    if not 0.0 <= float(min_score) <= 1.0:  # NaN fails too
+        raise TinySaverError(f"{option} must be a box score in [0, 1], got {min_score}")
+    return float(min_score)
+
+
+def detection_confidence(name: str, min_score: float = MIN_BOX_SCORE, option: str = "--confidence"):
+    """The registered *detection* confidence ``name`` (one value per image from its box scores);
+    a classification confidence (it reads logits) or an unknown name is a clear error."""
+    check_min_score(min_score)
+    if getattr(CONFIDENCES.get(name), "kind", "") != "detection":
+        raise TinySaverError(f"{option} {name!r} is not a detection confidence (known: "
+                             f"{', '.join(detection_confidences())})")
+    return build_confidence(name, min_score=min_score)
 
 
 def check_max_dets(max_dets: Sequence[int], where: Optional[str] = None) -> Tuple[int, int, int]:
@@ -151,9 +202,16 @@ def save_det_record(path: PathLike, rec: DetRecord) -> Path:
 
 
 def load_det_record(path: PathLike) -> DetRecord:
+    """Reads and validates a detection record; every problem is a :class:`RecordError` naming the file."""
     data = read_npz(path, (*_ARRAYS, "name", "gflops"), kind="detection record")
-    max_dets = tuple(data["max_dets"].tolist()) if "max_dets" in data else None
-    return DetRecord(name=str(data["name"]), gflops=float(data["gflops"]), path=str(path), max_dets=max_dets,
+    try:
+        name, gflops = str(data["name"].item()), float(data["gflops"].item())
+        max_dets = None
+        if "max_dets" in data:
+            max_dets = tuple(int(v) for v in np.atleast_1d(data["max_dets"]).tolist())
+    except (TypeError, ValueError) as exc:
+        raise RecordError(path, f"bad scalar field: {exc}") from None
+    return DetRecord(name=name, gflops=gflops, path=str(path), max_dets=max_dets,
                      image_gflops=data.get("image_gflops"), **{k: data[k] for k in _ARRAYS})
 
 
@@ -198,11 +256,88 @@ def chain_stages(records: Sequence[DetRecord], thresholds: Sequence[float], conf
         raise TinySaverError(f"{len(records)} stages need {len(records) - 1} thresholds, got {len(thresholds)}")
     for rec in records[1:]:
         check_det_pair(records[0], rec)
-    fn = build_confidence(confidence, min_score=min_score)
+    fn = detection_confidence(confidence, min_score)
     conf = np.stack([fn(rec.scores_per_image()) for rec in records])  # [N, M]
     answers = conf >= np.asarray([*thresholds, -np.inf], dtype=np.float64)[:, None]
     stage = answers.argmax(axis=0)  # first stage that answers; the last always does
     return stage, conf[stage, np.arange(conf.shape[1])]
+
+
+def load_coco_annotations(ann_file: PathLike):
+    """A COCO annotation file as pycocotools' ``COCO``, after checking everything the evaluation
+    reads: a JSON object with non-empty ``images`` and ``categories`` and a non-empty
+    ``annotations`` list whose entries name known images and categories and have an ``xywh``
+    ``bbox`` and an ``area``. Every problem is one :class:`TinySaverError` naming the file.
+    """
+    from pycocotools.coco import COCO
+
+    path = Path(ann_file)
+    if not path.is_file():
+        raise TinySaverError(f"{ann_file}: annotation file not found" if not path.exists()
+                             else f"{ann_file}: not a file (expected a COCO annotation .json)")
+    try:
+        data = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise TinySaverError(f"{ann_file}: not a JSON file ({' '.join(str(exc).split())[:120]}); expected COCO "
+                             f"annotations") from None
+    _check_coco(data, str(ann_file))
+    gt = COCO()
+    gt.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+    return gt
+
+
+def _check_coco(data: object, where: str) -> None:
+    fail = lambda problem: TinySaverError(f"{where}: {problem}")  # noqa: E731
+    if not isinstance(data, dict):
+        raise fail(f"expected a COCO object with images, annotations and categories, got a JSON {type(data).__name__}")
+    for key in ("images", "annotations", "categories"):
+        if key not in data:
+            raise fail(f"no {key!r} list: not a COCO detection annotation file (evaluation needs images, "
+                       f"annotations and categories)")
+        if not isinstance(data[key], list) or not data[key]:
+            raise fail(f"{key!r} must be a non-empty list, got {type(data[key]).__name__} "
+                       f"of length {len(data[key]) if isinstance(data[key], (list, dict)) else 1}")
+
+    def ids(key: str) -> set:
+        found = set()
+        for i, entry in enumerate(data[key]):
+            if not isinstance(entry, dict) or not _is_int(entry.get("id")):
+                raise fail(f"{key}[{i}] needs an integer 'id', got {entry!r:.80}")
+            if entry["id"] in found:
+                raise fail(f"{key}[{i}]: id {entry['id']} appears twice")
+            found.add(entry["id"])
+        return found
+
+    images, categories = ids("images"), ids("categories")
+    for i, ann in enumerate(data["annotations"]):
+        if not isinstance(ann, dict):
+            raise fail(f"annotations[{i}] must be an object, got {ann!r:.80}")
+        for key in ("image_id", "category_id", "bbox", "area"):
+            if key not in ann:
+                raise fail(f"annotations[{i}] has no {key!r}")
+        if ann["image_id"] not in images:
+            raise fail(f"annotations[{i}] is on image {ann['image_id']!r}, which 'images' does not list")
+        if ann["category_id"] not in categories:
+            raise fail(f"annotations[{i}] has category {ann['category_id']!r}, which 'categories' does not list")
+        box = ann["bbox"]
+        if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)
+                and box[2] >= 0 and box[3] >= 0):
+            raise fail(f"annotations[{i}]: 'bbox' must be [x, y, width, height] with finite width, height >= 0, "
+                       f"got {box!r:.80}")
+        if not _is_number(ann["area"]) or ann["area"] < 0:
+            raise fail(f"annotations[{i}]: 'area' must be a number >= 0, got {ann['area']!r:.40}")
+        if ann.get("iscrowd", 0) not in (0, 1):
+            raise fail(f"annotations[{i}]: 'iscrowd' must be 0 or 1, got {ann['iscrowd']!r:.40}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
 
 
 class CocoScorer:
@@ -214,14 +349,26 @@ class CocoScorer:
     """
 
     def __init__(self, ann_file: PathLike, max_dets: Sequence[int] = DEFAULT_MAX_DETS) -> None:
-        from pycocotools.coco import COCO
-
-        if not Path(ann_file).is_file():
-            raise TinySaverError(f"{ann_file}: annotation file not found")
         self.max_dets = check_max_dets(max_dets)
         self.stat_names = coco_stat_names(self.max_dets)
-        with contextlib.redirect_stdout(io.StringIO()):
-            self.gt = COCO(str(ann_file))
+        self.ann_file = str(ann_file)
+        self.gt = load_coco_annotations(ann_file)
+        self.image_ids = set(self.gt.getImgIds())
+        self.cat_ids = set(self.gt.getCatIds())
+
+    def check_record(self, rec: "DetRecord") -> None:
+        """Refuses a record whose images or categories the annotation file does not have (pycocotools
+        would fail on unknown images, and score detections of unknown categories as AP 0)."""
+        unknown = [int(i) for i in rec.image_ids if int(i) not in self.image_ids]
+        if unknown:
+            raise RecordError(rec.path, f"{len(unknown)} image id(s) are not in the annotation file {self.ann_file}, "
+                                        f"e.g. {unknown[:5]}: record the split the annotations describe")
+        missing = sorted({int(c) for c in rec.cat_ids} - self.cat_ids)
+        if missing:
+            raise RecordError(rec.path, f"category id(s) {missing[:10]} are not in the annotation file {self.ann_file} "
+                                        f"(its categories: {sorted(self.cat_ids)[:10]}"
+                                        f"{' ...' if len(self.cat_ids) > 10 else ''}): cat_ids must map the model's "
+                                        f"classes to this file's category ids")
 
     def params(self, image_ids: np.ndarray):
         """pycocotools' evaluation parameters over ``image_ids`` (sorted, as ``evaluate`` sorts them)."""
@@ -241,6 +388,12 @@ class CocoScorer:
         """The 12 COCO stats (AP in [0, 1]) of ``dets`` over ``image_ids`` (one full ``COCOeval``)."""
         from pycocotools.cocoeval import COCOeval
 
+        unknown = sorted({int(i) for i in image_ids} - self.image_ids)
+        if unknown:
+            raise TinySaverError(f"image id(s) {unknown[:5]} are not in the annotation file {self.ann_file}")
+        missing = sorted({int(c) for c in cat_ids} - self.cat_ids)
+        if missing:
+            raise TinySaverError(f"category id(s) {missing[:10]} are not in the annotation file {self.ann_file}")
         rows = _coco_rows(image_ids, cat_ids, dets)
         with contextlib.redirect_stdout(io.StringIO()):
             dt = self.gt.loadRes(rows) if len(rows) else None
@@ -292,6 +445,8 @@ class CocoSweep:
     def __init__(self, scorer: "CocoScorer", records: Sequence[DetRecord]) -> None:
         for rec in records[1:]:
             check_det_pair(records[0], rec)
+        for rec in records:
+            scorer.check_record(rec)
         ids = records[0].image_ids
         if len(np.unique(ids)) != len(ids):
             raise RecordError(records[0].path, "an image id appears twice: COCO evaluates each image once")
@@ -483,7 +638,7 @@ def det_tradeoff(ann_file: PathLike, saver: DetRecord, base: DetRecord, threshol
 
     check_det_pair(saver, base)
     max_dets = max_dets or saver.max_dets or base.max_dets or DEFAULT_MAX_DETS
-    conf = build_confidence(confidence, min_score=min_score)(saver.scores_per_image())
+    conf = detection_confidence(confidence, min_score)(saver.scores_per_image())
     if isinstance(thresholds, str):
         if thresholds != "all":
             raise TinySaverError(f"thresholds must be numbers or 'all', got {thresholds!r}")

@@ -1,12 +1,19 @@
-"""Atomic file output: a reader never sees a half-written file, a failure leaves none behind."""
+"""Atomic file output: a reader never sees a half-written file, a failure leaves none behind.
+
+Commands check every output location before they compute anything (:func:`check_outputs`), so a
+path that cannot be written is one line naming the option, not a traceback after minutes of work.
+"""
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Iterator, Union
+from typing import IO, Any, Iterator, Mapping, Optional, Sequence, Tuple, Type, Union
+
+from .errors import TinySaverError
 
 PathLike = Union[str, os.PathLike]
 
@@ -24,15 +31,21 @@ def atomic_open(path: PathLike, mode: str = "w") -> Iterator[IO[Any]]:
         ...     f.write("{}")
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # the folder cannot be made or written: the user's path, one line
+        raise TinySaverError(f"{path}: cannot write here ({exc.strerror or exc})") from None
     try:
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:  # e.g. path is a directory
+            raise TinySaverError(f"{path}: cannot write here ({exc.strerror or exc})") from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -56,3 +69,93 @@ def write_text(path: PathLike, text: str) -> None:
     """Writes ``text`` atomically."""
     with atomic_open(path, "w") as f:
         f.write(text)
+
+
+def writable_problem(path: PathLike, directory: bool = False) -> Optional[str]:
+    """Why ``path`` cannot be written as a file (or, with ``directory``, made or filled as a
+    folder), else None. Only a probe file is made (and removed) in the nearest existing folder on
+    the way: permissions alone do not tell (root, read-only mounts, ``/proc``).
+
+    Examples:
+        >>> writable_problem("/proc/nope/out.json")  # doctest: +SKIP
+        'cannot write in /proc ([Errno 2] No such file or directory)'
+    """
+    path = Path(path)
+    if str(path) in ("", "."):
+        return None if directory else "not a file name"
+    if path.exists():
+        if directory and not path.is_dir():
+            return "exists and is not a folder"
+        if not directory and path.is_dir():
+            return "is a folder, not a file"
+    folder = path if directory and path.is_dir() else path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is a file, not a folder"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".tinysaver-probe.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        return f"cannot write in {folder} ({exc.strerror or exc})"
+    os.close(fd)
+    os.unlink(probe)
+    return None
+
+
+def check_outputs(outputs: Mapping[str, Optional[PathLike]], inputs: Sequence[Optional[PathLike]] = (),
+                  directories: Sequence[str] = ()) -> None:
+    """Refuses, before any work, output paths that cannot be written, that name an input file, or
+    that two options share.
+
+    Args:
+        outputs: Option name → path (None: not asked for), e.g. ``{"--json": args.json}``.
+        inputs: Files the command reads (an output must not overwrite one).
+        directories: The options in ``outputs`` that name a folder to fill (``--out DIR``).
+
+    Raises:
+        TinySaverError: One line naming the option, the path and the problem.
+    """
+    read = {os.path.realpath(p) for p in inputs if p is not None}
+    seen: dict = {}
+    for option, path in outputs.items():
+        if path is None:
+            continue
+        problem = writable_problem(path, directory=option in directories)
+        if problem:
+            raise TinySaverError(f"{option} {path}: {problem}")
+        real = os.path.realpath(path)
+        if real in read:
+            raise TinySaverError(f"{option} {path}: is also an input of this command; it would be overwritten")
+        if real in seen:
+            raise TinySaverError(f"{option} {path}: also given to {seen[real]}; give each output its own file")
+        seen[real] = option
+
+
+@contextlib.contextmanager
+def remove_created_on_error(folder: PathLike,
+                            errors: Tuple[Type[BaseException], ...] = (TinySaverError,)) -> Iterator[None]:
+    """Removes what the block created under ``folder`` (the folder too, if it made it) when the
+    block raises one of ``errors``: a run refused for bad input leaves no log, config dump or half
+    result behind (e.g. mmengine's Runner creates its work_dir before it builds the model).
+
+    Files that were there before are never touched. Other errors (bugs) keep their files.
+    """
+    folder = Path(folder)
+    top = folder  # the outermost folder this block would create
+    while not top.parent.exists() and top.parent != top.parent.parent:
+        top = top.parent
+    before = set(folder.rglob("*")) if folder.exists() else None
+    try:
+        yield
+    except errors:
+        if before is None:
+            if top.exists():
+                shutil.rmtree(top, ignore_errors=True)
+        else:
+            for path in sorted(set(folder.rglob("*")) - before, key=lambda p: len(p.parts), reverse=True):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+        raise

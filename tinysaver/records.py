@@ -132,6 +132,8 @@ class Record:
         out_of_range = check_range(self.confidence, self.conf)
         if out_of_range:
             raise fail(out_of_range)
+        if "recording" in self.extras:
+            self._validate_recording(fail)
         if self.num_classes is not None:
             for key in ("pred", "label"):
                 arr = getattr(self, key)
@@ -139,6 +141,17 @@ class Record:
                     raise fail(f"{key!r} has class ids in [{arr.min()}, {arr.max()}], outside "
                                f"0..{self.num_classes - 1} for num_classes={self.num_classes}")
         self._validate_class_map(fail)
+
+    def _validate_recording(self, fail) -> None:
+        # How `tinysaver record` made the record: a JSON object (read back by ``settings``).
+        text = self.extras["recording"]
+        try:
+            settings = json.loads(str(np.asarray(text).item()))
+        except (ValueError, TypeError):
+            raise fail("'recording' must be the JSON object `tinysaver record` writes (how the record "
+                       "was made); it does not parse") from None
+        if not isinstance(settings, dict):
+            raise fail(f"'recording' must be a JSON object, got {type(settings).__name__}")
 
     def _validate_class_map(self, fail) -> None:
         if (self.class_map_folders is None) != (self.class_map_index is None):
@@ -198,10 +211,15 @@ def read_npz(path: PathLike, required: Sequence[str], kind: str = "record") -> D
     if not path.is_file():
         raise RecordError(path, "no such file" if not path.exists() else "not a regular file")
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        # allow_pickle=False: an object array (a pickle) is refused, never unpickled.
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy array
+            raise ValueError(f"a single {type(loaded).__name__} (.npy), not an .npz archive of named arrays")
+        with loaded as npz:
             data = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise RecordError(path, f"unreadable {kind} ({type(exc).__name__}: {exc}); expected an .npz "
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise RecordError(path, f"unreadable {kind} ({type(exc).__name__}: {reason}); expected an .npz "
                                 f"with arrays {', '.join(required)}") from None
     missing = [k for k in required if k not in data]
     if missing:

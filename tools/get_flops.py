@@ -46,15 +46,20 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> Dict[str, Any]:
     args = parse_args(argv)
     from tinysaver.errors import TinySaverError
-    from tinysaver.io import write_json
+    from tinysaver.io import check_outputs, write_json
     from tinysaver.plugins.mmengine_cls.config import CLASSIFICATION, load_config, registry_miss, task_of
 
     try:
+        check_outputs({"--json": args.json}, inputs=[args.config])
+        if args.images < 1:
+            raise TinySaverError(f"--images must be >= 1, got {args.images}")
         cfg = load_config(args.config, args.cfg_options)
         answered = _answered(args)
         report = (classification_report if task_of(cfg) == CLASSIFICATION else detection_report)(args, cfg, answered)
     except TinySaverError as exc:
         _fail(str(exc))
+    except FileNotFoundError as exc:  # a file the config names (annotations, images, data root)
+        _fail(f"{exc.filename or exc}: not found ({exc.strerror or 'missing'}); check the config's paths")
     except KeyError as exc:
         if registry_miss(exc) is None:
             raise
@@ -75,6 +80,9 @@ def _answered(args: argparse.Namespace) -> Optional[List[float]]:
 
     if args.exit_ratio is not None and args.answered is not None:
         raise TinySaverError("give --answered or --exit-ratio, not both")
+    if not all(0.0 <= r <= 1.0 for r in [*(args.answered or []), *([args.exit_ratio] if args.exit_ratio is not None else [])]):
+        given = args.answered if args.answered is not None else [args.exit_ratio]
+        raise TinySaverError(f"--answered/--exit-ratio take shares in [0, 1], got {given}")
     if args.exit_ratio is not None:
         return [args.exit_ratio, 1.0 - args.exit_ratio]
     return args.answered

@@ -127,15 +127,24 @@ def _unwrap(model):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     from tinysaver.errors import TinySaverError
+    from tinysaver.io import remove_created_on_error
     from tinysaver.plugins.mmengine_cls.config import CLASSIFICATION, load_config, registry_miss, task_of
 
     try:
         cfg = load_config(args.config, args.cfg_options, args.checkpoint)
-        if task_of(cfg) == CLASSIFICATION:
-            return run_classification(args, cfg)
-        return run_detection(args, cfg)
+        _check_inputs(args, cfg)
+        work_dir = args.work_dir or cfg.get("work_dir") or osp.join("./work_dirs", osp.splitext(osp.basename(args.config))[0])
+        # mmengine's Runner makes its work_dir (log, config dump) before it builds the model and
+        # reads the data: a run refused for bad input takes those files back with it.
+        with remove_created_on_error(work_dir, (TinySaverError, FileNotFoundError, KeyError)):
+            if task_of(cfg) == CLASSIFICATION:
+                return run_classification(args, cfg)
+            return run_detection(args, cfg)
     except TinySaverError as exc:
         _fail(str(exc))
+    except FileNotFoundError as exc:  # a file the config names (annotations, images, data root)
+        _fail(f"{exc.filename or exc}: not found ({exc.strerror or 'missing'}); check the config's paths "
+              f"(e.g. --cfg-options data_root=...)")
     except KeyError as exc:  # mmengine's registry: "X is not in the mmengine::model registry. ..."
         if registry_miss(exc) is None:
             raise
@@ -145,6 +154,25 @@ def main(argv=None) -> dict:
 def _fail(message: str) -> None:
     print(f"tools/test.py: error: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def _check_inputs(args: argparse.Namespace, cfg) -> None:
+    """What can be refused before mmengine's Runner starts: a checkpoint the weights_only loader
+    refuses (nothing from it runs), outputs that cannot be written, a batch size below 1."""
+    from tinysaver.checkpoint import load_checkpoint
+    from tinysaver.errors import TinySaverError
+    from tinysaver.io import check_outputs
+
+    check_outputs({"--out-json": args.out_json, "--out-samples": args.out_samples, "--dump-records": args.dump_records},
+                  inputs=[args.config, args.checkpoint], directories=["--dump-records"])
+    if args.checkpoint.lower() != "none":
+        load_checkpoint(args.checkpoint)  # one line if refused or unreadable
+    given = [args.threshold] if args.threshold is not None else args.thresholds or []
+    if any(t != t for t in given):  # t != t: NaN
+        raise TinySaverError(f"--threshold(s) {' '.join(map(str, given))}: a threshold is NaN ('inf': nothing exits there)")
+    batch_size = (cfg.get("test_dataloader") or {}).get("batch_size", 1)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise TinySaverError(f"{args.config}: test_dataloader.batch_size must be a whole number >= 1, got {batch_size!r}")
 
 
 # --- classification -----------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ from tinysaver.errors import TinySaverError
 CLASSIFICATION, DETECTION = "classification", "detection"
 #: model types whose configs are classification cascades (a config may also say ``task = ...``)
 CLASSIFIER_TYPES = ("TinySaverClassifier",)
+#: the model types tools/test.py and tools/get_flops.py evaluate
+CASCADE_TYPES = (*CLASSIFIER_TYPES, "TinySaverDetector")
 
 
 def load_config(path: str, cfg_options: Optional[Dict[str, Any]] = None, checkpoint: Optional[str] = None):
@@ -39,6 +41,10 @@ def load_config(path: str, cfg_options: Optional[Dict[str, Any]] = None, checkpo
         cfg.merge_from_dict(cfg_options)
     if "model" not in cfg:
         raise TinySaverError(f"{path}: no model in the config")
+    model_type = str(cfg.model.get("type", "")).rpartition(".")[2]  # a scope prefix (mmdet.X) aside
+    if model_type not in CASCADE_TYPES:
+        raise TinySaverError(f"{path}: model type {model_type or '(none)'} is not in the TinySaver cascade types "
+                             f"({', '.join(CASCADE_TYPES)}); see configs/tinysaver/")
     return cfg
 
 

@@ -34,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..calibrate import calibrate_records, check_target
     from ..errors import TinySaverError
-    from ..io import write_json, write_text
+    from ..io import check_outputs, write_json, write_text
     from ..plan_report import calibration_markdown
     from ..records import load_record
 
@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     paths = args.stages or [args.saver, args.base]
     if len(paths) < 2:
         raise TinySaverError("--stages needs at least one saver and the base")
+    check_outputs({"--json": args.json, "--markdown": args.markdown}, inputs=paths)
     result = calibrate_records([load_record(path) for path in paths], args.drop, args.delta, args.method,
                                args.seed)
     text = calibration_markdown(result)

@@ -26,10 +26,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..chain import chain_from_records
-    from ..io import write_json, write_text
+    from ..errors import TinySaverError
+    from ..io import check_outputs, write_json, write_text
     from ..plan_report import chain_markdown
     from ..records import load_record
 
+    check_outputs({"--json": args.json, "--markdown": args.markdown}, inputs=args.stages)
+    given = f"--thresholds {' '.join(map(str, args.thresholds))}"
+    if len(args.thresholds) != len(args.stages) - 1:
+        raise TinySaverError(f"{given}: {len(args.stages)} stages need {len(args.stages) - 1} threshold(s), "
+                             f"one per stage before the base ('inf': nothing exits there)")
+    if any(t != t for t in args.thresholds):  # t != t: NaN
+        raise TinySaverError(f"{given}: a threshold is NaN; give numbers ('inf': nothing exits there)")
     records = [load_record(path) for path in args.stages]
     point = chain_from_records(records, args.thresholds)
     table = chain_markdown(point)

@@ -32,9 +32,16 @@ def run(args: argparse.Namespace) -> int:
 
     from ..complexity import complexity_report
     from ..errors import TinySaverError
-    from ..io import write_json
+    from ..io import check_outputs, write_json
     from ..registry import classifier_source
+    from ._checks import all_at_least, check_device
 
+    if args.input_size is not None and len(args.input_size) not in (1, 2, 3):
+        raise TinySaverError(f"--input-size takes H, H W or C H W, got {len(args.input_size)} values")
+    all_at_least(args.input_size, 1, "--input-size")
+    all_at_least(args.batch_sizes, 1, "--batch-sizes")
+    check_device(args.device)
+    check_outputs({"--json": args.json})
     # Counting alone needs no weights; a measured model is one that could be deployed.
     untrained = args.random_init or not (args.measure or args.weights)
     models = classifier_source()
@@ -42,16 +49,16 @@ def run(args: argparse.Namespace) -> int:
     size = list(models.data_config(model)["input_size"])
     if args.input_size:
         given = args.input_size
-        if len(given) == 1:
-            size[1:] = [given[0], given[0]]
-        elif len(given) == 2:
-            size[1:] = given
-        elif len(given) == 3:
-            size = given
-        else:
-            raise TinySaverError("--input-size takes H, H W or C H W")
-    report = complexity_report(model, size, name=args.model, measure=args.measure,
-                               batch_sizes=args.batch_sizes, device=args.device)
+        size = [size[0], given[0], given[0]] if len(given) == 1 else [size[0], *given] if len(given) == 2 else given
+    try:
+        report = complexity_report(model, size, name=args.model, measure=args.measure,
+                                   batch_sizes=args.batch_sizes, device=args.device)
+    except RuntimeError as exc:  # the network cannot take this input (too small, wrong channels, too big)
+        if not args.input_size:
+            raise
+        reason = " ".join(str(exc).split())[:200]
+        raise TinySaverError(f"--input-size {' '.join(map(str, args.input_size))}: {args.model} cannot run on "
+                             f"inputs of shape {'x'.join(map(str, size))} ({reason})") from None
     if args.json:
         write_json(args.json, report)
     print(json.dumps(report, indent=2))

@@ -37,12 +37,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..det_signals import plot_signals, signal_panel, signals_markdown
-    from ..detection import load_det_record
+    from ..detection import check_min_score, load_det_record
     from ..errors import TinySaverError
-    from ..io import write_json, write_text
+    from ..io import check_outputs, write_json, write_text
 
     if args.max_points < 0 or args.max_points == 1:
-        raise TinySaverError("--max-points must be 0 (all) or at least 2")
+        raise TinySaverError(f"--max-points must be 0 (all) or at least 2, got {args.max_points}")
+    check_min_score(args.min_score)
+    check_outputs({"--json": args.json, "--markdown": args.markdown, "--plot": args.plot},
+                  inputs=[args.ann, args.saver, args.base])
     panel = signal_panel(args.ann, load_det_record(args.saver), load_det_record(args.base), args.signals,
                          oracle=args.oracle, min_score=args.min_score, max_points=args.max_points or None)
     table = signals_markdown(panel)

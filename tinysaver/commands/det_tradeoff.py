@@ -36,6 +36,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", metavar="OUT.png")
 
 
+#: most thresholds a START STOP STEP grid may hold ('all' is exact with fewer)
+MAX_GRID = 1_000_000
+
+
 def parse_thresholds(values: list):
     """``['all']`` or ``[START, STOP, STEP]`` → ``'all'`` or the grid (STOP included)."""
     import numpy as np
@@ -48,16 +52,26 @@ def parse_thresholds(values: list):
         start, stop, step = (float(v) for v in values)
     except ValueError:
         raise TinySaverError(f"--thresholds takes START STOP STEP or 'all', got {' '.join(values)}") from None
+    if not all(np.isfinite([start, stop, step])):
+        raise TinySaverError(f"--thresholds START STOP STEP must be finite numbers, got {' '.join(values)} "
+                             f"('all' ends with inf: nothing exits)")
     if step <= 0 or stop < start:
-        raise TinySaverError("--thresholds needs START <= STOP and STEP > 0")
+        raise TinySaverError(f"--thresholds needs START <= STOP and STEP > 0, got {' '.join(values)}")
+    if (stop - start) / step > MAX_GRID:
+        raise TinySaverError(f"--thresholds {' '.join(values)} makes more than {MAX_GRID:,} thresholds; use a larger "
+                             f"STEP, or 'all' (every distinct exit set, the exact curve)")
     return np.round(np.arange(start, stop + step / 2, step), 10)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..detection import det_tradeoff, det_tradeoff_markdown, load_det_record, plot_det_tradeoff
-    from ..io import write_json, write_text
+    from ..detection import (det_tradeoff, det_tradeoff_markdown, detection_confidence, load_det_record,
+                             plot_det_tradeoff)
+    from ..io import check_outputs, write_json, write_text
 
     grid = parse_thresholds(args.thresholds)
+    detection_confidence(args.confidence, args.min_score)  # a known detection confidence, a score floor in [0, 1]
+    check_outputs({"--json": args.json, "--markdown": args.markdown, "--plot": args.plot},
+                  inputs=[args.ann, args.saver, args.base])
     result = det_tradeoff(args.ann, load_det_record(args.saver), load_det_record(args.base), grid,
                           confidence=args.confidence, min_score=args.min_score)
     table = det_tradeoff_markdown(result)

@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from ..confidence import build_confidence
     from ..errors import TinySaverError
     from ..export import DEFAULT_OPSET, export_cascade
+    from ..io import check_outputs
     from ..pipeline import ModelSpec
     from ..registry import classifier_source
     from ..runtime import parse_thresholds
@@ -44,8 +45,13 @@ def run(args: argparse.Namespace) -> int:
     specs = [ModelSpec.parse(text) for text in args.stages]
     if len(specs) < 2:
         raise TinySaverError("--stages: a cascade needs at least two models (saver and base)")
-    thresholds = parse_thresholds(args.thresholds, len(specs))
+    try:
+        thresholds = parse_thresholds(args.thresholds, len(specs))
+    except TinySaverError as exc:
+        raise TinySaverError(f"--thresholds {' '.join(args.thresholds)}: {exc}") from None
     confidence = build_confidence(args.confidence)
+    check_opset(args.opset, args.single_graph)
+    check_outputs({"--out": args.out}, inputs=[spec.weights for spec in specs], directories=["--out"])
     source = classifier_source()
     models = [source.create(spec.name, spec.weights) for spec in specs]
     cascade = Cascade(*models, thresholds=thresholds, confidence=confidence)
@@ -59,3 +65,23 @@ def run(args: argparse.Namespace) -> int:
     if manifest["single_graph"]:
         print(f"  single graph: {manifest['single_graph']['file']}")
     return 0
+
+
+#: the single graph's ReduceSum takes its axes as an input, which needs opset 13
+SINGLE_GRAPH_MIN_OPSET = 13
+
+
+def check_opset(opset, single_graph: bool) -> None:
+    """Refuses an opset the exporter cannot write (torch's supported range; 13+ for --single-graph)."""
+    from ..errors import TinySaverError
+
+    if opset is None:
+        return
+    try:
+        from torch.onnx._constants import ONNX_MAX_OPSET, ONNX_MIN_OPSET
+    except ImportError:  # private constants moved: the range of torch 2.x
+        ONNX_MIN_OPSET, ONNX_MAX_OPSET = 7, 20
+    low = max(ONNX_MIN_OPSET, SINGLE_GRAPH_MIN_OPSET) if single_graph else ONNX_MIN_OPSET
+    if not low <= opset <= ONNX_MAX_OPSET:
+        need = " with --single-graph" if single_graph else ""
+        raise TinySaverError(f"--opset {opset}: the exporter writes opsets {low}..{ONNX_MAX_OPSET}{need}")

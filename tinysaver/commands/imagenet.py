@@ -57,16 +57,30 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..errors import TinySaverError
+    from ..io import check_outputs
     from ..pipeline import ModelSpec, PipelineConfig, Split, run_pipeline
     from ..registry import classifier_source, dataset_source
     from ..report import summary_console
+    from ._checks import all_at_least, at_least, check_device
 
+    # Everything that can be refused is refused before the first sample is recorded.
+    at_least(args.batch_size, 1, "--batch-size")
+    at_least(args.workers, 0, "--workers")
+    at_least(args.train_subset, 1, "--train-subset")
+    all_at_least(args.speed_batch_sizes, 1, "--speed-batch-sizes")
+    check_device(args.device)
+    check_outputs({"--out": args.out}, inputs=[args.class_map], directories=["--out"])
     models, data = classifier_source(), dataset_source(args.data)
     specs = [ModelSpec.parse(args.base), *(ModelSpec.parse(s) for s in args.savers)]
     if args.random_init:
         specs = [ModelSpec(s.name, s.weights or models.random_init) for s in specs]
+    names = [spec.name for spec in specs]
+    if len(set(names)) != len(names):
+        raise TinySaverError(f"--base/--savers name a model twice ({', '.join(names)}): each model is recorded once")
     for spec in specs:  # refuse an untrained model before anything is recorded
         models.check_weights(spec.name, spec.weights)
+    for spec in specs:  # and weights that are unreadable, refused or do not fit (built once, then dropped)
+        models.create(spec.name, spec.weights)
     outputs = {spec.name: models.num_classes(spec.name) for spec in specs}
     if len(set(outputs.values())) > 1:
         raise TinySaverError(f"the models have different numbers of classes ({outputs}); a cascade needs one")

@@ -63,10 +63,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..chain import plan_chains
-    from ..io import write_json, write_text
+    from ..io import check_outputs, write_json, write_text
     from ..plan_report import plan_markdown, plot_plan
     from ..records import load_record
+    from ._checks import check_drops
 
+    check_drops(args.drops)
+    check_outputs({"--json": args.json, "--markdown": args.markdown, "--plot": args.plot},
+                  inputs=[args.base, *args.pool, args.calib_base, *(args.calib_pool or [])])
     base = load_record(args.base)
     pool = [load_record(path) for path in args.pool]
     calib_base = load_record(args.calib_base) if args.calib_base else None

@@ -22,7 +22,6 @@ Example (a demo model by name, 256 test images, writes records/fmnist_cnn_s_test
 from __future__ import annotations
 
 import argparse
-from typing import Optional
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -51,9 +50,18 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..complexity import count_gmacs
+    from ..errors import TinySaverError
+    from ..io import check_outputs
     from ..recording import SeededItems, default_record_path, init_distributed_from_env, record_predictions
     from ..registry import classifier_source, dataset_source
+    from ._checks import at_least, check_device
 
+    at_least(args.batch_size, 1, "--batch-size")
+    at_least(args.workers, 0, "--workers")
+    at_least(args.limit, 1, "--limit")
+    check_device(args.device)
+    out = args.out or default_record_path("records", args.model, args.split, args.augment)
+    check_outputs({"--out": out}, inputs=[args.class_map, args.weights])
     rank, world = init_distributed_from_env(args.device)  # also picks this process's GPU (LOCAL_RANK)
     models, data = classifier_source(), dataset_source(args.data)
     model = models.create(args.model, args.weights, random_init=args.random_init)
@@ -64,9 +72,11 @@ def run(args: argparse.Namespace) -> int:
     if class_map is not None and rank == 0:
         print(f"{args.data}/{args.split}: classes: {class_map.describe()}")
     dataset = data.split(args.data, args.split, transform, class_map)
+    if len(dataset) == 0:
+        raise TinySaverError(f"--data {args.data} --split {args.split}: the split has no samples")
+    check_first_input(dataset, size, f"--data {args.data} --split {args.split}", args.model)
     if args.limit:
         dataset = torch.utils.data.Subset(dataset, range(min(args.limit, len(dataset))))
-    out = args.out or default_record_path("records", args.model, args.split, args.augment)
     record = record_predictions(
         model, SeededItems(dataset, args.seed), out, name=args.model, gmacs=count_gmacs(model, size),
         batch_size=args.batch_size, workers=args.workers, device=args.device, amp=args.amp,
@@ -80,3 +90,15 @@ def run(args: argparse.Namespace) -> int:
     if world > 1:
         torch.distributed.destroy_process_group()
     return 0
+
+
+def check_first_input(dataset, input_size, where: str, model: str) -> None:
+    """Refuses, before recording, a split whose inputs do not have the shape the model takes (e.g.
+    RGB photos for a one-channel model): the first sample, through the model's own transform."""
+    from ..errors import TinySaverError
+
+    x = dataset[0][0]
+    shape = tuple(getattr(x, "shape", ()))
+    if shape and shape != tuple(input_size):
+        raise TinySaverError(f"{where}: the samples come out of {model}'s transform with shape "
+                             f"{'x'.join(map(str, shape))}, but {model} takes {'x'.join(map(str, input_size))}")

@@ -22,10 +22,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..analysis import rank_savers
-    from ..io import write_json, write_text
+    from ..io import check_outputs, write_json, write_text
     from ..records import load_record
     from ..report import selection_console, selection_markdown
 
+    check_outputs({"--json": args.json, "--markdown": args.markdown}, inputs=[args.base, *args.saver])
     base = load_record(args.base)
     savers = [load_record(path) for path in args.saver]
     ranking = rank_savers(base, savers)

@@ -35,11 +35,16 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from ..errors import TinySaverError
-    from ..serve import ServeConfig, build_app, load_config
+    from ..serve import ServeConfig, build_app
+    from ._checks import at_least
 
+    if args.port is not None and not 0 < args.port < 65536:
+        raise TinySaverError(f"--port must be in 1..65535, got {args.port}")
+    at_least(args.num_cpus, 1, "--num-cpus")
+    if not args.poll_s > 0:
+        raise TinySaverError(f"--poll-s must be > 0 seconds, got {args.poll_s}")
     mtime = os.stat(args.config).st_mtime if os.path.exists(args.config) else None  # before reading: no edit missed
-    loaded = load_config(args.config)
-    ServeConfig.from_dict(loaded["args"], args.config)  # refuse a bad config before Ray starts
+    loaded = read_config(args.config)  # refuse a bad config before Ray starts
     import ray
     from ray import serve
 
@@ -67,8 +72,7 @@ def run(args: argparse.Namespace) -> int:
             if now != mtime:
                 mtime = now
                 try:
-                    loaded = load_config(args.config)
-                    ServeConfig.from_dict(loaded["args"], args.config)
+                    loaded = read_config(args.config)
                 except TinySaverError as exc:  # a bad edit: keep serving what runs
                     print(f"tinysaver serve: not applied: {exc}", file=sys.stderr, flush=True)
                     continue
@@ -82,6 +86,26 @@ def run(args: argparse.Namespace) -> int:
         else:
             serve.shutdown()
         ray.shutdown()
+
+
+def read_config(path: str) -> dict:
+    """The serve config file, loaded and checked (:func:`tinysaver.serve.load_config`,
+    :meth:`~tinysaver.serve.ServeConfig.from_dict`); any problem with it is one line naming it."""
+    from ..errors import TinySaverError
+    from ..serve import ServeConfig, load_config
+
+    try:
+        loaded = load_config(path)
+        ServeConfig.from_dict(loaded["args"], path)
+    except TinySaverError:
+        raise
+    except (OSError, UnicodeDecodeError) as exc:  # a folder, a binary file, no permission
+        raise TinySaverError(f"{path}: cannot read the serve config ({type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())[:160]})") from None
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:  # a value of the wrong kind
+        raise TinySaverError(f"{path}: invalid serve config ({type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())[:160]})") from None
+    return loaded
 
 
 def _check(url: str, cfg) -> int:

@@ -25,7 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-base", metavar="CB.npz", help="base record of the calibration split")
     p.add_argument("--calib-saver", metavar="CS.npz", help="saver record of the calibration split")
     p.add_argument("--drops", type=float, nargs="+", default=[1.0, 0.5, 0.1, 0.0], metavar="PT",
-                   help="allowed accuracy drops in percentage points (default: 1 0.5 0.1 0)")
+                   help="allowed accuracy drops in percentage points, within [-100, 100] (negative: a gain "
+                        "over the base is required; default: 1 0.5 0.1 0)")
     p.add_argument("--json", metavar="OUT.json", help="write the row as JSON (accuracies as fractions)")
     p.add_argument("--markdown", metavar="OUT.md", help="write the markdown table")
     p.add_argument("--plot", metavar="OUT.png", help="plot accuracy vs GMACs")
@@ -39,12 +40,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..analysis import ExitCurve, tradeoff
     from ..errors import TinySaverError
-    from ..io import write_json, write_text
+    from ..io import check_outputs, write_json, write_text
     from ..records import load_record
     from ..report import curve_table, plot_tradeoff, tradeoff_console, tradeoff_markdown, write_csv
+    from ._checks import check_drops
 
     if (args.calib_base is None) != (args.calib_saver is None):
         raise TinySaverError("--calib-base and --calib-saver go together")
+    check_drops(args.drops)
+    if args.ci is not None and args.calib_base is None:
+        raise TinySaverError("--ci needs the calibrated mode (--calib-base/--calib-saver): the intervals "
+                             "cover choosing the threshold on one split and measuring it on another")
+    if args.ci is not None and (not 0 < args.ci < 1 or args.ci_draws < 10):
+        raise TinySaverError(f"--ci takes a level in (0, 1) and --ci-draws at least 10, got {args.ci}, {args.ci_draws}")
+    check_outputs({"--json": args.json, "--markdown": args.markdown, "--plot": args.plot, "--curve-csv": args.curve_csv},
+                  inputs=[args.base, args.saver, args.calib_base, args.calib_saver])
     saver, base = load_record(args.saver), load_record(args.base)
     curve = ExitCurve.from_records(saver, base)
     calib, calib_split = None, "calibration"
@@ -55,11 +65,6 @@ def run(args: argparse.Namespace) -> int:
     result = tradeoff(curve, args.drops, saver=saver.name, base=base.name, calibration=calib,
                       split=base.split_name("report"), calib_split=calib_split)
     if args.ci is not None:
-        if calib is None:
-            raise TinySaverError("--ci needs the calibrated mode (--calib-base/--calib-saver): the intervals "
-                                 "cover choosing the threshold on one split and measuring it on another")
-        if not 0 < args.ci < 1 or args.ci_draws < 10:
-            raise TinySaverError(f"--ci takes a level in (0, 1) and --ci-draws at least 10, got {args.ci}, {args.ci_draws}")
         from ..calibrate import tradeoff_ci
 
         intervals = tradeoff_ci(load_record(args.calib_saver), calib_base, saver, base, args.drops,
