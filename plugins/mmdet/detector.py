@@ -19,9 +19,8 @@ Config::
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, List, Optional, Sequence, Union
 
-import numpy as np
 import torch
 from mmengine.structures import InstanceData
 from torch import nn
