@@ -25,9 +25,10 @@ import json
 import math
 import os
 import random
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -273,7 +274,8 @@ def train_sequence(sequence: ExitSequence, cache: FeatureCache, cfg: TrainConfig
         stop_after_epochs: Stop after this many epochs of this call (simulates an interruption).
 
     Returns:
-        ``{"epochs_done", "loss" (last epoch's mean), "history" (mean loss per epoch)}``.
+        ``{"epochs_done", "loss" (last epoch's mean), "history" (mean loss per epoch), "seconds" (wall
+        time of every epoch trained so far, in this call and in the runs it resumed)}``.
     """
     from tqdm import tqdm
 
@@ -283,7 +285,7 @@ def train_sequence(sequence: ExitSequence, cache: FeatureCache, cfg: TrainConfig
     optimizer, scheduler = _optimizer_and_scheduler(sequence, cfg, steps)
     config = json.loads(json.dumps({"train": asdict(cfg), "sequence": sequence.config, "views": cache.views,
                                     "samples": cache.per_view, "cache": cache.meta}))
-    start, history = 0, []
+    start, history, seconds = 0, [], []
     if checkpoint.exists():
         from .checkpoint import load_checkpoint
 
@@ -293,7 +295,7 @@ def train_sequence(sequence: ExitSequence, cache: FeatureCache, cfg: TrainConfig
         sequence.load_state_dict(state["sequence"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        start, history = int(state["epoch"]), list(state["history"])
+        start, history, seconds = int(state["epoch"]), list(state["history"]), list(state.get("seconds", []))
     model: nn.Module = sequence
     if world > 1:
         model = nn.parallel.DistributedDataParallel(sequence)
@@ -301,6 +303,7 @@ def train_sequence(sequence: ExitSequence, cache: FeatureCache, cfg: TrainConfig
     bar = tqdm(total=(end - start) * steps, desc="train ESN", unit="step", disable=not progress or rank != 0)
     sequence.train()
     for epoch in range(start, end):
+        began = time.perf_counter()
         order = epoch_order(cache, epoch, cfg.seed)
         total, count = 0.0, 0
         for step in range(steps):
@@ -317,16 +320,18 @@ def train_sequence(sequence: ExitSequence, cache: FeatureCache, cfg: TrainConfig
             bar.update()
             bar.set_postfix(epoch=epoch + 1, loss=f"{value:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
         history.append(total / max(count, 1))
+        seconds.append(time.perf_counter() - began)
         if rank == 0:
             state = {"sequence": sequence.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history, "config": config}
+                     "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history,
+                     "seconds": seconds, "config": config}
             with atomic_open(checkpoint, "wb") as f:
                 torch.save(state, f)
         if world > 1:
             torch.distributed.barrier()
     bar.close()
     sequence.eval()
-    return {"epochs_done": end, "loss": history[-1] if history else None, "history": history}
+    return {"epochs_done": end, "loss": history[-1] if history else None, "history": history, "seconds": seconds}
 
 
 def save_sequence(path: os.PathLike | str, esn: ExitSequenceNetwork, extra: Optional[Dict[str, Any]] = None) -> None:
