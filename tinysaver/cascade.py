@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .confidence import ConfidenceFn, build_confidence
-from .routing import Stage, route
+from .routing import Stage, merge_outputs, route
 
 SAVER, BASE = 0, 1
 
@@ -148,15 +148,14 @@ class Cascade(nn.Module):
         # forward: under torch.compile that would bake the value into the graph).
         thresholds = [*self._thresholds, math.inf]
         routed = route(self._stages([math.inf] * len(self.models)), inputs, thresholds=thresholds)
-        first = routed.runs[0]
-        logits = first.outputs.float()
-        for run in routed.runs[1:]:
-            rows = run.answered
-            logits = logits.index_copy(0, rows, run.outputs[run.exits].float())
-        return CascadeOutput(logits, routed.stage, routed.confidence)
+        return CascadeOutput(merge_outputs(routed, _as_float32), routed.stage, routed.confidence)
 
     def extra_repr(self) -> str:
         return f"thresholds={self.thresholds}, confidence={self.confidence_fns[0]!r}"
+
+
+def _as_float32(logits: torch.Tensor) -> torch.Tensor:
+    return logits.float()
 
 
 def _resolve_thresholds(n_models: int, threshold: Optional[float], thresholds: Optional[Sequence[float]]) -> List[float]:

@@ -40,7 +40,7 @@ from torch import nn
 from .cascade import CascadeOutput
 from .confidence import build_confidence
 from .errors import TinySaverError
-from .routing import Stage, route, take
+from .routing import Stage, merge_outputs, route, take
 
 #: How the exits are trained: eq. (11) (per-sample weights from the saver's confidence) or plain CE.
 LOSSES = ("eq11", "ce")
@@ -539,10 +539,7 @@ class ExitSequenceNetwork(nn.Module):
         stages = self.stages(carry)
         routed = route(stages, [x] + [carry] * (len(stages) - 1),
                        thresholds=[*self._thresholds, math.inf], gather=_gather)
-        logits = routed.runs[0].outputs.float()
-        for run in routed.runs[1:]:
-            logits = logits.index_copy(0, run.answered, run.outputs[run.exits].float())
-        return CascadeOutput(logits, routed.stage, routed.confidence)
+        return CascadeOutput(merge_outputs(routed, lambda y: y.float()), routed.stage, routed.confidence)
 
     @torch.no_grad()
     def stage_logits(self, x: torch.Tensor) -> List[torch.Tensor]:

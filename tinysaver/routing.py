@@ -45,7 +45,16 @@ def _eager(fn: Callable) -> Callable:
     compiled; without torch (the ONNX runtime) nothing changes and torch is not imported.
     """
     torch = sys.modules.get("torch")
-    return torch.compiler.disable(fn, recursive=False) if torch is not None else fn
+    if torch is None:
+        return fn
+    # Marking the code object skipped costs nothing per call; torch.compiler.disable's wrapper does
+    # the same through an extra frame (~1 µs per call, and the routing makes ~20 such calls per
+    # batch: a visible share of a batch-1 call). The wrapper stays as the fallback.
+    skip_code = getattr(getattr(getattr(torch, "_dynamo", None), "eval_frame", None), "skip_code", None)
+    if skip_code is not None:
+        skip_code(fn.__code__)
+        return fn
+    return torch.compiler.disable(fn, recursive=False)
 
 
 def _is_torch(x: Any) -> bool:
@@ -53,6 +62,7 @@ def _is_torch(x: Any) -> bool:
     return type(x).__module__.startswith("torch")
 
 
+@_eager
 def take(batch: Any, indices: Any) -> Any:
     """The default gather: ``index_select`` for tensors, fancy indexing for arrays, a list for
     sequences."""
@@ -105,17 +115,38 @@ class StageRun:
         outputs: Its outputs on those rows (same order).
         confidence: Its confidence on those rows.
         exits: Which of those rows it answered (all of them for the last stage).
+        answers_all: True when the stage answered every row it ran on (the last stage).
     """
 
     indices: Any
     outputs: Any
     confidence: Any
     exits: Any
+    answers_all: bool = False
+
+    def __post_init__(self) -> None:
+        self._positions: Any = None
 
     @property
+    @_eager
+    def positions(self) -> Any:
+        """Positions, within this run, of the rows it answered (computed once: a boolean mask
+        index costs a ``nonzero`` every time, which at batch 1 is a visible share of a call)."""
+        if self._positions is None:
+            self._positions = _arange_like(self.exits) if self.answers_all else _nonzero(self.exits)
+        return self._positions
+
+    @property
+    @_eager
     def answered(self) -> Any:
         """Original rows this stage answered."""
-        return self.indices[self.exits]
+        return self.indices if self.answers_all else take(self.indices, self.positions)
+
+    @_eager
+    def answers(self, values: Any) -> Any:
+        """The rows of ``values`` (aligned with this run: its outputs, its confidence) that this
+        stage answered."""
+        return values if self.answers_all else take(values, self.positions)
 
 
 @dataclass
@@ -178,10 +209,12 @@ def route(stages: Sequence[Stage], batches: Sequence[Any], *, thresholds: Option
         conf = stage.confidence(outputs)
         if open_rows is None:
             open_rows = _arange_like(conf)
-        last = k == len(stages) - 1
-        exits = _ones_like(conf) if last else exit_mask(conf, thresholds[k])
-        runs.append(StageRun(indices=open_rows, outputs=outputs, confidence=conf, exits=exits))
-        open_rows = open_rows[~exits]
+        if k == len(stages) - 1:
+            runs.append(StageRun(open_rows, outputs, conf, _ones_like(conf), answers_all=True))
+            break
+        exits = exit_mask(conf, thresholds[k])
+        runs.append(StageRun(open_rows, outputs, conf, exits))
+        open_rows = take(open_rows, _nonzero(~exits))
         if len(open_rows) == 0:
             break
     stage_of, conf_of = _merge_stage_and_confidence(runs)
@@ -205,25 +238,61 @@ def _ones_like(conf: Any) -> Any:
 
 
 @_eager
+def _nonzero(mask: Any) -> Any:
+    """Positions of the true entries of a 1-D mask (tensor or array)."""
+    if _is_torch(mask):
+        return mask.nonzero().squeeze(1)
+    return np.flatnonzero(mask)
+
+
+@_eager
 def _merge_stage_and_confidence(runs: List[StageRun]) -> tuple:
     first = runs[0]
     if _is_torch(first.confidence):
         import torch
 
+        if len(runs) == 1:  # the first stage answered everything
+            return (torch.zeros(len(first.indices), dtype=torch.long, device=first.confidence.device),
+                    first.confidence.to(torch.float64, copy=True))
         stage = torch.zeros(len(first.indices), dtype=torch.long, device=first.confidence.device)
-        conf = torch.zeros(len(first.indices), dtype=torch.float64, device=first.confidence.device)
+        conf = torch.empty(len(first.indices), dtype=torch.float64, device=first.confidence.device)
         for k, run in enumerate(runs):
             rows = run.answered
-            stage = stage.index_fill(0, rows, k)
-            conf = conf.index_copy(0, rows, run.confidence[run.exits].to(torch.float64))
+            if k:
+                stage = stage.index_fill(0, rows, k)
+            conf = conf.index_copy(0, rows, run.answers(run.confidence).to(torch.float64))
         return stage, conf
     stage = np.zeros(len(first.indices), dtype=np.int64)
     conf = np.zeros(len(first.indices), dtype=np.float64)
     for k, run in enumerate(runs):
         rows = run.answered
         stage[rows] = k
-        conf[rows] = np.asarray(run.confidence, dtype=np.float64)[run.exits]
+        conf[rows] = run.answers(np.asarray(run.confidence, dtype=np.float64))
     return stage, conf
+
+
+@_eager
+def merge_outputs(routed: Routed, convert: Optional[Callable[[Any], Any]] = None) -> Any:
+    """Each sample's output (a tensor or array, one row per sample) from the stage that answered it,
+    in the original order: the first stage's outputs with the later stages' answers copied in.
+
+    Args:
+        routed: A routed batch whose stages answer with tensors or arrays of one row shape.
+        convert: Applied to each stage's outputs first (e.g. ``lambda y: y.float()``); tensors stay
+            tensors (``index_copy``, no in-place write into a model's output), arrays are copied.
+    """
+    convert = convert or (lambda y: y)
+    first = routed.runs[0]
+    merged = convert(first.outputs)
+    if not _is_torch(merged):
+        merged = np.array(merged, copy=True)
+    for run in routed.runs[1:]:
+        answers = run.answers(convert(run.outputs))
+        if _is_torch(merged):
+            merged = merged.index_copy(0, run.answered, answers)
+        else:
+            merged[run.answered] = answers
+    return merged
 
 
 def expected_cost(answered: Sequence[float], stage_costs: Sequence[float]) -> float:
@@ -239,4 +308,4 @@ def expected_cost(answered: Sequence[float], stage_costs: Sequence[float]) -> fl
     return float(np.dot(reach, np.asarray(stage_costs, dtype=np.float64)))
 
 
-__all__ = ["Stage", "StageRun", "Routed", "route", "exit_mask", "take", "expected_cost"]
+__all__ = ["Stage", "StageRun", "Routed", "route", "merge_outputs", "exit_mask", "take", "expected_cost"]

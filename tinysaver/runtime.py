@@ -37,7 +37,7 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence
 import numpy as np
 
 from .errors import TinySaverError
-from .routing import Routed, Stage, route
+from .routing import Routed, Stage, merge_outputs, route
 
 MANIFEST = "cascade.json"  # the same name as tinysaver.export.MANIFEST (export imports torch lazily)
 FORMAT, VERSION = "tinysaver-onnx-cascade", 1
@@ -300,10 +300,7 @@ class OnnxCascade:
 
 def merge(routed: Routed) -> CascadeResult:
     """Each sample's logits from the stage that answered it, in the original order."""
-    first = routed.runs[0]
-    logits = np.array(first.outputs, dtype=np.float32, copy=True)
-    for run in routed.runs[1:]:
-        logits[run.answered] = run.outputs[run.exits]
+    logits = merge_outputs(routed, lambda y: np.asarray(y, dtype=np.float32))
     return CascadeResult(logits, np.asarray(routed.stage), np.asarray(routed.confidence))
 
 

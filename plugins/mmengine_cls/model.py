@@ -37,7 +37,7 @@ from tinysaver.confidence import CONFIDENCES, build_confidence
 from tinysaver.errors import TinySaverError
 from tinysaver.numerics import Numerics
 from tinysaver.registry import classifier_source
-from tinysaver.routing import Stage, expected_cost, route
+from tinysaver.routing import Stage, expected_cost, merge_outputs, route
 
 #: metainfo key of the per-batch cascade description the model attaches to every output sample
 CASCADE_KEY = "tinysaver_cascade"
@@ -261,13 +261,12 @@ class TinySaverClassifier(BaseModel):
                                 threshold=t, preprocess=s.preprocess, name=s.name)
                           for k, (fn, t, s) in enumerate(zip(self.confidences, thresholds, self.stages))]
                 routed = route(stages, [images] * len(stages))
-        logits = routed.runs[0].outputs
+        classes = routed.runs[0].outputs.shape[1]
         for k, run in enumerate(routed.runs[1:], 1):
-            if run.outputs.shape[1] != logits.shape[1]:
+            if run.outputs.shape[1] != classes:
                 raise TinySaverError(f"stage {self.stages[k].name} answers over {run.outputs.shape[1]} "
-                                     f"classes, the first stage over {logits.shape[1]}: the stages must share classes")
-            logits = logits.index_copy(0, run.answered, run.outputs[run.exits])
-        return logits, routed, every
+                                     f"classes, the first stage over {classes}: the stages must share classes")
+        return merge_outputs(routed), routed, every
 
     def _logits(self, k: int, x: torch.Tensor, keep: Optional[Tuple[int, ...]], expected: Optional[int],
                 numerics: Numerics) -> torch.Tensor:
