@@ -55,7 +55,10 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
+    """The ``tinysaver`` parser; with ``command`` (a built-in command's name) only that command's
+    module is imported (a command such as ``tradeoff`` then starts without importing the others
+    and without scanning the installed packages' entry points)."""
     parser = OneLineParser(
         prog="tinysaver",
         description="TinySaver: a tiny pre-trained model answers the inputs it is sure about, "
@@ -63,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `tinysaver COMMAND --help` for a command's options and an example.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, module_name in all_commands().items():
+    commands = {command: COMMANDS[command]} if command in COMMANDS else all_commands()
+    for name, module_name in commands.items():
         module = importlib.import_module(module_name)
         doc = (module.__doc__ or "").strip()
         # The docstring's closing "Example..." block goes after the options, where --help ends.
@@ -77,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    first = next((a for a in argv if not a.startswith("-")), None)  # the command, unless --help/--version
+    args = build_parser(first if argv and argv[0] == first else None).parse_args(argv)
     try:
         return int(args._run(args) or 0)
     except TinySaverError as exc:
