@@ -19,3 +19,7 @@ test: setup
 bench: setup
 	$(PY) bench/bench_tradeoff.py
 	$(PY) bench/bench_cascade.py
+	$(PY) bench/bench_plan.py
+	$(PY) bench/bench_planner_vs_dyce.py
+	$(PY) bench/bench_det_sweep.py
+	$(PY) bench/bench_serve.py
