@@ -495,3 +495,40 @@ def test_real_stderr_is_one_line(name, d, tmp_path):
         assert text in lines[0], (text, lines[0])
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["out"]
     assert not [m for m in MARKERS if (d / m).exists()]
+
+
+# --- outputs that are not plain files: written through, never replaced ----------------------------
+
+def _tradeoff_to(d: Path, out: str) -> List[str]:
+    return ["tradeoff", "--base", R(d, "base"), "--saver", R(d, "saver"), "--json", out]
+
+
+def test_output_to_a_fifo_is_written_into_it_not_replaced(d, tmp_path):
+    """`--json /dev/null` (or a pipe) as root renamed the temporary file onto the device node: /dev/null
+    became a regular file for the whole machine. A FIFO stands in for the device here."""
+    import stat
+    import threading
+
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    got: List[str] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()), daemon=True)
+    reader.start()
+    code = main(_tradeoff_to(d, str(fifo)))
+    reader.join(timeout=30)
+    assert code == 0
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode), "the FIFO was replaced by a regular file"
+    assert got and json.loads(got[0])["base"] == "base"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe.json"]  # no temporary file left
+
+
+def test_output_through_a_symlink_writes_its_target(d, tmp_path):
+    target = tmp_path / "runs" / "row.json"
+    target.parent.mkdir()
+    target.write_text('{"stale": true}')
+    link = tmp_path / "latest.json"
+    link.symlink_to(target)
+    assert main(_tradeoff_to(d, str(link))) == 0
+    assert link.is_symlink() and os.readlink(link) == str(target)  # the link is kept
+    assert json.loads(target.read_text())["base"] == "base"  # and its target holds the new row
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["latest.json", "row.json", "runs"]

@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator, Mapping, Optional, Sequence, Tuple, Type, Union
@@ -31,6 +32,18 @@ def atomic_open(path: PathLike, mode: str = "w") -> Iterator[IO[Any]]:
         ...     f.write("{}")
     """
     path = Path(path)
+    if written_in_place(path):
+        # Renaming a temporary file onto /dev/null (as root) would replace the device for the whole
+        # machine; a pipe's reader would never see the data. Such a path is written where it is.
+        try:
+            f = open(path, mode)
+        except OSError as exc:
+            raise TinySaverError(f"{path}: cannot write here ({exc.strerror or exc})") from None
+        with f:
+            yield f
+        return
+    if path.is_symlink():  # write the link's target (the link stays a link), atomically beside it
+        path = Path(os.path.realpath(path))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -50,6 +63,24 @@ def atomic_open(path: PathLike, mode: str = "w") -> Iterator[IO[Any]]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def written_in_place(path: PathLike) -> bool:
+    """True for an output that must be written where it is, never replaced by a rename: an existing
+    device, FIFO or socket (``/dev/null``, a named pipe) or a file descriptor's name (``/dev/stdout``,
+    ``/proc/self/fd/1``).
+
+    Examples:
+        >>> written_in_place("/dev/null"), written_in_place("out.json")
+        (True, False)
+    """
+    if os.path.abspath(path).startswith(("/dev/", "/proc/")):
+        return os.path.exists(path)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # not there (yet): an ordinary new file
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def _umask() -> int:
@@ -83,6 +114,10 @@ def writable_problem(path: PathLike, directory: bool = False) -> Optional[str]:
     path = Path(path)
     if str(path) in ("", "."):
         return None if directory else "not a file name"
+    if not directory and written_in_place(path):
+        return None if os.access(path, os.W_OK) else "cannot write to it (permission denied)"
+    if path.is_symlink():  # what is written is the link's target
+        path = Path(os.path.realpath(path))
     if path.exists():
         if directory and not path.is_dir():
             return "exists and is not a folder"
@@ -126,7 +161,7 @@ def check_outputs(outputs: Mapping[str, Optional[PathLike]], inputs: Sequence[Op
         real = os.path.realpath(path)
         if real in read:
             raise TinySaverError(f"{option} {path}: is also an input of this command; it would be overwritten")
-        if real in seen:
+        if real in seen and not written_in_place(path):  # two outputs may both go to /dev/null
             raise TinySaverError(f"{option} {path}: also given to {seen[real]}; give each output its own file")
         seen[real] = option
 
