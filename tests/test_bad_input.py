@@ -100,6 +100,8 @@ def d(tmp_path_factory) -> Path:
     _raw_npz(d / "object_array.npz", saver, allow_pickle=True,
              conf=np.array([RunsCode(d / "PWNED_npz")] * SAMPLES, dtype=object))
     _raw_npz(d / "shuffled.npz", saver, label=np.roll(np.load(saver)["label"], 1))
+    _raw_npz(d / "zero_classes.npz", saver, num_classes=np.int64(0))
+    _raw_npz(d / "negative_pred.npz", saver, pred=np.where(np.arange(SAMPLES) == 7, -1, np.load(saver)["pred"]))
     (d / "text.npz").write_text("conf,pred,label\n0.9,1,1\n")
     np.save(d / "plain.npy", np.ones(3))
     (d / "plain.npy").rename(d / "plain_npy.npz")
@@ -189,6 +191,29 @@ RECORDS = {
     "select: missing record": Case(
         lambda d, o: ["select", "--base", R(d, "base"), "--saver", R(d, "nope"), "--json", _s(o / "r.json")],
         ["nope.npz", "no such file"]),
+    "tradeoff: num_classes 0": Case(
+        lambda d, o: ["tradeoff", "--base", R(d, "base"), "--saver", R(d, "zero_classes"), "--json", _s(o / "r.json")],
+        ["zero_classes.npz", "'num_classes' must be >= 1, got 0"]),
+    "tradeoff: a negative class id": Case(
+        lambda d, o: ["tradeoff", "--base", R(d, "base"), "--saver", R(d, "negative_pred"), "--json", _s(o / "r.json")],
+        ["negative_pred.npz", "'pred'", "negative class id -1", "index 7"]),
+    "tradeoff: a trillion bootstrap draws": Case(
+        lambda d, o: ["tradeoff", "--base", R(d, "base"), "--saver", R(d, "saver"), "--calib-base", R(d, "base"),
+                      "--calib-saver", R(d, "saver"), "--ci", "0.9", "--ci-draws", "1000000000000",
+                      "--json", _s(o / "r.json")], ["--ci-draws", "at most 1e+06", "1e+12"]),
+    "plan: a trillion bootstrap draws": Case(
+        lambda d, o: ["plan", "--base", R(d, "base"), "--pool", R(d, "saver"), "--calib-base", R(d, "base"),
+                      "--calib-pool", R(d, "saver"), "--ci", "0.9", "--draws", "1000000000000",
+                      "--json", _s(o / "r.json")], ["--draws", "at most 1e+06", "1e+12"]),
+    "plan: a pair grid of a billion": Case(
+        lambda d, o: ["plan", "--base", R(d, "base"), "--pool", R(d, "saver"), R(d, "saver2"), "--pair-grid",
+                      "1000000000", "--json", _s(o / "r.json")], ["--pair-grid", "at most 4096", "1e+09"]),
+    "chain: the same model twice": Case(
+        lambda d, o: ["chain", "--stages", R(d, "saver"), R(d, "saver"), R(d, "base"), "--thresholds", "0.9", "0.9",
+                      "--json", _s(o / "r.json")], ["--stages", "'saver'", "more than once"]),
+    "calibrate: the same model twice": Case(
+        lambda d, o: ["calibrate", "--stages", R(d, "saver"), R(d, "saver"), R(d, "base"), "--drop", "0.5",
+                      "--json", _s(o / "r.json")], ["--stages", "'saver'", "more than once"]),
     "tradeoff: NaN drop": Case(
         lambda d, o: ["tradeoff", "--base", R(d, "base"), "--saver", R(d, "saver"), "--drops", "1", "nan",
                       "--json", _s(o / "r.json")], ["--drops", "nan"]),

@@ -127,6 +127,13 @@ class Record:
         for key in ("pred", "label"):
             if not np.issubdtype(getattr(self, key).dtype, np.integer):
                 raise fail(f"{key!r} must hold integer class ids, got {getattr(self, key).dtype}")
+        for key in ("pred", "label"):
+            arr = getattr(self, key)
+            if arr.min() < 0:  # no class has a negative index (an "ignore" label would count as an error)
+                i = int(np.argmax(arr < 0))
+                raise fail(f"{key!r} holds a negative class id {arr[i]} at index {i}; class ids start at 0")
+        if self.num_classes is not None and self.num_classes < 1:
+            raise fail(f"'num_classes' must be >= 1, got {self.num_classes}")
         if not np.isfinite(self.gmacs) or self.gmacs < 0:
             raise fail(f"'gmacs' must be a finite cost >= 0, got {self.gmacs}")
         out_of_range = check_range(self.confidence, self.conf)

@@ -13,7 +13,7 @@ Examples:
 from __future__ import annotations
 
 import math
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 from ..errors import TinySaverError
 
@@ -25,6 +25,27 @@ def at_least(value: Optional[float], minimum: float, option: str) -> None:
     """Refuses ``value < minimum`` (None: the option was not given, nothing to check)."""
     if value is not None and not value >= minimum:  # `not >=` also refuses NaN
         raise TinySaverError(f"{option} must be >= {minimum:g}, got {value:g}")
+
+
+#: Most bootstrap draws a command takes: a draw keeps a few numbers per drop and stage, and a million
+#: draws already run for hours; 10**12 ended in a MemoryError traceback.
+MAX_DRAWS = 1_000_000
+
+
+def at_most(value: Optional[float], maximum: float, option: str, why: str = "") -> None:
+    """Refuses ``value > maximum`` (None: not given); ``why`` is appended to the bound."""
+    if value is not None and not value <= maximum:  # `not <=` also refuses NaN
+        raise TinySaverError(f"{option} must be at most {maximum:g}{why}, got {value:g}")
+
+
+def distinct_models(records: Sequence, option: str) -> None:
+    """Refuses a chain that names one model twice: the second run of a model can answer nothing the
+    first did not, yet its cost would be paid again (records are told apart by their ``name``)."""
+    names = [record.name for record in records]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise TinySaverError(f"{option}: model name(s) {', '.join(map(repr, twice))} appear more than once "
+                             f"(each model of a chain once)")
 
 
 def all_at_least(values: Optional[Iterable[float]], minimum: float, option: str) -> None:
@@ -67,4 +88,5 @@ def check_device(device: str, option: str = "--device") -> None:
                              f"({dev.type}:0..{dev.type}:{count - 1})")
 
 
-__all__ = ["DEVICE_TYPES", "all_at_least", "at_least", "check_device", "check_drops"]
+__all__ = ["DEVICE_TYPES", "MAX_DRAWS", "all_at_least", "at_least", "at_most", "check_device", "check_drops",
+           "distinct_models"]

@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io import check_outputs, write_json, write_text
     from ..plan_report import calibration_markdown
     from ..records import load_record
+    from ._checks import distinct_models
 
     if args.stages and (args.saver or args.base):
         raise TinySaverError("give either --stages or --saver and --base, not both")
@@ -47,8 +48,9 @@ def run(args: argparse.Namespace) -> int:
     if len(paths) < 2:
         raise TinySaverError("--stages needs at least one saver and the base")
     check_outputs({"--json": args.json, "--markdown": args.markdown}, inputs=paths)
-    result = calibrate_records([load_record(path) for path in paths], args.drop, args.delta, args.method,
-                               args.seed)
+    records = [load_record(path) for path in paths]
+    distinct_models(records, "--stages" if args.stages else "--saver/--base")
+    result = calibrate_records(records, args.drop, args.delta, args.method, args.seed)
     text = calibration_markdown(result)
     if args.json:
         write_json(args.json, result.to_json())

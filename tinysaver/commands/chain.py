@@ -30,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io import check_outputs, write_json, write_text
     from ..plan_report import chain_markdown
     from ..records import load_record
+    from ._checks import distinct_models
 
     check_outputs({"--json": args.json, "--markdown": args.markdown}, inputs=args.stages)
     given = f"--thresholds {' '.join(map(str, args.thresholds))}"
@@ -39,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     if any(t != t for t in args.thresholds):  # t != t: NaN
         raise TinySaverError(f"{given}: a threshold is NaN; give numbers ('inf': nothing exits there)")
     records = [load_record(path) for path in args.stages]
+    distinct_models(records, "--stages")
     point = chain_from_records(records, args.thresholds)
     table = chain_markdown(point)
     if args.json:

@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import math
 
 from ..analysis import PAPER_DROPS
 
@@ -66,9 +67,13 @@ def run(args: argparse.Namespace) -> int:
     from ..io import check_outputs, write_json, write_text
     from ..plan_report import plan_markdown, plot_plan
     from ..records import load_record
-    from ._checks import check_drops
+    from ..chain import MAX_CELLS
+    from ._checks import MAX_DRAWS, at_most, check_drops
 
     check_drops(args.drops)
+    at_most(args.draws, MAX_DRAWS, "--draws")
+    # a pair move fills a table of up to --pair-grid² cells: the same cap as one chain's table
+    at_most(args.pair_grid, math.isqrt(MAX_CELLS), "--pair-grid", f" (a {math.isqrt(MAX_CELLS)}² table per pair move)")
     check_outputs({"--json": args.json, "--markdown": args.markdown, "--plot": args.plot},
                   inputs=[args.base, *args.pool, args.calib_base, *(args.calib_pool or [])])
     base = load_record(args.base)
