@@ -125,6 +125,7 @@ def d(tmp_path_factory) -> Path:
     (d / "garbage.pth").write_bytes(np.random.default_rng(0).bytes(2000))
     good = (WEIGHTS / "fmnist_cnn_xs.pth").read_bytes()
     (d / "truncated.pth").write_bytes(good[: len(good) // 2])
+    (d / "xs_copy.pth").write_bytes(good)
     torch.save({"state_dict": {"x": torch.zeros(1)}, "hook": RunsCode(d / "PWNED_pth")}, d / "runs_code.pth")
     torch.save({"model": RunsCode(d / "PWNED_pt")}, d / "runs_code.pt")
     for suffix in (".pth", ".pt"):
@@ -360,6 +361,9 @@ MODELS = {
     "complexity: weights that would run os.system": Case(
         lambda d, o: ["complexity", "fmnist_cnn_xs", "--weights", W(d, "runs_code.pth"), "--json", _s(o / "r.json")],
         ["runs_code.pth", "refused by the weights_only loader", "system"]),
+    "complexity: --json would overwrite the weights": Case(
+        lambda d, o: ["complexity", "fmnist_cnn_xs", "--weights", W(d, "xs_copy.pth"), "--json", W(d, "xs_copy.pth")],
+        ["--json", "xs_copy.pth", "is also an input"]),
     "complexity: weights of another model": Case(
         lambda d, o: ["complexity", "fmnist_cnn_xs", "--weights", _s(WEIGHTS / "fmnist_cnn_l.pth"),
                       "--json", _s(o / "r.json")], ["fmnist_cnn_l.pth", "does not fit fmnist_cnn_xs"]),

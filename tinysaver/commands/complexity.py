@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     all_at_least(args.input_size, 1, "--input-size")
     all_at_least(args.batch_sizes, 1, "--batch-sizes")
     check_device(args.device)
-    check_outputs({"--json": args.json})
+    check_outputs({"--json": args.json}, inputs=[args.weights])
     # Counting alone needs no weights; a measured model is one that could be deployed.
     untrained = args.random_init or not (args.measure or args.weights)
     models = classifier_source()
