@@ -399,6 +399,9 @@ MODELS = {
     "export: threshold count is not stages - 1": Case(
         lambda d, o: ["export", "--stages", "fmnist_cnn_xxs", "fmnist_cnn_xs", "--thresholds", "0.5", "0.6",
                       "--out", _s(o / "exp")], ["--thresholds", "2 stages need 1"]),
+    "export: the same model twice": Case(
+        lambda d, o: ["export", "--stages", "fmnist_cnn_xs", "fmnist_cnn_xs", "--thresholds", "0.5",
+                      "--out", _s(o / "exp")], ["--stages", "'fmnist_cnn_xs'", "more than once"]),
     "export: --opset the exporter cannot write": Case(
         lambda d, o: ["export", "--stages", "fmnist_cnn_xxs", "fmnist_cnn_xs", "--thresholds", "0.5", "--opset", "2",
                       "--out", _s(o / "exp")], ["--opset 2"]),

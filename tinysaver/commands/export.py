@@ -45,6 +45,10 @@ def run(args: argparse.Namespace) -> int:
     specs = [ModelSpec.parse(text) for text in args.stages]
     if len(specs) < 2:
         raise TinySaverError("--stages: a cascade needs at least two models (saver and base)")
+    twice = sorted({spec.name for spec in specs if specs.count(spec) > 1})  # same name and same weights
+    if twice:
+        raise TinySaverError(f"--stages: {', '.join(map(repr, twice))} appear(s) more than once with the same weights "
+                             f"(a second run of a model answers nothing new and is paid again)")
     try:
         thresholds = parse_thresholds(args.thresholds, len(specs))
     except TinySaverError as exc:
