@@ -81,8 +81,11 @@ def test_works_under_torch_compile_without_recompiling(pair):
     # Thresholds whose base sub-batches stay in one dynamic-shape range (16..127 samples): torch
     # may specialise on size ranges, which is not what this test is about.
     t_warm, *t_new = (float(torch.quantile(conf, q)) for q in (0.5, 0.3, 0.7))
+    from torch._dynamo.testing import CompileCounterWithBackend
+
     cascade = Cascade(saver, base, threshold=t_warm)
-    compiled = torch.compile(cascade, dynamic=True)
+    counter = CompileCounterWithBackend("inductor")
+    compiled = torch.compile(cascade, dynamic=True, backend=counter)
     torch._dynamo.reset()
     with torch.no_grad():
         # First call: saver and base share SmallConvNet.forward's code, so it is compiled twice
@@ -90,6 +93,11 @@ def test_works_under_torch_compile_without_recompiling(pair):
         eager, fast = cascade(x), compiled(x)
         assert torch.equal(eager.stage, fast.stage)
         torch.testing.assert_close(eager.logits, fast.logits, rtol=1e-4, atol=1e-4)
+    # The models themselves were compiled (the routing frames are kept out of torch.compile, the
+    # frames they call are not): both models' convolutions are in the captured graphs.
+    convs = sum("conv2d" in str(node.target) for g in counter.graphs for node in g.graph.nodes)
+    assert convs >= sum(isinstance(m, torch.nn.Conv2d) for m in (*saver.modules(), *base.modules())), convs
+    frames = counter.frame_count
     with torch.no_grad(), torch._dynamo.config.patch(error_on_recompile=True):
         for t in t_new:  # no rebuild, no recompile
             cascade.threshold = t
@@ -99,6 +107,7 @@ def test_works_under_torch_compile_without_recompiling(pair):
         cascade.threshold = 0.0  # everything exits at the saver: the base does not run at all
         fast = compiled(x)
         assert (fast.stage == 0).all()
+    assert counter.frame_count == frames  # nothing new compiled either
 
 
 @torch.no_grad()
