@@ -564,3 +564,49 @@ def test_output_through_a_symlink_writes_its_target(d, tmp_path):
     assert link.is_symlink() and os.readlink(link) == str(target)  # the link is kept
     assert json.loads(target.read_text())["base"] == "base"  # and its target holds the new row
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["latest.json", "row.json", "runs"]
+
+
+# --- a refused run takes back its own files, never another program's ----------------------------
+
+def _other_program_writes(path: Path) -> None:
+    """Another process (not audited by this one) creates ``path``, as a parallel run would."""
+    subprocess.run([sys.executable, "-c", f"open({str(path)!r}, 'w').write('theirs')"], check=True)
+
+
+def test_a_refused_run_takes_back_only_what_it_created(tmp_path):
+    from tinysaver.errors import TinySaverError
+    from tinysaver.io import remove_created_on_error
+
+    shared = tmp_path / "work_dirs"  # an existing folder other runs use too
+    shared.mkdir()
+    (shared / "old.log").write_text("before")
+    with pytest.raises(TinySaverError):
+        with remove_created_on_error(shared):
+            (shared / "20260101_000000").mkdir()  # what mmengine's Runner makes: a log dir, a config dump
+            (shared / "20260101_000000" / "run.log").write_text("mine")
+            with open(shared / "config.py", "w") as f:
+                f.write("mine")
+            _other_program_writes(shared / "parallel_run.log")
+            raise TinySaverError("refused")
+    assert sorted(p.name for p in shared.rglob("*")) == ["old.log", "parallel_run.log"]
+
+
+def test_a_refused_run_keeps_a_folder_it_made_that_another_program_wrote_into(tmp_path):
+    from tinysaver.errors import TinySaverError
+    from tinysaver.io import remove_created_on_error
+
+    fresh = tmp_path / "new" / "work"
+    with pytest.raises(TinySaverError):
+        with remove_created_on_error(fresh):
+            fresh.mkdir(parents=True)
+            (fresh / "run.log").write_text("mine")
+            _other_program_writes(fresh / "theirs.log")
+            raise TinySaverError("refused")
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "new", "new/work", "new/work/theirs.log"]
+    with pytest.raises(TinySaverError):  # alone, everything it made goes, the folders too
+        with remove_created_on_error(tmp_path / "other" / "work"):
+            (tmp_path / "other" / "work").mkdir(parents=True)
+            (tmp_path / "other" / "work" / "run.log").write_text("mine")
+            raise TinySaverError("refused")
+    assert not (tmp_path / "other").exists()

@@ -8,11 +8,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import stat
+import sys
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Iterator, Mapping, Optional, Sequence, Tuple, Type, Union
+from typing import IO, Any, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Type, Union
 
 from .errors import TinySaverError
 
@@ -166,6 +166,36 @@ def check_outputs(outputs: Mapping[str, Optional[PathLike]], inputs: Sequence[Op
         seen[real] = option
 
 
+#: Paths this process creates while a :func:`remove_created_on_error` block runs (one set per block).
+_RECORDERS: List[Set[str]] = []
+_AUDIT_HOOKED = False
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT
+
+
+def _record_created(event: str, args: tuple) -> None:
+    # A sys.addaudithook hook (it cannot be removed): cheap when no block is active, never raises.
+    if not _RECORDERS:
+        return
+    try:
+        if event == "open":
+            path, mode, flags = args
+            if not (isinstance(flags, int) and flags & _WRITE_FLAGS) and not (
+                    isinstance(mode, str) and any(c in mode for c in "wax+")):
+                return
+        elif event == "os.mkdir":
+            path = args[0]
+        elif event in ("os.rename", "os.replace"):
+            path = args[1]
+        else:
+            return
+        if isinstance(path, (str, bytes, os.PathLike)):
+            made = os.path.abspath(os.fsdecode(path))
+            for recorder in _RECORDERS:
+                recorder.add(made)
+    except Exception:  # noqa: BLE001 - an audit hook must never break the operation it watches
+        pass
+
+
 @contextlib.contextmanager
 def remove_created_on_error(folder: PathLike,
                             errors: Tuple[Type[BaseException], ...] = (TinySaverError,)) -> Iterator[None]:
@@ -173,24 +203,35 @@ def remove_created_on_error(folder: PathLike,
     block raises one of ``errors``: a run refused for bad input leaves no log, config dump or half
     result behind (e.g. mmengine's Runner creates its work_dir before it builds the model).
 
-    Files that were there before are never touched. Other errors (bugs) keep their files.
+    Only what this process made during the block goes (recorded with an audit hook: files opened for
+    writing, folders made, rename targets): files that were there before, and files another program
+    wrote meanwhile (a parallel run in the same work_dir), are never touched; a folder that still
+    holds such a file stays. Other errors (bugs) keep their files.
     """
-    folder = Path(folder)
+    global _AUDIT_HOOKED
+    if not _AUDIT_HOOKED:
+        sys.addaudithook(_record_created)
+        _AUDIT_HOOKED = True
+    folder = Path(os.path.abspath(folder))
     top = folder  # the outermost folder this block would create
     while not top.parent.exists() and top.parent != top.parent.parent:
         top = top.parent
-    before = set(folder.rglob("*")) if folder.exists() else None
+    before = set(top.rglob("*")) | {top} if top.exists() else set()
+    created: Set[str] = set()
+    _RECORDERS.append(created)
     try:
         yield
     except errors:
-        if before is None:
-            if top.exists():
-                shutil.rmtree(top, ignore_errors=True)
-        else:
-            for path in sorted(set(folder.rglob("*")) - before, key=lambda p: len(p.parts), reverse=True):
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    with contextlib.suppress(FileNotFoundError):
-                        path.unlink()
+        after = set(top.rglob("*")) | {top} if top.exists() else set()
+        for path in sorted(after - before, key=lambda p: len(p.parts), reverse=True):  # deepest first
+            if str(path) not in created:
+                continue
+            if path.is_dir() and not path.is_symlink():
+                with contextlib.suppress(OSError):  # not empty: another program's file is inside
+                    path.rmdir()
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
         raise
+    finally:
+        del _RECORDERS[next(i for i, r in enumerate(_RECORDERS) if r is created)]  # this block's, by identity
