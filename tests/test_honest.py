@@ -38,6 +38,62 @@ def test_nothing_exits_means_nothing_exits_on_the_reported_split():
     json.dumps(row.to_json(), allow_nan=False)  # valid JSON
 
 
+def _brute_force_calibrated_cell(calib, report, drop, gmacs):
+    """The honest mode by its definition, one threshold at a time: on the calibration split the
+    cheapest threshold (every distinct confidence, and +inf: nothing exits) whose accuracy is >=
+    base - drop; then what it does on the reported split with ``conf >= t``."""
+    (c_conf, c_saver, c_base), (r_conf, r_saver, r_base) = calib, report
+    saver_g, base_g = gmacs
+
+    def system(conf, saver, base, t):
+        exits = conf >= t
+        return exits.mean(), np.where(exits, saver, base).sum(), saver_g + (1 - exits.mean()) * base_g
+
+    best = None
+    for t in [*np.unique(c_conf), np.inf]:
+        ratio, correct, cost = system(c_conf, c_saver, c_base, t)
+        if correct >= c_base.sum() - drop / 100 * len(c_conf) - 1e-6 and (best is None or cost < best[3]):
+            best = (t, ratio, correct / len(c_conf), cost)
+    if best is None:
+        return None
+    t, calib_ratio, calib_acc, _ = best
+    ratio, correct, cost = system(r_conf, r_saver, r_base, t)
+    return dict(threshold=t, exit_ratio=ratio, acc=correct / len(r_conf), gmacs=cost, calib_acc=calib_acc,
+                calib_exit_ratio=calib_ratio,
+                meets_target=bool(correct >= r_base.sum() - drop / 100 * len(r_conf) - 1e-6))
+
+
+def test_calibrated_cells_equal_a_brute_force_of_the_definition():
+    """Random small splits with tied confidences (so "inf", null and missed cells all occur): every
+    calibrated cell is the brute force's, threshold, measured values and meets_target alike."""
+    rng = np.random.default_rng(7)
+    drops = [5.0, 1.0, 0.5, 0.0, -1.0, -10.0]
+    seen = {"inf": 0, "null": 0, "missed": 0, "kept": 0}
+    for _ in range(300):
+        splits = []
+        for m in rng.integers(3, 40, size=2):
+            conf = rng.integers(0, 8, size=m) / 8.0  # few distinct values: ties
+            saver = (rng.random(m) < 0.3 + 0.6 * conf).astype(float)
+            splits.append((conf, saver, (rng.random(m) < 0.8).astype(float)))
+        gmacs = (float(rng.uniform(0.1, 1.0)), float(rng.uniform(1.0, 5.0)))
+        (cc, cs, cb), (rc, rs, rb) = splits
+        row = tradeoff(exit_curve(rc, rs, rb, *gmacs), drops=drops, calibration=exit_curve(cc, cs, cb, *gmacs))
+        for drop in drops:
+            expected = _brute_force_calibrated_cell(splits[0], splits[1], drop, gmacs)
+            cell = row.required[drop]
+            if expected is None:
+                assert cell is None
+                seen["null"] += 1
+                continue
+            assert cell is not None
+            assert cell.threshold == expected["threshold"]
+            for key in ("exit_ratio", "acc", "gmacs", "calib_acc", "calib_exit_ratio"):
+                assert getattr(cell, key) == pytest.approx(expected[key], abs=1e-12), key
+            assert cell.meets_target is expected["meets_target"]
+            seen["inf" if expected["threshold"] == np.inf else "missed" if not cell.meets_target else "kept"] += 1
+    assert min(seen.values()) > 0, seen  # every kind of cell was compared
+
+
 def test_calibrated_cell_reports_measured_values_and_missed_targets():
     rng = np.random.default_rng(0)
     m = 2000
