@@ -239,6 +239,12 @@ RECORDS = {
     "select: --json and --markdown name one file": Case(
         lambda d, o: ["select", "--base", R(d, "base"), "--saver", R(d, "saver"), "--json", _s(o / "r"),
                       "--markdown", _s(o / "r")], ["--markdown", "also given to --json"]),
+    "tradeoff: --plot named .pdf (it is written as PNG)": Case(
+        lambda d, o: ["tradeoff", "--base", R(d, "base"), "--saver", R(d, "saver"), "--json", _s(o / "r.json"),
+                      "--plot", _s(o / "r.pdf")], ["--plot", "r.pdf", "PNG"]),
+    "plan: --plot named .svg": Case(
+        lambda d, o: ["plan", "--base", R(d, "base"), "--pool", R(d, "saver"), "--plot", _s(o / "r.svg")],
+        ["--plot", "r.svg", "PNG"]),
     "chain: threshold count is not stages - 1": Case(
         lambda d, o: ["chain", "--stages", R(d, "saver"), R(d, "saver2"), R(d, "base"), "--thresholds", "0.5",
                       "--json", _s(o / "r.json")], ["--thresholds", "3 stages need 2"]),
@@ -318,6 +324,9 @@ DETECTION = {
                                                      ["ann_malformed.json", "not a JSON file"]),
     "det-signals: category ids not in the annotations": Case(
         _det("det-signals", "ann", "det_other_cats", "det_other_cats"), ["det_other_cats.npz", "category id(s)"]),
+    "det-tradeoff: --plot named .jpg": Case(
+        lambda d, o: ["det-tradeoff", "--ann", A(d, "ann"), "--saver", R(d, "det_saver"), "--base", R(d, "det_base"),
+                      "--plot", _s(o / "r.jpg")], ["--plot", "r.jpg", "PNG"]),
     "det-signals: --min-score NaN": Case(_det("det-signals", "ann", "det_saver", "det_base", "--min-score", "nan"),
                                          ["--min-score", "nan"]),
 }

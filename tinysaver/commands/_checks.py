@@ -13,6 +13,7 @@ Examples:
 from __future__ import annotations
 
 import math
+import os
 from typing import Iterable, Optional, Sequence
 
 from ..errors import TinySaverError
@@ -46,6 +47,14 @@ def distinct_models(records: Sequence, option: str) -> None:
     if twice:
         raise TinySaverError(f"{option}: model name(s) {', '.join(map(repr, twice))} appear more than once "
                              f"(each model of a chain once)")
+
+
+def check_png(path: Optional[str], option: str = "--plot") -> None:
+    """Plots are written as PNG: a file named ``.pdf`` or ``.svg`` would hold PNG bytes under the
+    wrong name, so another suffix is refused (no suffix, e.g. ``/dev/null``, is fine)."""
+    suffix = os.path.splitext(path or "")[1]
+    if suffix and suffix.lower() != ".png":
+        raise TinySaverError(f"{option} {path}: plots are written as PNG; give a .png file name")
 
 
 def all_at_least(values: Optional[Iterable[float]], minimum: float, option: str) -> None:
@@ -88,5 +97,5 @@ def check_device(device: str, option: str = "--device") -> None:
                              f"({dev.type}:0..{dev.type}:{count - 1})")
 
 
-__all__ = ["DEVICE_TYPES", "MAX_DRAWS", "all_at_least", "at_least", "at_most", "check_device", "check_drops",
+__all__ = ["DEVICE_TYPES", "MAX_DRAWS", "all_at_least", "at_least", "at_most", "check_device", "check_drops", "check_png",
            "distinct_models"]

@@ -39,11 +39,13 @@ def run(args: argparse.Namespace) -> int:
     from ..det_signals import plot_signals, signal_panel, signals_markdown
     from ..detection import check_min_score, load_det_record
     from ..errors import TinySaverError
+    from ._checks import check_png
     from ..io import check_outputs, write_json, write_text
 
     if args.max_points < 0 or args.max_points == 1:
         raise TinySaverError(f"--max-points must be 0 (all) or at least 2, got {args.max_points}")
     check_min_score(args.min_score)
+    check_png(args.plot)
     check_outputs({"--json": args.json, "--markdown": args.markdown, "--plot": args.plot},
                   inputs=[args.ann, args.saver, args.base])
     panel = signal_panel(args.ann, load_det_record(args.saver), load_det_record(args.base), args.signals,

@@ -66,10 +66,12 @@ def parse_thresholds(values: list):
 def run(args: argparse.Namespace) -> int:
     from ..detection import (det_tradeoff, det_tradeoff_markdown, detection_confidence, load_det_record,
                              plot_det_tradeoff)
+    from ._checks import check_png
     from ..io import check_outputs, write_json, write_text
 
     grid = parse_thresholds(args.thresholds)
     detection_confidence(args.confidence, args.min_score)  # a known detection confidence, a score floor in [0, 1]
+    check_png(args.plot)
     check_outputs({"--json": args.json, "--markdown": args.markdown, "--plot": args.plot},
                   inputs=[args.ann, args.saver, args.base])
     result = det_tradeoff(args.ann, load_det_record(args.saver), load_det_record(args.base), grid,

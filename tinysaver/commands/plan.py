@@ -68,12 +68,13 @@ def run(args: argparse.Namespace) -> int:
     from ..plan_report import plan_markdown, plot_plan
     from ..records import load_record
     from ..chain import MAX_CELLS
-    from ._checks import MAX_DRAWS, at_most, check_drops
+    from ._checks import MAX_DRAWS, at_most, check_drops, check_png
 
     check_drops(args.drops)
     at_most(args.draws, MAX_DRAWS, "--draws")
     # a pair move fills a table of up to --pair-grid² cells: the same cap as one chain's table
     at_most(args.pair_grid, math.isqrt(MAX_CELLS), "--pair-grid", f" (a {math.isqrt(MAX_CELLS)}² table per pair move)")
+    check_png(args.plot)
     check_outputs({"--json": args.json, "--markdown": args.markdown, "--plot": args.plot},
                   inputs=[args.base, *args.pool, args.calib_base, *(args.calib_pool or [])])
     base = load_record(args.base)

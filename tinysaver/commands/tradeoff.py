@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io import check_outputs, write_json, write_text
     from ..records import load_record
     from ..report import curve_table, plot_tradeoff, tradeoff_console, tradeoff_markdown, write_csv
-    from ._checks import MAX_DRAWS, at_most, check_drops
+    from ._checks import MAX_DRAWS, at_most, check_drops, check_png
 
     if (args.calib_base is None) != (args.calib_saver is None):
         raise TinySaverError("--calib-base and --calib-saver go together")
@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if args.ci is not None and (not 0 < args.ci < 1 or args.ci_draws < 10):
         raise TinySaverError(f"--ci takes a level in (0, 1) and --ci-draws at least 10, got {args.ci}, {args.ci_draws}")
     at_most(args.ci_draws, MAX_DRAWS, "--ci-draws")
+    check_png(args.plot)
     check_outputs({"--json": args.json, "--markdown": args.markdown, "--plot": args.plot, "--curve-csv": args.curve_csv},
                   inputs=[args.base, args.saver, args.calib_base, args.calib_saver])
     saver, base = load_record(args.saver), load_record(args.base)
