@@ -154,3 +154,36 @@ def test_infinite_threshold_lets_nothing_exit_even_an_infinite_confidence():
     assert not exit_mask(conf, float("inf")).any()
     assert not exit_mask(conf.numpy(), float("inf")).any()
     assert exit_mask(conf, torch.tensor(1.0, dtype=torch.float64)).tolist() == [True, True, False]
+
+
+def test_routing_imported_before_torch_still_runs_eagerly_under_compile():
+    """tinysaver.runtime imports the routing core without torch; a torch cascade loaded afterwards
+    must still keep the routing frames out of torch.compile (no routing frame compiled, none
+    recompiled when the threshold changes or everything exits)."""
+    import subprocess
+    import sys
+
+    code = """
+import tinysaver.runtime, sys
+assert "torch" not in sys.modules
+import torch
+from torch._dynamo.testing import CompileCounter
+from tinysaver import Cascade
+torch.manual_seed(0)
+c = Cascade(torch.nn.Linear(8, 10), torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10)),
+            threshold=0.3)
+counter = CompileCounter()
+g = torch.compile(c, backend=counter, dynamic=True)
+x = torch.randn(64, 8)
+with torch.no_grad():
+    g(x)
+    first = counter.frame_count
+    for t in (0.25, 0.35, 0.0, 2.0):
+        c.threshold = t
+        assert torch.equal(c(x).stage, g(x).stage)
+print(first, counter.frame_count)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    first, after = map(int, out.stdout.split())
+    assert after == first  # nothing compiled again: no routing frame was traced

@@ -21,9 +21,11 @@ import torch
 from torch import nn
 
 from .confidence import ConfidenceFn, build_confidence
-from .routing import Stage, merge_outputs, route
+from .routing import Stage, mark_eager, merge_outputs, route
 
 SAVER, BASE = 0, 1
+
+mark_eager()  # routing may have been imported before torch (tinysaver.runtime)
 
 
 class CascadeOutput(NamedTuple):

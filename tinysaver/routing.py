@@ -36,25 +36,43 @@ from .confidence import build_confidence
 Take = Callable[[Any, Any], Any]
 
 
+#: code objects of the routing frames ``torch.compile`` must not trace (see :func:`mark_eager`)
+_EAGER_CODE: List[Any] = []
+
+
+def _skip_code() -> Optional[Callable[[Any], None]]:
+    """torch's "never trace this code object" marker, if torch is loaded and has it."""
+    torch = sys.modules.get("torch")
+    return getattr(getattr(getattr(torch, "_dynamo", None), "eval_frame", None), "skip_code", None)
+
+
 def _eager(fn: Callable) -> Callable:
     """Keeps ``torch.compile`` out of a routing frame, not out of the models it calls.
 
     Which stages ran and on which rows is data, not graph: compiled, every batch where all samples
-    exit early, or a new threshold, would recompile. When torch is loaded (it always is before a
-    torch cascade imports this module) the frame runs eagerly and the model calls inside it stay
-    compiled; without torch (the ONNX runtime) nothing changes and torch is not imported.
+    exit early, or a new threshold, would recompile. The frame's code is marked skipped, so it runs
+    eagerly and the model calls inside it stay compiled; marking costs nothing per call, where
+    ``torch.compiler.disable``'s wrapper adds a frame to each of the ~20 such calls a batch makes
+    (a visible share of a batch-1 call). Without torch (the ONNX runtime) nothing is imported: the
+    torch cascades call :func:`mark_eager` when they load.
     """
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return fn
-    # Marking the code object skipped costs nothing per call; torch.compiler.disable's wrapper does
-    # the same through an extra frame (~1 µs per call, and the routing makes ~20 such calls per
-    # batch: a visible share of a batch-1 call). The wrapper stays as the fallback.
-    skip_code = getattr(getattr(getattr(torch, "_dynamo", None), "eval_frame", None), "skip_code", None)
-    if skip_code is not None:
-        skip_code(fn.__code__)
-        return fn
-    return torch.compiler.disable(fn, recursive=False)
+    _EAGER_CODE.append(fn.__code__)
+    skip = _skip_code()
+    if skip is not None:
+        skip(fn.__code__)
+    elif "torch" in sys.modules:  # a torch without the marker: the wrapper, as before
+        return sys.modules["torch"].compiler.disable(fn, recursive=False)
+    return fn
+
+
+def mark_eager() -> None:
+    """Marks the routing frames for ``torch.compile`` now that torch is loaded. Idempotent; the torch
+    cascades call it on import, since this module may have been imported before torch (e.g. by
+    :mod:`tinysaver.runtime`), when there was nothing to mark them with."""
+    skip = _skip_code()
+    if skip is not None:
+        for code in _EAGER_CODE:
+            skip(code)
 
 
 def _is_torch(x: Any) -> bool:
