@@ -517,6 +517,18 @@ SUBPROCESS = {
     "tools/get_flops.py: NaN shares": (
         lambda d, o: [sys.executable, _s(ROOT / "tools" / "get_flops.py"), _s(CLS_PAIR), "--random-init",
                       "--answered", "nan", "nan"], ["--answered", "nan"]),
+    "tools/test.py: --cfg-options without key=value (mmengine's DictAction)": (
+        lambda d, o: [sys.executable, _s(ROOT / "tools" / "test.py"), _s(CLS_PAIR), "none", "--cfg-options", "foo",
+                      "--work-dir", _s(o / "w")], ["tools/test.py: error: argument --cfg-options", "key=value"]),
+    "tools/test.py: a threshold that is not a number (argparse)": (
+        lambda d, o: [sys.executable, _s(ROOT / "tools" / "test.py"), _s(CLS_PAIR), "none", "--threshold", "high",
+                      "--work-dir", _s(o / "w")], ["tools/test.py: error: argument --threshold", "'high'"]),
+    "tools/test.py: --work-dir is a file": (
+        lambda d, o: [sys.executable, _s(ROOT / "tools" / "test.py"), _s(CLS_PAIR), "none",
+                      "--work-dir", R(d, "base")], ["tools/test.py: error: --work-dir", "base.npz", "not a folder"]),
+    "tools/get_flops.py: an unknown option (argparse)": (
+        lambda d, o: [sys.executable, _s(ROOT / "tools" / "get_flops.py"), _s(CLS_PAIR), "--bogus"],
+        ["tools/get_flops.py: error: unrecognized arguments: --bogus"]),
 }
 CLS_PAIR = ROOT / "configs" / "tinysaver" / "cls" / "fmnist-cnn-s_fmnist-cnn-l_fashion-mnist.py"
 DET_CONFIG = ROOT / "configs" / "tinysaver" / "yolov8n_retinanet-r18-tiny_fashion-det.py"

@@ -26,10 +26,20 @@ import sys
 from typing import Any, Dict, List, Optional
 
 
+def _parse(ap: argparse.ArgumentParser, argv) -> argparse.Namespace:
+    try:
+        return ap.parse_args(argv)
+    except ValueError as exc:  # mmengine's DictAction: --cfg-options needs key=value pairs
+        ap.error(f"argument --cfg-options: {exc} (give key=value pairs)")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     from mmengine.config import DictAction
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from tinysaver.cli import OneLineParser
+
+    # one-line usage errors, like every other input error of the tools
+    ap = OneLineParser(prog="tools/get_flops.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("config")
     ap.add_argument("--images", type=int, default=5, help="detection: test images to average over (each at its own size)")
     ap.add_argument("--answered", type=float, nargs="+", metavar="R",
@@ -40,7 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="classification: build every stage untrained on the meta device (costs without weights)")
     ap.add_argument("--json", help="write the figures as JSON")
     ap.add_argument("--cfg-options", nargs="+", action=DictAction)
-    return ap.parse_args(argv)
+    return _parse(ap, argv)
 
 
 def main(argv=None) -> Dict[str, Any]:

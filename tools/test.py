@@ -45,10 +45,20 @@ def coco_items(max_dets) -> list:
             f"AR_s@{c}", f"AR_m@{c}", f"AR_l@{c}"]
 
 
+def _parse(ap: argparse.ArgumentParser, argv) -> argparse.Namespace:
+    try:
+        return ap.parse_args(argv)
+    except ValueError as exc:  # mmengine's DictAction: --cfg-options needs key=value pairs
+        ap.error(f"argument --cfg-options: {exc} (give key=value pairs)")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     from mmengine.config import DictAction
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from tinysaver.cli import OneLineParser
+
+    # one-line usage errors, like every other input error of the tools
+    ap = OneLineParser(prog="tools/test.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("config", help="test config file path")
     ap.add_argument("checkpoint", help="cascade checkpoint, or 'none'")
     ap.add_argument("--work-dir", help="where logs and results go (default ./work_dirs/<config name>)")
@@ -65,7 +75,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config settings, key=value")
     ap.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
     ap.add_argument("--local_rank", "--local-rank", type=int, default=0)
-    args = ap.parse_args(argv)
+    args = _parse(ap, argv)
     if args.threshold is not None and args.thresholds is not None:
         ap.error("give --threshold or --thresholds, not both")
     if "LOCAL_RANK" not in os.environ:
@@ -163,8 +173,9 @@ def _check_inputs(args: argparse.Namespace, cfg) -> None:
     from tinysaver.errors import TinySaverError
     from tinysaver.io import check_outputs
 
-    check_outputs({"--out-json": args.out_json, "--out-samples": args.out_samples, "--dump-records": args.dump_records},
-                  inputs=[args.config, args.checkpoint], directories=["--dump-records"])
+    check_outputs({"--work-dir": args.work_dir, "--out-json": args.out_json, "--out-samples": args.out_samples,
+                   "--dump-records": args.dump_records},
+                  inputs=[args.config, args.checkpoint], directories=["--work-dir", "--dump-records"])
     if args.checkpoint.lower() != "none":
         load_checkpoint(args.checkpoint)  # one line if refused or unreadable
     given = [args.threshold] if args.threshold is not None else args.thresholds or []
