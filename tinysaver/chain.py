@@ -1085,6 +1085,8 @@ def plan_chains(base: Record, pool: Sequence[Record], *, max_stages: int = 3,
         _check_calibration(pool, calib_pool, base, calib_base)
     order, skipped = _split_pool(base, pool)
     report = [Stage.from_record(pool[i]) for i in order] + [Stage.from_record(base)]
+    if max_stages > len(report):  # no chain is longer than the pool + the base: say what was searched
+        max_stages = len(report)
     calib = None
     if calib_base is not None:
         calib = [Stage.from_record(calib_pool[i]) for i in order] + [Stage.from_record(calib_base)]
