@@ -116,6 +116,13 @@ def test_live_esn_equals_the_simulation_on_its_records(models, tmp_path):
         assert check.stage_mismatches == 0 and check.prediction_mismatches == 0
         assert check.live_acc == check.simulated_acc
         assert all(a > 0 for a in check.live_answered)  # every stage answered some samples
+        # thresholds *on* recorded confidences (what the grid search chooses): the samples sitting
+        # exactly on one exit live as in the records (>=), so the live confidence must equal the
+        # recorded one to the bit
+        on = [float(np.unique(rec.conf)[int(q * (len(np.unique(rec.conf)) - 1))]) for rec in records[:-1]]
+        assert all((rec.conf == t).any() for rec, t in zip(records, on))
+        check = live_vs_simulation(esn, x, records, on, batch_size=100)
+        assert check.stage_mismatches == 0 and check.prediction_mismatches == 0
     everything_at_base = live_vs_simulation(esn, x, records, [math.inf] * 3, batch_size=100)
     assert everything_at_base.live_answered == [0.0, 0.0, 0.0, 1.0]
     assert everything_at_base.live_acc == pytest.approx((base(x).argmax(1).numpy() == y).mean())
