@@ -100,6 +100,7 @@ def d(tmp_path_factory) -> Path:
     _raw_npz(d / "object_array.npz", saver, allow_pickle=True,
              conf=np.array([RunsCode(d / "PWNED_npz")] * SAMPLES, dtype=object))
     _raw_npz(d / "shuffled.npz", saver, label=np.roll(np.load(saver)["label"], 1))
+    _raw_npz(d / "unlabelled.npz", saver, label=np.full(SAMPLES, -1))  # unlabelled data's placeholder
     _raw_npz(d / "zero_classes.npz", saver, num_classes=np.int64(0))
     _raw_npz(d / "negative_pred.npz", saver, pred=np.where(np.arange(SAMPLES) == 7, -1, np.load(saver)["pred"]))
     (d / "text.npz").write_text("conf,pred,label\n0.9,1,1\n")
@@ -177,6 +178,9 @@ RECORDS = {
     "tradeoff: labels differ between saver and base": Case(
         lambda d, o: ["tradeoff", "--base", R(d, "base"), "--saver", R(d, "shuffled"), "--json", _s(o / "r.json")],
         ["shuffled.npz", "labels differ from the base record"]),
+    "tradeoff: a record of unlabelled data (label -1)": Case(
+        lambda d, o: ["tradeoff", "--base", R(d, "base"), "--saver", R(d, "unlabelled"), "--json", _s(o / "r.json")],
+        ["unlabelled.npz", "unlabelled samples", "accuracies need labels"]),
     "select: a text file named .npz": Case(
         lambda d, o: ["select", "--base", R(d, "base"), "--saver", R(d, "text"), "--markdown", _s(o / "r.md")],
         ["text.npz", "unreadable record"]),

@@ -52,3 +52,16 @@ def test_written_files_get_normal_permissions(tmp_path):
     os.umask(mask)
     path = save_record(tmp_path / "m.npz", Record("m", 1.0, np.ones(1) * 0.5, np.zeros(1, int), np.zeros(1, int)))
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_unlabelled_records_load_but_analysis_refuses_them(tmp_path):
+    """-1 is the label of unlabelled data (a pipeline compares with the base's top-1 instead): such
+    a record loads, but an analysis asks for labels; any other negative class id is refused."""
+    path = save_record(tmp_path / "u.npz", Record("u", 1.0, np.full(4, 0.9), np.arange(4), np.full(4, -1)))
+    assert (load_record(path).label == -1).all()
+    with pytest.raises(RecordError, match="unlabelled samples"):
+        load_record(path, labelled=True)
+    with pytest.raises(RecordError, match="negative class id -2"):
+        Record("x", 1.0, np.full(2, 0.9), np.array([0, 1]), np.array([0, -2]))
+    with pytest.raises(RecordError, match="'pred' holds a negative class id -1"):
+        Record("x", 1.0, np.full(2, 0.9), np.array([0, -1]), np.array([0, 1]))

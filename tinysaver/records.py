@@ -39,6 +39,8 @@ from .errors import RecordError
 from .io import atomic_open
 
 PathLike = Union[str, os.PathLike]
+#: the label of a sample without one (unlabelled data; see :func:`load_record`'s ``labelled``)
+UNLABELLED = -1
 REQUIRED_ARRAYS = ("conf", "pred", "label")
 REQUIRED_SCALARS = ("name", "gmacs")
 DEFAULT_CONFIDENCE = "max_softmax"
@@ -127,11 +129,14 @@ class Record:
         for key in ("pred", "label"):
             if not np.issubdtype(getattr(self, key).dtype, np.integer):
                 raise fail(f"{key!r} must hold integer class ids, got {getattr(self, key).dtype}")
-        for key in ("pred", "label"):
+        # No class has a negative index; the one exception is the label UNLABELLED of unlabelled data
+        # (a pipeline that compares with the base's top-1 records it), which analysis refuses.
+        for key, lowest in (("pred", 0), ("label", UNLABELLED)):
             arr = getattr(self, key)
-            if arr.min() < 0:  # no class has a negative index (an "ignore" label would count as an error)
-                i = int(np.argmax(arr < 0))
-                raise fail(f"{key!r} holds a negative class id {arr[i]} at index {i}; class ids start at 0")
+            if len(arr) and arr.min() < lowest:
+                i = int(np.argmax(arr < lowest))
+                raise fail(f"{key!r} holds a negative class id {arr[i]} at index {i}; class ids start at 0"
+                           + (f" ({UNLABELLED}: unlabelled)" if key == "label" else ""))
         if self.num_classes is not None and self.num_classes < 1:
             raise fail(f"'num_classes' must be >= 1, got {self.num_classes}")
         if not np.isfinite(self.gmacs) or self.gmacs < 0:
@@ -235,8 +240,14 @@ def read_npz(path: PathLike, required: Sequence[str], kind: str = "record") -> D
     return data
 
 
-def load_record(path: PathLike) -> Record:
-    """Reads and validates a record; every problem is a :class:`RecordError` naming the file."""
+def load_record(path: PathLike, labelled: bool = False) -> Record:
+    """Reads and validates a record; every problem is a :class:`RecordError` naming the file.
+
+    Args:
+        path: The ``.npz`` file.
+        labelled: Refuse a record of unlabelled data (labels :data:`UNLABELLED`): accuracies
+            computed against placeholder labels would all be 0 (the analysis commands ask for this).
+    """
     data = read_npz(path, REQUIRED_ARRAYS + REQUIRED_SCALARS)
     try:
         name = str(data.pop("name").item())
@@ -248,8 +259,13 @@ def load_record(path: PathLike) -> Record:
         raise RecordError(path, f"bad scalar field: {exc}") from None
     arrays = {k: data.pop(k) for k in REQUIRED_ARRAYS}
     class_map = {k: data.pop(k) for k in ("class_map_folders", "class_map_index") if k in data}
-    return Record(name=name, gmacs=gmacs, confidence=confidence, num_classes=num_classes,
-                  extras=data, path=str(path), mask_to_folders=mask_to_folders, **class_map, **arrays)
+    rec = Record(name=name, gmacs=gmacs, confidence=confidence, num_classes=num_classes,
+                 extras=data, path=str(path), mask_to_folders=mask_to_folders, **class_map, **arrays)
+    if labelled and (rec.label == UNLABELLED).any():
+        raise RecordError(path, f"the record holds unlabelled samples (label {UNLABELLED}, e.g. index "
+                                f"{int(np.argmax(rec.label == UNLABELLED))}): accuracies need labels (or a reference "
+                                f"model's top-1 as labels, as PipelineConfig(reference='base') records them)")
+    return rec
 
 
 def class_map_difference(a: Record, b: Record) -> Optional[str]:

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if len(paths) < 2:
         raise TinySaverError("--stages needs at least one saver and the base")
     check_outputs({"--json": args.json, "--markdown": args.markdown}, inputs=paths)
-    records = [load_record(path) for path in paths]
+    records = [load_record(path, labelled=True) for path in paths]
     distinct_models(records, "--stages" if args.stages else "--saver/--base")
     result = calibrate_records(records, args.drop, args.delta, args.method, args.seed)
     text = calibration_markdown(result)

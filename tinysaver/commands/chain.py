@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
                              f"one per stage before the base ('inf': nothing exits there)")
     if any(t != t for t in args.thresholds):  # t != t: NaN
         raise TinySaverError(f"{given}: a threshold is NaN; give numbers ('inf': nothing exits there)")
-    records = [load_record(path) for path in args.stages]
+    records = [load_record(path, labelled=True) for path in args.stages]
     distinct_models(records, "--stages")
     point = chain_from_records(records, args.thresholds)
     table = chain_markdown(point)

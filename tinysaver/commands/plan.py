@@ -77,10 +77,10 @@ def run(args: argparse.Namespace) -> int:
     check_png(args.plot)
     check_outputs({"--json": args.json, "--markdown": args.markdown, "--plot": args.plot},
                   inputs=[args.base, *args.pool, args.calib_base, *(args.calib_pool or [])])
-    base = load_record(args.base)
-    pool = [load_record(path) for path in args.pool]
-    calib_base = load_record(args.calib_base) if args.calib_base else None
-    calib_pool = [load_record(path) for path in args.calib_pool] if args.calib_pool else None
+    base = load_record(args.base, labelled=True)
+    pool = [load_record(path, labelled=True) for path in args.pool]
+    calib_base = load_record(args.calib_base, labelled=True) if args.calib_base else None
+    calib_pool = [load_record(path, labelled=True) for path in args.calib_pool] if args.calib_pool else None
     result = plan_chains(base, pool, max_stages=args.max_stages, drops=args.drops, grid=args.grid,
                          calib_base=calib_base, calib_pool=calib_pool, ci=args.ci, draws=args.draws,
                          seed=args.seed, descent=not args.no_descent, starts=args.starts, pair_grid=args.pair_grid,

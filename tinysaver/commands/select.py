@@ -27,8 +27,8 @@ def run(args: argparse.Namespace) -> int:
     from ..report import selection_console, selection_markdown
 
     check_outputs({"--json": args.json, "--markdown": args.markdown}, inputs=[args.base, *args.saver])
-    base = load_record(args.base)
-    savers = [load_record(path) for path in args.saver]
+    base = load_record(args.base, labelled=True)
+    savers = [load_record(path, labelled=True) for path in args.saver]
     ranking = rank_savers(base, savers)
     split = base.split_name("selection")
     table = selection_markdown(base.name, ranking, split=split)

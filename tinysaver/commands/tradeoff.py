@@ -57,19 +57,19 @@ def run(args: argparse.Namespace) -> int:
     check_png(args.plot)
     check_outputs({"--json": args.json, "--markdown": args.markdown, "--plot": args.plot, "--curve-csv": args.curve_csv},
                   inputs=[args.base, args.saver, args.calib_base, args.calib_saver])
-    saver, base = load_record(args.saver), load_record(args.base)
+    saver, base = load_record(args.saver, labelled=True), load_record(args.base, labelled=True)
     curve = ExitCurve.from_records(saver, base)
     calib, calib_split = None, "calibration"
     if args.calib_base:
-        calib_base = load_record(args.calib_base)
-        calib = ExitCurve.from_records(load_record(args.calib_saver), calib_base)
+        calib_base = load_record(args.calib_base, labelled=True)
+        calib = ExitCurve.from_records(load_record(args.calib_saver, labelled=True), calib_base)
         calib_split = calib_base.split_name("calibration")
     result = tradeoff(curve, args.drops, saver=saver.name, base=base.name, calibration=calib,
                       split=base.split_name("report"), calib_split=calib_split)
     if args.ci is not None:
         from ..calibrate import tradeoff_ci
 
-        intervals = tradeoff_ci(load_record(args.calib_saver), calib_base, saver, base, args.drops,
+        intervals = tradeoff_ci(load_record(args.calib_saver, labelled=True), calib_base, saver, base, args.drops,
                                 level=args.ci, draws=args.ci_draws)
         for drop, cell in result.required.items():
             if cell is not None:
