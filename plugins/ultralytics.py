@@ -64,7 +64,7 @@ from tinysaver.confidence import MIN_BOX_SCORE, build_confidence
 from tinysaver.detection import DEFAULT_MAX_DETS, DetRecord, save_det_record
 from tinysaver.errors import TinySaverError
 from tinysaver.io import write_json
-from tinysaver.routing import Stage, route, take
+from tinysaver.routing import Stage, check_thresholds, route, take
 
 from .yolo import YOLOModel, prepare_offline
 
@@ -248,12 +248,7 @@ class YOLOCascade:
 
     @thresholds.setter
     def thresholds(self, values: Sequence[float]) -> None:
-        values = [float(v) for v in values]
-        if len(values) != len(self.stages) - 1:
-            raise TinySaverError(f"{len(self.stages)} models need {len(self.stages) - 1} thresholds, got {len(values)}")
-        if any(math.isnan(v) for v in values):
-            raise TinySaverError("a threshold is NaN")
-        self._thresholds = values
+        self._thresholds = check_thresholds(values, len(self.stages))
 
     @property
     def stage_names(self) -> List[str]:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .confidence import ConfidenceFn, build_confidence
-from .routing import Stage, mark_eager, merge_outputs, route
+from .routing import Stage, check_thresholds, mark_eager, merge_outputs, route
 
 SAVER, BASE = 0, 1
 
@@ -109,7 +109,7 @@ class Cascade(nn.Module):
 
     @threshold.setter
     def threshold(self, value: float) -> None:
-        self._thresholds[0].fill_(_check_threshold(value))
+        self._thresholds[0].fill_(check_thresholds([value], 2)[0])
 
     @property
     def thresholds(self) -> List[float]:
@@ -117,10 +117,8 @@ class Cascade(nn.Module):
 
     @thresholds.setter
     def thresholds(self, values: Sequence[float]) -> None:
-        if len(values) != len(self._thresholds):
-            raise ValueError(f"{len(self.models)} stages need {len(self._thresholds)} thresholds, got {len(values)}")
-        for t, v in zip(self._thresholds, values):
-            t.fill_(_check_threshold(v))
+        for t, v in zip(self._thresholds, check_thresholds(values, len(self.models))):
+            t.fill_(v)
 
     def stages(self) -> List[Stage]:
         """The cascade as routing-core stages (with the current thresholds)."""
@@ -167,17 +165,7 @@ def _resolve_thresholds(n_models: int, threshold: Optional[float], thresholds: O
         if n_models > 2:  # a silent default would leave the middle stages never answering
             raise ValueError(f"{n_models} stages need thresholds=[...] with {n_models - 1} values")
         thresholds = [0.5 if threshold is None else threshold]
-    thresholds = [_check_threshold(t) for t in thresholds]
-    if len(thresholds) != n_models - 1:
-        raise ValueError(f"{n_models} stages need {n_models - 1} thresholds, got {len(thresholds)}")
-    return thresholds
-
-
-def _check_threshold(value: float) -> float:
-    value = float(value)
-    if math.isnan(value):
-        raise ValueError("a threshold is NaN")
-    return value
+    return check_thresholds(thresholds, n_models)
 
 
 __all__ = ["Cascade", "CascadeOutput", "SAVER", "BASE", "ConfidenceFn"]

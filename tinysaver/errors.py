@@ -13,6 +13,13 @@ class TinySaverError(Exception):
     """Base class of errors caused by the user's input, not by a bug in TinySaver."""
 
 
+class ThresholdError(TinySaverError, ValueError):
+    """Thresholds a cascade cannot use: a wrong count for its stages, NaN, not a number.
+
+    Also a ``ValueError``, the error Python code expects for a bad argument value.
+    """
+
+
 class RecordError(TinySaverError, ValueError):
     """A prediction record (or a pair of records) that cannot be used.
 

@@ -40,7 +40,7 @@ from torch import nn
 from .cascade import CascadeOutput
 from .confidence import build_confidence
 from .errors import TinySaverError
-from .routing import Stage, merge_outputs, route, take
+from .routing import Stage, check_thresholds, merge_outputs, route, take
 
 #: How the exits are trained: eq. (11) (per-sample weights from the saver's confidence) or plain CE.
 LOSSES = ("eq11", "ce")
@@ -463,13 +463,8 @@ class ExitSequenceNetwork(nn.Module):
 
     @thresholds.setter
     def thresholds(self, values: Sequence[float]) -> None:
-        if len(values) != len(self._thresholds):
-            raise TinySaverError(f"an ESN with {len(self.exits)} exits needs {len(self._thresholds)} thresholds "
-                                 f"(saver, then each exit), got {len(values)}")
-        for t, v in zip(self._thresholds, values):
-            if math.isnan(float(v)):
-                raise TinySaverError("a threshold is NaN")
-            t.fill_(float(v))
+        for t, v in zip(self._thresholds, check_thresholds(values, self.num_stages)):  # saver, then each exit
+            t.fill_(v)
 
     # --- the frozen models' outputs -------------------------------------------------------------
     def _saver(self, x: torch.Tensor) -> tuple:

@@ -37,7 +37,7 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence
 import numpy as np
 
 from .errors import TinySaverError
-from .routing import Routed, Stage, merge_outputs, route
+from .routing import Routed, Stage, check_thresholds, merge_outputs, route
 
 MANIFEST = "cascade.json"  # the same name as tinysaver.export.MANIFEST (export imports torch lazily)
 FORMAT, VERSION = "tinysaver-onnx-cascade", 1
@@ -103,20 +103,8 @@ def _check_file(directory: Path, file: str, sha256: str) -> None:
         raise TinySaverError(f"{path}: sha256 differs from {MANIFEST} (file changed after export)")
 
 
-def parse_thresholds(values: Sequence[Any], n_stages: int) -> List[float]:
-    """Thresholds from JSON/CLI values (numbers or "inf"), one per stage but the last."""
-    out = []
-    for v in values:
-        try:
-            t = float(v)
-        except (TypeError, ValueError):
-            raise TinySaverError(f"threshold {v!r} is not a number or 'inf'") from None
-        if math.isnan(t):
-            raise TinySaverError("a threshold is NaN")
-        out.append(t)
-    if len(out) != n_stages - 1:
-        raise TinySaverError(f"{n_stages} stages need {n_stages - 1} thresholds, got {len(out)}")
-    return out
+#: thresholds from JSON/CLI values (numbers or "inf"), one per stage but the last
+parse_thresholds = check_thresholds
 
 
 def stage_specs(manifest: Mapping[str, Any]) -> List[StageSpec]:

@@ -32,7 +32,7 @@ from mmdet.structures import DetDataSample
 from tinysaver.confidence import MIN_BOX_SCORE, build_confidence
 from tinysaver.detection import Detections
 from tinysaver.registry import STAGES
-from tinysaver.routing import Stage, route
+from tinysaver.routing import Stage, check_thresholds, route
 
 from .stages import ORIGINAL_IMAGE_KEY, DetItem
 
@@ -88,10 +88,7 @@ class TinySaverDetector(BaseDetector):
 
     @thresholds.setter
     def thresholds(self, values: Sequence[float]) -> None:
-        values = [float(v) for v in values]
-        if len(values) != len(self.stages) - 1:
-            raise ValueError(f"{len(self.stages)} stages need {len(self.stages) - 1} thresholds, got {len(values)}")
-        self._thresholds = values
+        self._thresholds = check_thresholds(values, len(self.stages))
 
     @property
     def threshold(self) -> float:

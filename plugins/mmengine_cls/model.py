@@ -37,7 +37,7 @@ from tinysaver.confidence import CONFIDENCES, build_confidence
 from tinysaver.errors import TinySaverError
 from tinysaver.numerics import Numerics
 from tinysaver.registry import classifier_source
-from tinysaver.routing import Stage, expected_cost, merge_outputs, route
+from tinysaver.routing import Stage, check_thresholds, expected_cost, merge_outputs, route
 
 #: metainfo key of the per-batch cascade description the model attaches to every output sample
 CASCADE_KEY = "tinysaver_cascade"
@@ -173,12 +173,7 @@ class TinySaverClassifier(BaseModel):
 
     @thresholds.setter
     def thresholds(self, values: Sequence[float]) -> None:
-        values = [float(v) for v in values]
-        if len(values) != len(self.stages) - 1:
-            raise TinySaverError(f"{len(self.stages)} stages need {len(self.stages) - 1} threshold(s), got {len(values)}")
-        if any(math.isnan(v) for v in values):
-            raise TinySaverError("a threshold is NaN")
-        self._thresholds = values
+        self._thresholds = check_thresholds(values, len(self.stages))
 
     @property
     def threshold(self) -> float:
