@@ -26,17 +26,11 @@ import sys
 from typing import Any, Dict, List, Optional
 
 
-def _parse(ap: argparse.ArgumentParser, argv) -> argparse.Namespace:
-    try:
-        return ap.parse_args(argv)
-    except ValueError as exc:  # mmengine's DictAction: --cfg-options needs key=value pairs
-        ap.error(f"argument --cfg-options: {exc} (give key=value pairs)")
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     from mmengine.config import DictAction
 
     from tinysaver.cli import OneLineParser
+    from tinysaver.plugins.mmengine_cls.config import parse_tool_args
 
     # one-line usage errors, like every other input error of the tools
     ap = OneLineParser(prog="tools/get_flops.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -50,7 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="classification: build every stage untrained on the meta device (costs without weights)")
     ap.add_argument("--json", help="write the figures as JSON")
     ap.add_argument("--cfg-options", nargs="+", action=DictAction)
-    return _parse(ap, argv)
+    return parse_tool_args(ap, argv)
 
 
 def main(argv=None) -> Dict[str, Any]:

@@ -45,17 +45,11 @@ def coco_items(max_dets) -> list:
             f"AR_s@{c}", f"AR_m@{c}", f"AR_l@{c}"]
 
 
-def _parse(ap: argparse.ArgumentParser, argv) -> argparse.Namespace:
-    try:
-        return ap.parse_args(argv)
-    except ValueError as exc:  # mmengine's DictAction: --cfg-options needs key=value pairs
-        ap.error(f"argument --cfg-options: {exc} (give key=value pairs)")
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     from mmengine.config import DictAction
 
     from tinysaver.cli import OneLineParser
+    from tinysaver.plugins.mmengine_cls.config import parse_tool_args
 
     # one-line usage errors, like every other input error of the tools
     ap = OneLineParser(prog="tools/test.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -75,7 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config settings, key=value")
     ap.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
     ap.add_argument("--local_rank", "--local-rank", type=int, default=0)
-    args = _parse(ap, argv)
+    args = parse_tool_args(ap, argv)
     if args.threshold is not None and args.thresholds is not None:
         ap.error("give --threshold or --thresholds, not both")
     if "LOCAL_RANK" not in os.environ:

@@ -4,8 +4,9 @@ classification and detection configs, the task read from the config, input probl
 """
 from __future__ import annotations
 
+import argparse
 import os.path as osp
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from tinysaver.errors import TinySaverError
 
@@ -14,6 +15,16 @@ CLASSIFICATION, DETECTION = "classification", "detection"
 CLASSIFIER_TYPES = ("TinySaverClassifier",)
 #: the model types tools/test.py and tools/get_flops.py evaluate
 CASCADE_TYPES = (*CLASSIFIER_TYPES, "TinySaverDetector")
+
+
+def parse_tool_args(ap: argparse.ArgumentParser, argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """``ap.parse_args(argv)`` for tools/test.py and tools/get_flops.py, whose ``--cfg-options`` is
+    mmengine's ``DictAction``: a value without ``key=value`` raises ``ValueError`` inside argparse,
+    which becomes the parser's own one-line usage error here instead of a traceback."""
+    try:
+        return ap.parse_args(argv)
+    except ValueError as exc:
+        ap.error(f"argument --cfg-options: {exc} (give key=value pairs)")
 
 
 def load_config(path: str, cfg_options: Optional[Dict[str, Any]] = None, checkpoint: Optional[str] = None):
