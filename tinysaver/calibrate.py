@@ -69,7 +69,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -302,6 +302,18 @@ def calibrate_pair(conf, saver_correct, base_correct, drop: float, delta: float,
 
 # --- N stages ---------------------------------------------------------------------------------------
 
+def _split_halves(stages: Sequence[Stage], seed: int) -> Tuple[List[Stage], List[Stage]]:
+    """The calibration samples split at random into a search half (in sample order) and a test
+    half (in its random order, which the wsr bound's betting runs through)."""
+    n = stages[0].num_samples
+    if n < 4:
+        raise TinySaverError(f"{n} calibration samples are too few to split in two halves")
+    perm = np.random.default_rng(seed).permutation(n)
+    half_a, half_b = np.sort(perm[: n // 2]), perm[n // 2:]
+    return ([Stage(s.name, s.gmacs, s.conf[half_a], s.correct[half_a]) for s in stages],
+            [Stage(s.name, s.gmacs, s.conf[half_b], s.correct[half_b]) for s in stages])
+
+
 def calibrate_chain(stages: Sequence[Stage], drop: float, delta: float, method: str = "wsr", seed: int = 0,
                     grid: int = DEFAULT_GRID, max_exact_cells: int = DEFAULT_EXACT_CELLS) -> Calibration:
     """Thresholds for every stage of a chain (base last) with the same guarantee, by data splitting
@@ -313,16 +325,8 @@ def calibrate_chain(stages: Sequence[Stage], drop: float, delta: float, method: 
                               (s.name, b.name))
     if len(stages) < 2:
         raise TinySaverError("a chain to calibrate needs at least one saver before the base")
-    n = stages[0].num_samples
-    if n < 4:
-        raise TinySaverError(f"{n} calibration samples are too few to split in two halves")
-    perm = np.random.default_rng(seed).permutation(n)
-    half_a, half_b = np.sort(perm[: n // 2]), perm[n // 2:]  # half B keeps its random order (wsr)
-
-    def subset(idx: np.ndarray) -> List[Stage]:
-        return [Stage(s.name, s.gmacs, s.conf[idx], s.correct[idx]) for s in stages]
-
-    search_half, test_half = subset(half_a), subset(half_b)
+    search_half, test_half = _split_halves(stages, seed)
+    n_search, n_test = search_half[0].num_samples, test_half[0].num_samples
     # a long chain's table on grids of `grid` values would not fit: coarser grids for its path
     savers = len(stages) - 1
     if _cells([threshold_grid(s.conf) for s in search_half[:-1]]) > max_exact_cells:
@@ -334,20 +338,20 @@ def calibrate_chain(stages: Sequence[Stage], drop: float, delta: float, method: 
     path = search.thresholds(0, merged.cell[path_counts])
     base_right = test_half[-1].correct
     correct = np.stack([s.correct for s in test_half])
-    cols = np.arange(len(half_b))
+    cols = np.arange(n_test)
 
     def columns(sl: slice) -> np.ndarray:
         stage = answering_stage(test_half, path[sl])
         return base_right[None, :] - correct[stage, cols]
 
-    rejected = fixed_sequence(columns, len(path), len(half_b), drop / 100.0, delta, method)
+    rejected = fixed_sequence(columns, len(path), n_test, drop / 100.0, delta, method)
     t = np.full(len(stages) - 1, np.inf) if rejected == 0 else path[rejected - 1]
     return Calibration(
         stages=[s.name for s in stages], thresholds=t.tolist(), drop=drop, delta=delta, method=method,
         tested=len(path), rejected=rejected,
         procedure="Learn then Test with data splitting: half the calibration set orders the chain's Pareto "
                   "front (most to least expensive), the other half tests along it with fixed-sequence testing",
-        extra={"split": {"search": len(half_a), "test": len(half_b), "seed": seed, "search_mode": search.mode}},
+        extra={"split": {"search": n_search, "test": n_test, "seed": seed, "search_mode": search.mode}},
         **_describe(stages, t[None, :]))
 
 
@@ -407,20 +411,12 @@ def certify_plan(calib: Sequence[Stage], report: Optional[Sequence[Stage]], drop
         check_target(d, delta, method)
     if ladder < 1:
         raise TinySaverError(f"the certification ladder needs >= 1 step, got {ladder}")
-    n = calib[0].num_samples
-    if n < 4:
-        raise TinySaverError(f"{n} calibration samples are too few to split in two halves")
-    perm = np.random.default_rng(seed).permutation(n)
-    half_a, half_b = np.sort(perm[: n // 2]), perm[n // 2:]  # half B keeps its random order (wsr)
-
-    def subset(idx: np.ndarray) -> List[Stage]:
-        return [Stage(s.name, s.gmacs, s.conf[idx], s.correct[idx]) for s in calib]
-
-    search_half, test_half = subset(half_a), subset(half_b)
+    search_half, test_half = _split_halves(calib, seed)
+    n_search, n_test = search_half[0].num_samples, test_half[0].num_samples
     savers = len(calib) - 1
     tables = search_tables(search_half, max_stages, grid=grid, max_exact_cells=max_exact_cells, progress=False)
     most = float(np.flatnonzero(np.isfinite(tables.merged().cost)).max())   # most right answers there
-    gain = min(0.0, (tables.base_correct - most) / len(half_a) * 100.0)      # <= 0: a drop in points
+    gain = min(0.0, (tables.base_correct - most) / n_search * 100.0)  # <= 0: a drop in points
     # one ladder for all drops (evenly spaced up to the largest), each path ending at its own drop
     common = np.linspace(gain, max(drops), ladder + 1) if drops else np.zeros(0)
     ladders = {d: [float(x) for x in common if x < d] + [d] for d in drops}
@@ -429,7 +425,7 @@ def certify_plan(calib: Sequence[Stage], report: Optional[Sequence[Stage]], drop
                           sweep=sweep, progress=False, tables=tables)
     base_right = test_half[-1].correct
     correct = np.stack([s.correct for s in test_half])
-    cols = np.arange(len(half_b))
+    cols = np.arange(n_test)
     out: Dict[float, Calibration] = {}
     for d in drops:
         path, seen = [], set()
@@ -449,12 +445,12 @@ def certify_plan(calib: Sequence[Stage], report: Optional[Sequence[Stage]], drop
             stage = answering_stage(test_half, path_arr[sl])
             return base_right[None, :] - correct[stage, cols]
 
-        rejected = fixed_sequence(columns, len(path_arr), len(half_b), d / 100.0, delta, method)
+        rejected = fixed_sequence(columns, len(path_arr), n_test, d / 100.0, delta, method)
         chosen = path_arr[rejected - 1] if rejected else np.full(savers, np.inf)
         chain = [k for k in range(savers) if np.isfinite(chosen[k])] + [savers]
         t = chosen[chain[:-1]]
         extra: Dict[str, object] = {
-            "split": {"search": len(half_a), "test": len(half_b), "seed": seed, "search_mode": planned.mode},
+            "split": {"search": n_search, "test": n_test, "seed": seed, "search_mode": planned.mode},
             "path": [{"stages": [calib[k].name for k in range(savers) if np.isfinite(v[k])] + [calib[-1].name],
                       "thresholds": [float(x) for x in v[np.isfinite(v)]]} for v in path_arr]}
         if report is not None:
