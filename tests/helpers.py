@@ -1,10 +1,13 @@
-"""Shared test helpers: the committed Fashion-MNIST pool on small subsets of the real data."""
+"""Shared test helpers: the committed Fashion-MNIST pool on small subsets of the real data, and records
+built from right/wrong answers for the brute-force chain tests."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from tinysaver import Record
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "weights" / "fashion_mnist"
@@ -30,3 +33,15 @@ def fmnist_dataset(split: str, n: int, transform):
 def stack_inputs(dataset) -> tuple[torch.Tensor, np.ndarray]:
     items = [dataset[i] for i in range(len(dataset))]
     return torch.stack([x for x, _ in items]), np.array([y for _, y in items])
+
+
+def chain_record(name: str, gmacs: float, conf, right, label) -> Record:
+    """A record whose samples are right exactly where ``right`` says (a wrong answer is label + 1)."""
+    label = np.asarray(label)
+    pred = np.where(np.asarray(right, dtype=bool), label, label + 1)
+    return Record(name, float(gmacs), np.asarray(conf, dtype=np.float64), pred, label)
+
+
+def chain_tuple(rec: Record) -> tuple:
+    """A record as the brute-force reference (tests/brute_force_chain.py) takes it."""
+    return rec.name, rec.gmacs, rec.conf.tolist(), rec.correct.astype(int).tolist()

@@ -12,25 +12,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinysaver import Record
 from tinysaver.calibrate import certify_plan
 from tinysaver.chain import Stage, count_chains, plan_chains, search_tables, simulate_chain, table_chains
 from tinysaver.descent import ChainDescent
 from tinysaver.errors import TinySaverError
 
 from . import brute_force_chain as bf
+from .helpers import chain_record, chain_tuple
 
 DROPS = [2.0, 0.0, 10.0, 30.0]
-
-
-def _record(name, gmacs, conf, right, label):
-    label = np.asarray(label)
-    pred = np.where(np.asarray(right, dtype=bool), label, label + 1)
-    return Record(name, float(gmacs), np.asarray(conf, dtype=np.float64), pred, label)
-
-
-def _tuple(rec):
-    return rec.name, rec.gmacs, rec.conf.tolist(), rec.correct.astype(int).tolist()
 
 
 @st.composite
@@ -41,9 +31,9 @@ def small_pools(draw, savers=(3, 4)):
     num = draw(st.integers(*savers))
     confs = st.sampled_from([0.2, 0.5, 0.5, 0.8, 1.0]) | st.floats(0, 1)
     label = np.zeros(m, dtype=np.int64)
-    pool = [_record(f"s{i}", 0.5 * (i + 1), draw(st.lists(confs, min_size=m, max_size=m)),
+    pool = [chain_record(f"s{i}", 0.5 * (i + 1), draw(st.lists(confs, min_size=m, max_size=m)),
                     draw(st.lists(st.booleans(), min_size=m, max_size=m)), label) for i in range(num)]
-    base = _record("base", 10.0, np.ones(m), draw(st.lists(st.booleans(), min_size=m, max_size=m)), label)
+    base = chain_record("base", 10.0, np.ones(m), draw(st.lists(st.booleans(), min_size=m, max_size=m)), label)
     return pool, base
 
 
@@ -56,7 +46,7 @@ def test_plan_with_4_stages_equals_brute_force(case):
     # small data: every chain of up to 4 stages fits a table over every distinct confidence
     assert plan.mode == "exact" and plan.search["descent_only_chains"] == 0
     assert plan.search["chains"] == count_chains(len(pool), 4)
-    points = bf.all_points([_tuple(r) for r in pool], _tuple(base), 4)
+    points = bf.all_points([chain_tuple(r) for r in pool], chain_tuple(base), 4)
     assert any(len(p["stages"]) == 4 for p in points)
     ref_front = bf.front(points)
     got = [(round(p.acc * m), p.gmacs) for p in plan.front]
@@ -152,9 +142,9 @@ def _ladder_pool(m, seed, savers=5):
         knows = hard < skill
         conf = np.where(knows, rng.beta(6, 1, m), rng.beta(2, 2.5, m))
         right = np.where(knows, rng.random(m) < 0.97, rng.random(m) < 0.3)
-        pool.append(_record(f"s{i}", 0.01 * 3.0 ** i, conf, right, label))
+        pool.append(chain_record(f"s{i}", 0.01 * 3.0 ** i, conf, right, label))
     right = np.where(hard < 0.97, rng.random(m) < 0.97, rng.random(m) < 0.3)
-    return pool, _record("base", 0.015 * 3.0 ** savers, np.ones(m), right, label)
+    return pool, chain_record("base", 0.015 * 3.0 ** savers, np.ones(m), right, label)
 
 
 def test_descent_never_worse_than_its_exact_3_stage_start_and_reaches_longer_chains():

@@ -9,24 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinysaver import Record
 from tinysaver.chain import Stage, chain_table, grid_ranks, plan_chains, simulate_chain, threshold_grid
 from tinysaver.cli import main
 from tinysaver.errors import TinySaverError
 
 from . import brute_force_chain as bf
+from .helpers import chain_record, chain_tuple
 
 DROPS = [1.0, 0.5, 0.1, 0.0, 5.0, 20.0, -10.0]
-
-
-def _record(name, gmacs, conf, right, label):
-    label = np.asarray(label)
-    pred = np.where(np.asarray(right, dtype=bool), label, label + 1)
-    return Record(name, float(gmacs), np.asarray(conf, dtype=np.float64), pred, label)
-
-
-def _tuple(rec):
-    return rec.name, rec.gmacs, rec.conf.tolist(), rec.correct.astype(int).tolist()
 
 
 @st.composite
@@ -37,9 +27,9 @@ def pools(draw):
     num = draw(st.integers(1, 3))
     # costs: some equal, sometimes one at least as costly as the base (skipped)
     costs = draw(st.lists(st.sampled_from([0.5, 1.0, 1.0, 2.5, 10.0, 12.0]), min_size=num, max_size=num))
-    pool = [_record(f"s{i}", costs[i], draw(st.lists(confs, min_size=m, max_size=m)),
+    pool = [chain_record(f"s{i}", costs[i], draw(st.lists(confs, min_size=m, max_size=m)),
                     draw(st.lists(st.booleans(), min_size=m, max_size=m)), label) for i in range(num)]
-    base = _record("base", 10.0, np.ones(m), draw(st.lists(st.booleans(), min_size=m, max_size=m)), label)
+    base = chain_record("base", 10.0, np.ones(m), draw(st.lists(st.booleans(), min_size=m, max_size=m)), label)
     return pool, base, draw(st.integers(1, 4))
 
 
@@ -50,7 +40,7 @@ def test_plan_matches_brute_force(case):
     m = len(base)
     plan = plan_chains(base, pool, max_stages=max_stages, drops=DROPS, progress=False)
     assert plan.mode == "exact"
-    points = bf.all_points([_tuple(r) for r in pool], _tuple(base), max_stages)
+    points = bf.all_points([chain_tuple(r) for r in pool], chain_tuple(base), max_stages)
     # the Pareto front: same (correct count, cost) pairs
     ref_front = bf.front(points)
     got = [(round(p.acc * m), p.gmacs) for p in plan.front]
@@ -69,7 +59,7 @@ def test_plan_matches_brute_force(case):
             assert plan.required[d].gmacs <= plan.best_pair[d].gmacs
     # every reported configuration does what it says when run directly
     for p in plan.front + [p for p in plan.required.values() if p]:
-        chain = [next(_tuple(r) for r in pool + [base] if r.name == n) for n in p.stages]
+        chain = [next(chain_tuple(r) for r in pool + [base] if r.name == n) for n in p.stages]
         correct, reach = bf.simulate(chain, p.thresholds)
         assert correct == round(p.acc * m)
         assert bf.cost_of(chain, reach, m) == pytest.approx(p.gmacs, rel=1e-12)
@@ -112,8 +102,8 @@ def _synthetic(m, num, seed, distinct=None):
         if distinct:
             conf = np.round(conf * distinct) / distinct
         right = rng.random(m) < 0.35 + 0.6 * conf
-        pool.append(_record(f"s{i}", 0.1 * (i + 1), conf, right, label))
-    base = _record("base", 2.0, rng.random(m), rng.random(m) < 0.93, label)
+        pool.append(chain_record(f"s{i}", 0.1 * (i + 1), conf, right, label))
+    base = chain_record("base", 2.0, rng.random(m), rng.random(m) < 0.93, label)
     return pool, base
 
 
@@ -143,9 +133,9 @@ def test_exact_when_few_distinct_confidences():
 
 def test_oracle_and_headroom_by_hand():
     label = np.zeros(4, dtype=np.int64)
-    a = _record("a", 1.0, [0.9, 0.3, 0.2, 0.1], [1, 0, 0, 0], label)
-    b = _record("b", 2.0, [0.1, 0.9, 0.2, 0.3], [0, 1, 0, 0], label)
-    base = _record("base", 10.0, np.ones(4), [1, 1, 1, 0], label)
+    a = chain_record("a", 1.0, [0.9, 0.3, 0.2, 0.1], [1, 0, 0, 0], label)
+    b = chain_record("b", 2.0, [0.1, 0.9, 0.2, 0.3], [0, 1, 0, 0], label)
+    base = chain_record("base", 10.0, np.ones(4), [1, 1, 1, 0], label)
     plan = plan_chains(base, [b, a], max_stages=3, drops=[0.0, 30.0], progress=False)
     # oracle: sample 0 -> a (1), sample 1 -> b (2), sample 2 -> base (10), sample 3 -> nobody: base (10)
     assert plan.oracle.acc == 0.75 and plan.oracle.gmacs == pytest.approx(23 / 4)
@@ -163,9 +153,9 @@ def test_oracle_and_headroom_by_hand():
 
 def test_costly_pool_member_is_skipped():
     label = np.zeros(3, dtype=np.int64)
-    big = _record("big", 20.0, [0.9, 0.8, 0.7], [1, 1, 1], label)
-    small = _record("small", 1.0, [0.9, 0.8, 0.7], [1, 0, 1], label)
-    base = _record("base", 10.0, np.ones(3), [1, 1, 1], label)
+    big = chain_record("big", 20.0, [0.9, 0.8, 0.7], [1, 1, 1], label)
+    small = chain_record("small", 1.0, [0.9, 0.8, 0.7], [1, 0, 1], label)
+    base = chain_record("base", 10.0, np.ones(3), [1, 1, 1], label)
     plan = plan_chains(base, [big, small], progress=False)
     assert plan.pool == ["small"] and plan.skipped[0]["name"] == "big"
     assert plan.search["chains"] == 2
@@ -226,7 +216,7 @@ def test_bad_input(tmp_path):
         plan_chains(base, pool, max_stages=0)
     with pytest.raises(TinySaverError, match="more than once"):
         plan_chains(base, [pool[0], pool[0]])
-    short = _record("short", 0.1, np.ones(10), np.ones(10), np.zeros(10, dtype=np.int64))
+    short = chain_record("short", 0.1, np.ones(10), np.ones(10), np.zeros(10, dtype=np.int64))
     with pytest.raises(TinySaverError, match="samples"):
         plan_chains(base, [short])
     with pytest.raises(TinySaverError, match="same models"):
@@ -269,8 +259,8 @@ def test_headroom_above_one_and_uncertified_gains_are_explained():
     # nobody is right on samples 2-3: the oracle sends them to the base (10 GMACs), while a chain
     # allowed to lose 25 points answers everything at the saver: cheaper than the oracle
     label = np.zeros(4, dtype=np.int64)
-    a = _record("a", 1.0, [0.9, 0.9, 0.9, 0.9], [1, 0, 0, 0], label)
-    base = _record("base", 10.0, np.ones(4), [1, 1, 0, 0], label)
+    a = chain_record("a", 1.0, [0.9, 0.9, 0.9, 0.9], [1, 0, 0, 0], label)
+    base = chain_record("base", 10.0, np.ones(4), [1, 1, 0, 0], label)
     plan = plan_chains(base, [a], drops=[25.0, 0.0], progress=False)
     assert plan.oracle.gmacs == pytest.approx((1 + 10 + 10 + 10) / 4)
     assert plan.required[25.0].gmacs == pytest.approx(1.0)
