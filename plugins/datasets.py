@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from tinysaver.errors import TinySaverError
+from tinysaver.errors import DataNotFoundError, TinySaverError
 from tinysaver.registry import DATASETS
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ def image_folder(root: str, transform: Optional[Callable] = None, class_map: Opt
     from tinysaver.plugins.imagenet import ImageNetFolder
 
     if not Path(root).is_dir():
-        raise TinySaverError(f"{root}: no such dataset folder (expected ROOT/<class>/<image>)")
+        raise DataNotFoundError(f"{root}: no such dataset folder (expected ROOT/<class>/<image>)")
     if class_map is not None:
         return ImageNetFolder(root, class_map, transform)
     return ImageFolder(root, transform=transform)

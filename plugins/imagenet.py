@@ -43,7 +43,7 @@ from torch import nn
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from tinysaver.errors import TinySaverError
+from tinysaver.errors import DataNotFoundError, TinySaverError
 
 SYNSET = re.compile(r"n\d{8}")
 NUMERIC = re.compile(r"\d+")
@@ -137,7 +137,7 @@ def class_folders(root: os.PathLike | str) -> List[str]:
     """The class folders of ``root`` (sorted, as ``ImageFolder`` lists them)."""
     root = Path(root)
     if not root.is_dir():
-        raise TinySaverError(f"{root}: no such dataset folder (expected ROOT/<class>/<image>)")
+        raise DataNotFoundError(f"{root}: no such dataset folder (expected ROOT/<class>/<image>)")
     folders = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
     if not folders:
         raise TinySaverError(f"{root}: no class folders (expected ROOT/<class>/<image>)")

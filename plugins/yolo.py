@@ -53,15 +53,57 @@ def prepare_offline(config_dir: Optional[str] = None) -> None:
 prepare_offline()
 
 
-def check_checkpoint(checkpoint: str) -> None:
+def weights_dir() -> Optional[Path]:
+    """ultralytics' own weights folder (``SETTINGS['weights_dir']``), where ``yolo`` keeps the
+    checkpoints it downloaded, or None when ultralytics has none configured."""
+    from ultralytics.utils import SETTINGS
+
+    folder = SETTINGS.get("weights_dir")
+    return Path(folder) if folder else None
+
+
+def resolve_checkpoint(checkpoint: str) -> Path:
+    """The file a YOLO checkpoint spec names, found the way ultralytics users expect, never downloaded.
+
+    A path that exists is used as is. A bare name (``yolov8n.pt``, no folder) is looked up in the
+    working directory, then in ultralytics' weights folder (:func:`weights_dir`), which is where
+    ``YOLO("yolov8n.pt")`` keeps what it downloaded. ultralytics itself would download a missing
+    official name; here that is a one-line error, since nothing may reach the network.
+
+    Raises:
+        TinySaverError: Not found; the message names the places looked in.
+    """
+    path = Path(checkpoint)
+    if path.is_file():
+        return path
+    looked = [str(path.resolve())]
+    if path.name == str(checkpoint):  # a bare name: ultralytics' weights folder too
+        folder = weights_dir()
+        if folder is not None:
+            if (folder / path.name).is_file():
+                return folder / path.name
+            looked.append(str(folder / path.name))
+    raise TinySaverError(f"{checkpoint}: YOLO checkpoint not found (looked in {', '.join(looked)}); nothing is "
+                         f"downloaded: put the file there, or build it untrained with random_init")
+
+
+def model_yaml(checkpoint: str) -> str:
+    """The ultralytics model yaml a checkpoint name stands for (``yolov8x.pt`` → ``yolov8x.yaml``),
+    for building that architecture untrained (no file, no download)."""
+    return Path(checkpoint).stem + ".yaml"
+
+
+def check_checkpoint(checkpoint: str) -> Path:
     """Refuses (one line, nothing run) a file that is not an ultralytics ``.pt`` checkpoint made of
     known model classes only: ultralytics' restricted loader must read it before ``YOLO(path)``
-    unpickles it for real (the same bytes, so the same classes and nothing else)."""
+    unpickles it for real (the same bytes, so the same classes and nothing else).
+
+    Returns:
+        The checkpoint's file (:func:`resolve_checkpoint`).
+    """
     import pickle
 
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise TinySaverError(f"{checkpoint}: YOLO checkpoint not found")
+    path = resolve_checkpoint(checkpoint)
     if path.suffix != ".pt":
         raise TinySaverError(f"{checkpoint}: not an ultralytics checkpoint (a .pt file)")
     from ultralytics.nn.tasks import _SafeLoad, torch_safe_load
@@ -76,28 +118,45 @@ def check_checkpoint(checkpoint: str) -> None:
         text = " ".join(str(exc).replace("ERROR ❌️", "").split())
         raise TinySaverError(f"{checkpoint}: refused by the restricted checkpoint loader "
                              f"({type(exc).__name__}: {text[:200]})") from None
+    return path
 
 
 class YOLOModel:
     """A YOLO checkpoint with fixed inference settings, answering lists of BGR images.
 
     Args:
-        checkpoint: Path of an ultralytics ``.pt`` file.
+        checkpoint: An ultralytics ``.pt`` file, or a bare official name (``yolov8n.pt``) found in
+            the working directory or ultralytics' weights folder (:func:`resolve_checkpoint`).
         imgsz: Letterbox size.
         conf: Minimum score kept by NMS (0.001 as ultralytics' val uses for AP).
         iou: NMS IoU threshold.
         max_det: Maximum detections per image.
         device: ``cpu``, ``cuda:0``, ...
         half: fp16 inference (GPU).
+        random_init: Build the architecture untrained from its model yaml instead (``model``, else
+            the checkpoint's name: ``yolov8x.pt`` → ``yolov8x.yaml``); no file is read. For checking
+            a config's shapes, costs and memory before the real run.
+        model: The model yaml for ``random_init`` (default: derived from ``checkpoint``).
+        num_classes: Classes of the untrained model (``random_init``; default: the yaml's, 80 for
+            ultralytics' own), for a checkpoint trained on another label set.
+
+    Examples:
+        >>> yolo = YOLOModel("yolov8x.pt", random_init=True)    # the architecture, untrained
+        >>> round(yolo.gflops(640), 1)                          # doctest: +SKIP
+        258.5
     """
 
     def __init__(self, checkpoint: str, imgsz: int = 640, conf: float = 0.001, iou: float = 0.7,
-                 max_det: int = 300, device: str = "cpu", half: bool = False) -> None:
-        check_checkpoint(checkpoint)
+                 max_det: int = 300, device: str = "cpu", half: bool = False, random_init: bool = False,
+                 model: Optional[str] = None, num_classes: Optional[int] = None) -> None:
         from ultralytics import YOLO
 
-        self.checkpoint = str(checkpoint)
-        self.yolo = YOLO(self.checkpoint, task="detect")
+        if random_init:
+            self.checkpoint = model or model_yaml(checkpoint)
+            self.yolo = _untrained(self.checkpoint, num_classes)
+        else:
+            self.checkpoint = str(check_checkpoint(checkpoint))
+            self.yolo = YOLO(self.checkpoint, task="detect")
         self.imgsz, self.conf, self.iou, self.max_det = imgsz, conf, iou, max_det
         self.device, self.half = device, half
 
@@ -158,10 +217,13 @@ class YOLOModel:
         thop, 2 FLOPs per multiply-add), counted once per shape."""
         from ultralytics.utils.torch_utils import get_flops
 
+        from tinysaver.complexity import inference_trace
+
         key = (int(height), int(width))
         cache = self.__dict__.setdefault("_gflops", {})
         if key not in cache:
-            value = float(get_flops(self.yolo.model, list(key)))
+            with inference_trace(self.yolo.model):  # eval mode, autograd off: the cost of inference
+                value = float(get_flops(self.yolo.model, list(key)))
             if value <= 0:
                 raise TinySaverError(f"{self.checkpoint}: could not count the GFLOPs at {key} (is thop installed?)")
             cache[key] = value
@@ -175,6 +237,24 @@ class YOLOModel:
         """GFLOPs at a square ``imgsz`` input, ultralytics' convention (2 FLOPs per multiply-add)."""
         size = imgsz or self.imgsz
         return self.gflops_at(size, size)
+
+
+def _untrained(yaml: str, num_classes: Optional[int] = None) -> Any:
+    """``YOLO(yaml)``: the architecture with fresh weights, built offline by ultralytics (with
+    ``num_classes`` outputs when given)."""
+    from ultralytics import YOLO
+    from ultralytics.nn.tasks import DetectionModel
+
+    if not yaml.endswith((".yaml", ".yml")):
+        raise TinySaverError(f"{yaml}: random_init builds a YOLO from its model yaml (e.g. yolov8x.yaml)")
+    try:
+        yolo = YOLO(yaml, task="detect")
+        if num_classes is not None and num_classes != len(yolo.model.names):
+            yolo.model = DetectionModel(yaml, nc=int(num_classes), verbose=False)
+    except (FileNotFoundError, KeyError) as exc:
+        raise TinySaverError(f"{yaml}: not a model yaml ultralytics knows ({type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())[:160]})") from None
+    return yolo
 
 
 _PREDICTORS: Dict[type, type] = {}

@@ -20,6 +20,10 @@ class ThresholdError(TinySaverError, ValueError):
     """
 
 
+class DataNotFoundError(TinySaverError):
+    """A dataset folder that does not exist (the tools add which setting points at the data)."""
+
+
 class RecordError(TinySaverError, ValueError):
     """A prediction record (or a pair of records) that cannot be used.
 

@@ -555,17 +555,16 @@ class ExitSequenceNetwork(nn.Module):
 
         carry = _Carry()
         stages = self.stages(carry)
+        from .complexity import inference_trace
+
         x = torch.zeros(1, *self.input_size, device=next(self.sequence.parameters()).device)
         out, state_in = [], x
-        was_training = self.training
-        self.eval()
-        with torch.no_grad():
+        with inference_trace(self):
             for k, stage in enumerate(stages):
                 with FlopCounterMode(display=False) as counter:
                     stage.model(state_in)
                 out.append(counter.get_total_flops() / 2 / 1e9)
                 state_in = carry.state
-        self.train(was_training)
         return out
 
     def extra_repr(self) -> str:

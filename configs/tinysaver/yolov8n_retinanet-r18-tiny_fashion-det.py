@@ -8,8 +8,9 @@ custom_imports = dict(imports=['tinysaver.plugins.mmdet'], allow_failed_imports=
 data_root = '{{$FASHION_DET_ROOT:data/fashion_det}}/'
 weights = '{{$TINYSAVER_DET_WEIGHTS:{{ fileDirname }}/../../weights/det}}'
 # Stages as variables, so a config built on this one can reuse them ({{_base_.retinanet_stage}}).
+# `model`/`num_classes`: the architecture --random-init builds untrained (YOLOv8n with 10 classes).
 yolo_stage = dict(type='yolo', name='yolov8n', checkpoint=weights + '/yolov8n_fashion-det.pt', imgsz=160,
-                  conf=0.001, iou=0.7, max_det=100)
+                  conf=0.001, iou=0.7, max_det=100, model='yolov8n.yaml', num_classes=10)
 retinanet_stage = dict(type='mmdet', name='retinanet_r18-tiny',
                        config='{{ fileDirname }}/../fashion_det/retinanet_r18-tiny_fashion-det.py',
                        checkpoint=weights + '/retinanet_r18-tiny_fashion-det.pth')

@@ -44,6 +44,7 @@ def build_mmdet_model(config: Union[str, dict, Config], checkpoint: Optional[str
     ``checkpoint`` strictly: a checkpoint that does not fit is an error, not a warning."""
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
+    from mmengine.registry import DefaultScope
 
     register_all_modules(init_default_scope=False)
     if isinstance(config, str) and config.startswith("mmdet::"):
@@ -54,7 +55,10 @@ def build_mmdet_model(config: Union[str, dict, Config], checkpoint: Optional[str
                                  f"mmdetection source checkout; see README)")
         config = Config.fromfile(str(config))
     model_cfg = config["model"] if "model" in config else config
-    model = MODELS.build(model_cfg)
+    # mmdet's scope while building, also outside a Runner: parts built through mmcv/mmengine's root
+    # registry (Co-DETR's transformer layers) are registered in mmdet's only.
+    with DefaultScope.overwrite_default_scope("mmdet"):
+        model = MODELS.build(model_cfg)
     if checkpoint:
         state = load_checkpoint_state_dict(checkpoint)
         missing, unexpected = model.load_state_dict(state, strict=False)

@@ -29,6 +29,7 @@ from mmdet.models.detectors.base import BaseDetector
 from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
 
+from tinysaver.complexity import StageMeter
 from tinysaver.confidence import MIN_BOX_SCORE, build_confidence
 from tinysaver.detection import Detections
 from tinysaver.registry import STAGES
@@ -59,6 +60,10 @@ class TinySaverDetector(BaseDetector):
         record_all: Run every stage on every image and attach all their detections to the outputs
             (``tinysaver_stage_dets``) for detection records; ``pred_instances`` still follow the
             thresholds.
+
+    Attributes:
+        meter: Each stage's measured time per image and peak memory while it ran
+            (:class:`~tinysaver.complexity.StageMeter`; ``tools/test.py`` reports it).
         data_preprocessor: The cascade's own (pass-through) preprocessor; each stage preprocesses
             its images itself.
     """
@@ -80,6 +85,7 @@ class TinySaverDetector(BaseDetector):
             raise ValueError("give threshold or thresholds, not both")
         self.thresholds = list(thresholds) if thresholds is not None else [0.5 if threshold is None else threshold]
         self.record_all = record_all
+        self.meter = StageMeter(self.stage_names)
 
     # --- thresholds ---------------------------------------------------------------------------------
     @property
@@ -131,11 +137,11 @@ class TinySaverDetector(BaseDetector):
     def _routing_stages(self, items: List[DetItem]) -> List[Stage]:
         thresholds = [*self._thresholds, math.inf]
         if not self.record_all:
-            return [Stage(model=stage, confidence=self._confidence_of(k), threshold=t, name=stage.name)
-                    for k, (stage, t) in enumerate(zip(self.stages, thresholds))]
+            return [Stage(model=lambda sub, k=k: self._run_stage(k, sub), confidence=self._confidence_of(k), threshold=t,
+                          name=stage.name) for k, (stage, t) in enumerate(zip(self.stages, thresholds))]
         # Every stage on every image (for records); routing still goes through the one routine, on
         # the detections already computed.
-        everything = [stage(items) for stage in self.stages]
+        everything = [self._run_stage(k, items) for k in range(len(self.stages))]
         for item_index, item in enumerate(items):
             item.sample.tinysaver_stage_dets = [(d[item_index].bboxes, d[item_index].scores, d[item_index].labels)
                                                 for d in everything]
@@ -143,6 +149,11 @@ class TinySaverDetector(BaseDetector):
         return [Stage(model=lambda sub, dets=dets: [dets[row_of[id(it)]] for it in sub],
                       confidence=self._confidence_of(k), threshold=t, name=self.stages[k].name)
                 for k, (dets, t) in enumerate(zip(everything, thresholds))]
+
+    def _run_stage(self, k: int, items: List[DetItem]) -> list:
+        stage = self.stages[k]
+        device = next(stage.parameters()).device
+        return self.meter.measure(k, stage, items, len(items), device)
 
     def _confidence_of(self, k: int):
         fn = self.confidences[k]

@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
+from tinysaver.errors import TinySaverError
 
 
 def mmdet_gflops(model: Any, items: Sequence[dict], mode: str = "tensor") -> float:
@@ -24,32 +25,51 @@ def mmdet_gflops(model: Any, items: Sequence[dict], mode: str = "tensor") -> flo
     detector), counted by ``mmengine.analysis`` and doubled to FLOPs.
 
     ``mode='tensor'`` traces ``_forward`` (backbone, neck and head outputs, as mmdet's own
-    ``get_flops.py``); for detectors whose ``_forward`` is empty (Co-DETR) pass ``mode='predict'``.
+    ``get_flops.py``); for detectors whose ``_forward`` is empty (Co-DETR) pass ``mode='predict'``,
+    which traces the whole ``predict`` (post-processing included) and hands the tracer the boxes and
+    scores as tensors (a tracer cannot return ``DetDataSample`` s).
     """
     from mmengine.analysis import get_model_complexity_info
     from mmengine.dataset import pseudo_collate
 
+    from tinysaver.complexity import inference_trace
+
     macs = []
-    for item in items:
-        data = model.data_preprocessor(pseudo_collate([item]), False)
-        model.forward = partial(type(model).forward, model, data_samples=data["data_samples"], mode=mode)
-        try:
-            info = get_model_complexity_info(model, None, inputs=data["inputs"], show_table=False, show_arch=False)
-        finally:
-            del model.forward  # back to the class's method
-        macs.append(info["flops"])
+    # Eval mode, autograd off: the cost of inference, and gradient-checkpointed backbones
+    # (with_cp=True) trace at all (tinysaver.complexity.inference_trace).
+    with inference_trace(model):
+        for item in items:
+            data = model.data_preprocessor(pseudo_collate([item]), False)
+            forward = partial(type(model).forward, model, data_samples=data["data_samples"], mode=mode)
+            model.forward = forward if mode == "tensor" else (lambda inputs, run=forward: _as_tensors(run(inputs)))
+            try:
+                info = get_model_complexity_info(model, None, inputs=data["inputs"], show_table=False,
+                                                 show_arch=False)
+            finally:
+                del model.forward  # back to the class's method
+            macs.append(info["flops"])
+    if not all(m > 0 for m in macs):  # an empty _forward (Co-DETR) traces nothing: never a free model
+        raise TinySaverError(f"{type(model).__name__}: the {mode!r} trace counted 0 FLOPs (its "
+                             f"{'_forward' if mode == 'tensor' else 'predict'} runs nothing traceable); set "
+                             f"flops_mode='predict' on its stage (or tools/get_flops.py --mode predict)")
     return 2 * float(np.mean(macs)) / 1e9
 
 
+def _as_tensors(samples: Sequence[Any]) -> tuple:
+    """``predict``'s data samples as the tensors a tracer can return (each image's boxes and scores)."""
+    return tuple(t for ds in samples for t in (ds.pred_instances.bboxes, ds.pred_instances.scores))
+
+
 def stage_image_gflops(stage: Any, images: Sequence[dict], load_item: Callable[[int], dict],
-                       mode: str = "tensor") -> Tuple[np.ndarray, int]:
+                       mode: Optional[str] = None) -> Tuple[np.ndarray, int]:
     """One stage's GFLOPs on each image, at the input size the stage runs it at (module docstring).
 
     Args:
         stage: A stage of the detector (``YOLOStage`` or an mmdet stage).
         images: ``{"img_id", "ori_shape", "img_shape"}`` per image (:attr:`TinySaverCascadeMetric.images`).
         load_item: ``img_id`` → the dataset item (the test pipeline's output), for mmdet stages.
-        mode: ``tensor`` or ``predict`` (see :func:`mmdet_gflops`).
+        mode: ``tensor`` or ``predict`` (see :func:`mmdet_gflops`); None: the stage's own
+            ``flops_mode`` (``tensor`` unless its config says ``predict``).
 
     Returns:
         ``([M] GFLOPs, number of distinct input shapes counted)``.
@@ -64,6 +84,7 @@ def stage_image_gflops(stage: Any, images: Sequence[dict], load_item: Callable[[
     first: Dict[Tuple[int, ...], int] = {}
     for im, shape in zip(images, padded):
         first.setdefault(shape, im["img_id"])
+    mode = mode or getattr(stage, "flops_mode", "tensor")
     cost = {shape: mmdet_gflops(stage.model, [load_item(img_id)], mode) for shape, img_id in first.items()}
     return np.array([cost[s] for s in padded], dtype=np.float64), len(cost)
 
@@ -75,7 +96,7 @@ def item_loader(dataset: Any) -> Callable[[int], dict]:
 
 
 def cascade_gflops_report(detector: Any, images: Sequence[dict], load_item: Callable[[int], dict],
-                          mode: str = "tensor", answered: Optional[Sequence[float]] = None) -> Dict[str, Any]:
+                          mode: Optional[str] = None, answered: Optional[Sequence[float]] = None) -> Dict[str, Any]:
     """Each stage's GFLOPs per image (alone, every image at its own size) and the cascade's average.
 
     Args:
@@ -84,7 +105,7 @@ def cascade_gflops_report(detector: Any, images: Sequence[dict], load_item: Call
             answered it, :attr:`TinySaverCascadeMetric.images`) for the cascade's measured average:
             the mean over the images of the costs of the stages each image reached.
         load_item: ``img_id`` → dataset item (:func:`item_loader`).
-        mode: What mmdet stages trace (:func:`mmdet_gflops`).
+        mode: What mmdet stages trace (:func:`mmdet_gflops`); None: each stage's ``flops_mode``.
         answered: Without routing (no ``"stage"``), shares of images answered per stage: the
             cascade's estimate ``Σ_k reach_k · mean gflops_k`` (:func:`cascade_cost`).
 

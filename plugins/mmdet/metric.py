@@ -40,6 +40,10 @@ class TinySaverCascadeMetric(BaseMetric):
         max_dets: The COCO maxDets the config's ``CocoMetric`` evaluates with (its
             ``proposal_nums``), stored in the records so ``det-tradeoff`` evaluates alike
             (``tools/test.py`` sets it).
+        defer_records: Keep the records in :attr:`pending_records` instead of writing them, for
+            the caller to stamp each image's measured cost and write them (``tools/test.py
+            --dump-records``). Without it, ``record_dir`` needs ``stage_gflops``: a record is never
+            written without a cost.
     """
 
     default_prefix = "tinysaver"
@@ -47,9 +51,16 @@ class TinySaverCascadeMetric(BaseMetric):
     def __init__(self, stage_gflops: Optional[Sequence[float]] = None, record_dir: Optional[str] = None,
                  record_names: Optional[Sequence[str]] = None, ann_file: Optional[str] = None,
                  cat_ids: Optional[Sequence[int]] = None, max_dets: Sequence[int] = DEFAULT_MAX_DETS,
-                 collect_device: str = "cpu", prefix: Optional[str] = None) -> None:
+                 defer_records: bool = False, collect_device: str = "cpu", prefix: Optional[str] = None) -> None:
         super().__init__(collect_device=collect_device, prefix=prefix)
         self.stage_gflops = None if stage_gflops is None else [float(g) for g in stage_gflops]
+        if record_dir and not defer_records and not (self.stage_gflops and all(g > 0 for g in self.stage_gflops)):
+            raise TinySaverError("TinySaverCascadeMetric(record_dir=...) needs stage_gflops (each stage's GFLOPs per "
+                                 "image, > 0): records are never written without a cost; tools/test.py "
+                                 "--dump-records measures them")
+        self.defer_records = bool(defer_records)
+        #: ``{path: DetRecord}`` of the last evaluation when ``defer_records`` (costs not yet stamped)
+        self.pending_records: Dict[Path, DetRecord] = {}
         self.record_dir, self.record_names = record_dir, record_names
         self.ann_file, self.cat_ids = ann_file, cat_ids
         self.max_dets = tuple(max_dets)
@@ -95,12 +106,19 @@ class TinySaverCascadeMetric(BaseMetric):
             cat_ids = COCO(self.ann_file).get_cat_ids(cat_names=self.dataset_meta["classes"])
         n_stages = len(results[0]["dets"])
         names = list(self.record_names or default_stage_names(n_stages))
+        records = {}
         for k in range(n_stages):
-            gflops = self.stage_gflops[k] if self.stage_gflops else 0.0
+            # deferred: a placeholder the caller replaces by the measured cost before writing
+            gflops = 0.0 if self.defer_records else self.stage_gflops[k]
             rec = DetRecord.from_lists(names[k], gflops, ids, [r["dets"][k][0] for r in results],
                                        [r["dets"][k][1] for r in results], [r["dets"][k][2] for r in results], cat_ids)
             rec.max_dets = self.max_dets
-            save_det_record(Path(self.record_dir) / f"{names[k]}.npz", rec)
+            records[Path(self.record_dir) / f"{names[k]}.npz"] = rec
+        if self.defer_records:
+            self.pending_records = records
+            return
+        for path, rec in records.items():
+            save_det_record(path, rec)
 
 
 __all__ = ["TinySaverCascadeMetric", "cascade_cost"]

@@ -74,15 +74,21 @@ class YOLOStage(DetStage):
         class_map: ``class_map[k]`` is the dataset label of YOLO class k (identity when None: YOLO's
             80 COCO classes are already in mmdet's order).
         name: Stage name for reports and records.
+        random_init: The architecture untrained, from its model yaml (``model``, else the
+            checkpoint's name: ``yolov8x.pt`` → ``yolov8x.yaml``); the checkpoint is not read.
+        model: Model yaml for ``random_init``.
+        num_classes: Classes of the untrained model (``random_init``; default: the yaml's).
     """
 
     def __init__(self, checkpoint: str, imgsz: int = 640, conf: float = 0.001, iou: float = 0.7,
                  max_det: int = 300, half: bool = False, class_map: Optional[Sequence[int]] = None,
-                 name: Optional[str] = None) -> None:
+                 name: Optional[str] = None, random_init: bool = False, model: Optional[str] = None,
+                 num_classes: Optional[int] = None) -> None:
         from tinysaver.plugins.yolo import YOLOModel
 
         super().__init__(name or "yolo")
-        self.yolo = YOLOModel(checkpoint, imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, half=half)
+        self.yolo = YOLOModel(checkpoint, imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, half=half,
+                              random_init=random_init, model=model, num_classes=num_classes)
         self.model = self.yolo.model  # a submodule: moved by .to(), saved in state dicts
         self.class_map = None if class_map is None else np.asarray(class_map, dtype=np.int64)
 
@@ -108,13 +114,22 @@ class MMDetStage(DetStage):
         config: Config file, ``mmdet::<path>`` of the installed package, or a config dict.
         checkpoint: Its checkpoint (loaded with ``weights_only``), or None.
         name: Stage name for reports and records.
+        random_init: Build the detector with its initial weights and read no checkpoint (for
+            checking a config's shapes, costs and memory before the real run).
+        flops_mode: What its cost trace runs: ``tensor`` (``_forward``: backbone, neck and head
+            outputs, as mmdet's own get_flops.py) or ``predict`` (the whole prediction; for
+            detectors whose ``_forward`` is empty, such as Co-DETR).
     """
 
-    def __init__(self, config: Any, checkpoint: Optional[str] = None, name: Optional[str] = None) -> None:
+    def __init__(self, config: Any, checkpoint: Optional[str] = None, name: Optional[str] = None,
+                 random_init: bool = False, flops_mode: str = "tensor") -> None:
         from .checkpoint import build_mmdet_model
 
         super().__init__(name or "mmdet")
-        self.model = build_mmdet_model(config, checkpoint)
+        if flops_mode not in ("tensor", "predict"):
+            raise TinySaverError(f"stage {name or 'mmdet'}: flops_mode must be 'tensor' or 'predict', got {flops_mode!r}")
+        self.flops_mode = flops_mode
+        self.model = build_mmdet_model(config, None if random_init else checkpoint)
 
     def forward(self, items: Sequence[DetItem]) -> List[Detections]:
         # The detector's own preprocessing (normalise, pad, batch) on just these images.
@@ -125,10 +140,10 @@ class MMDetStage(DetStage):
                            r.pred_instances.scores.detach().cpu().numpy().astype(np.float32),
                            r.pred_instances.labels.detach().cpu().numpy().astype(np.int64)) for r in results]
 
-    def gflops(self, items: Sequence[Any], mode: str = "tensor") -> float:
+    def gflops(self, items: Sequence[Any], mode: Optional[str] = None) -> float:
         from .flops import mmdet_gflops
 
-        return mmdet_gflops(self.model, items, mode)
+        return mmdet_gflops(self.model, items, mode or self.flops_mode)
 
 
 __all__ = ["DetItem", "DetStage", "YOLOStage", "MMDetStage", "ORIGINAL_IMAGE_KEY"]

@@ -5,7 +5,9 @@ classification and detection configs, the task read from the config, input probl
 from __future__ import annotations
 
 import argparse
+import ast
 import os.path as osp
+import re
 from typing import Any, Dict, List, Optional
 
 from tinysaver.errors import TinySaverError
@@ -49,6 +51,7 @@ def load_config(path: str, cfg_options: Optional[Dict[str, Any]] = None, checkpo
     except (SyntaxError, ImportError, OSError, KeyError, ValueError) as exc:
         raise TinySaverError(f"{path}: cannot load the config ({type(exc).__name__}: {exc})") from None
     if cfg_options:
+        _refuse_late_data_root(path, cfg_options)
         cfg.merge_from_dict(cfg_options)
     if "model" not in cfg:
         raise TinySaverError(f"{path}: no model in the config")
@@ -57,6 +60,65 @@ def load_config(path: str, cfg_options: Optional[Dict[str, Any]] = None, checkpo
         raise TinySaverError(f"{path}: model type {model_type or '(none)'} is not in the TinySaver cascade types "
                              f"({', '.join(CASCADE_TYPES)}); see configs/tinysaver/")
     return cfg
+
+
+def apply_random_init(cfg: Any) -> Any:
+    """Every stage of the config's cascade built untrained, no weights or checkpoint read: the
+    random-weights smoke path (``tools/test.py CONFIG none --random-init``, ``tools/get_flops.py
+    CONFIG --random-init``) that checks a paper config's shapes, costs, time and memory on a CPU
+    before the real run. Classifier stages drop their weights; YOLO stages build from their model
+    yaml (``yolov8x.pt`` → ``yolov8x.yaml``); mmdet stages keep their initial weights."""
+    for stage in cfg.model.stages:
+        if task_of(cfg) == CLASSIFICATION:
+            stage["weights"] = None
+        stage["random_init"] = True
+    return cfg
+
+
+#: ``{{$VAR:default}}`` in a config: mmengine fills it from the environment when the file is read
+_ENV_REFERENCE = re.compile(r"\{\{\s*\$(\w+)\s*:")
+
+
+def data_root_variables(path: str) -> List[str]:
+    """The environment variables a config (and its ``_base_`` files) reads its ``data_root`` from,
+    e.g. ``['COCO_ROOT']`` (``data_root = '{{$COCO_ROOT:data/coco}}/'``)."""
+    found: List[str] = []
+    pending, seen = [osp.abspath(path)], set()
+    while pending:
+        file = pending.pop()
+        if file in seen or not osp.isfile(file):
+            continue
+        seen.add(file)
+        text = open(file, encoding="utf-8").read()
+        for line in text.splitlines():
+            if line.lstrip().startswith("data_root"):
+                found += [v for v in _ENV_REFERENCE.findall(line) if v not in found]
+        match = re.search(r"^_base_\s*=\s*(.+?)$", text, flags=re.M | re.S)
+        if match:
+            try:
+                bases = ast.literal_eval(match.group(1).split("\n\n")[0].strip())
+            except (SyntaxError, ValueError):
+                bases = []
+            for base in [bases] if isinstance(bases, str) else bases:
+                if isinstance(base, str) and "::" not in base:
+                    pending.append(osp.join(osp.dirname(file), base))
+    return found
+
+
+def data_root_hint(path: str) -> str:
+    """What sets a config's data folder: ``COCO_ROOT=/path/to/data`` (the variable it reads)."""
+    names = data_root_variables(path)
+    if not names:
+        return "point the config's paths at your data"
+    return " or ".join(f"{name}=/path/to/data" for name in names) + " in the environment"
+
+
+def _refuse_late_data_root(path: str, cfg_options: Dict[str, Any]) -> None:
+    """``--cfg-options data_root=...`` would change nothing: every path built from ``data_root``
+    (annotation files, image folders, the metrics' ann_file) was filled when the file was read."""
+    if "data_root" in cfg_options:
+        raise TinySaverError(f"--cfg-options data_root=...: {path} builds its paths from data_root when it is read, "
+                             f"so overriding it afterwards changes none of them; set {data_root_hint(path)}")
 
 
 def task_of(cfg: Any) -> str:
@@ -74,4 +136,5 @@ def registry_miss(exc: KeyError) -> Optional[str]:
     return message.split(" Please check")[0] if "registry" in message else None
 
 
-__all__ = ["load_config", "task_of", "registry_miss", "CLASSIFICATION", "DETECTION", "CLASSIFIER_TYPES"]
+__all__ = ["load_config", "task_of", "registry_miss", "apply_random_init", "data_root_hint", "data_root_variables", "CLASSIFICATION", "DETECTION",
+           "CLASSIFIER_TYPES"]

@@ -32,7 +32,7 @@ from mmengine.model import BaseModel
 from mmengine.registry import MODELS
 from torch import nn
 
-from tinysaver.complexity import count_gmacs
+from tinysaver.complexity import StageMeter, count_gmacs
 from tinysaver.confidence import CONFIDENCES, build_confidence
 from tinysaver.errors import TinySaverError
 from tinysaver.numerics import Numerics
@@ -164,6 +164,8 @@ class TinySaverClassifier(BaseModel):
             raise TinySaverError(f"topk must be >= 1, got {topk}")
         self.topk = int(topk)
         self._prepared_for: Optional[str] = None
+        #: each stage's measured time per sample and peak memory while it ran (tools/test.py reports it)
+        self.meter = StageMeter(self.stage_names)
         self._dropped: Dict[Tuple[Tuple[int, ...], int, str], torch.Tensor] = {}
 
     # --- thresholds and description -------------------------------------------------------------------
@@ -266,7 +268,8 @@ class TinySaverClassifier(BaseModel):
     def _logits(self, k: int, x: torch.Tensor, keep: Optional[Tuple[int, ...]], expected: Optional[int],
                 numerics: Numerics) -> torch.Tensor:
         stage = self.stages[k]
-        out = stage(numerics.prepare_inputs(x)).float()
+        inputs = numerics.prepare_inputs(x)
+        out = self.meter.measure(k, stage, inputs, len(inputs), inputs.device).float()
         if expected is not None and out.shape[1] != expected:
             raise TinySaverError(f"stage {stage.name} outputs {out.shape[1]} classes but the dataset's labels are "
                                  f"indices of {expected} classes (its num_classes / class map)")

@@ -20,8 +20,9 @@ data_root = '{{$COCO_ROOT:data/coco}}/'
 # lost) and a different image confidence. Choose per config.
 # Children replace `stages` whole (mmengine replaces lists): they take this base stage as
 # {{_base_.co_dino_stage}} and put their own saver in front of it.
+# flops_mode='predict': Co-DETR's `_forward` is empty, so its cost is traced through `predict`.
 co_dino_stage = dict(
-    type='mmdet', name='co-dino-swin-l',
+    type='mmdet', name='co-dino-swin-l', flops_mode='predict',
     config=mmdet_root + '/projects/CO-DETR/configs/codino/co_dino_5scale_swin_l_16xb1_16e_o365tococo.py',
     checkpoint=ckpt_dir + '/co_dino_5scale_swin_large_16e_o365tococo-614254c9.pth')
 model = dict(
