@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._records import CostedRecords, add_cost_arguments
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", metavar="B.npz", help="base record of the calibration split")
@@ -29,6 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="sample order (wsr) and data split (chains)")
     p.add_argument("--json", metavar="OUT.json", help="write the result as JSON")
     p.add_argument("--markdown", metavar="OUT.md", help="write the result as markdown")
+    add_cost_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,7 +39,6 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import TinySaverError
     from ..io import check_outputs, write_json, write_text
     from ..plan_report import calibration_markdown
-    from ..records import load_record
     from ._checks import distinct_models
 
     if args.stages and (args.saver or args.base):
@@ -48,7 +50,9 @@ def run(args: argparse.Namespace) -> int:
     if len(paths) < 2:
         raise TinySaverError("--stages needs at least one saver and the base")
     check_outputs({"--json": args.json, "--markdown": args.markdown}, inputs=paths)
-    records = [load_record(path, labelled=True) for path in paths]
+    loader = CostedRecords.from_args(args)
+    records = loader.load_all(paths)
+    loader.check_all_used()
     distinct_models(records, "--stages" if args.stages else "--saver/--base")
     result = calibrate_records(records, args.drop, args.delta, args.method, args.seed)
     text = calibration_markdown(result)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._records import CostedRecords, add_cost_arguments
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stages", required=True, nargs="+", metavar="S.npz",
@@ -22,6 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="one threshold per stage before the base ('inf': nothing exits there)")
     p.add_argument("--json", metavar="OUT.json", help="write the result as JSON (accuracy as a fraction)")
     p.add_argument("--markdown", metavar="OUT.md", help="write the markdown table")
+    add_cost_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,7 +32,6 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import TinySaverError
     from ..io import check_outputs, write_json, write_text
     from ..plan_report import chain_markdown
-    from ..records import load_record
     from ._checks import distinct_models
 
     check_outputs({"--json": args.json, "--markdown": args.markdown}, inputs=args.stages)
@@ -39,7 +41,9 @@ def run(args: argparse.Namespace) -> int:
                              f"one per stage before the base ('inf': nothing exits there)")
     if any(t != t for t in args.thresholds):  # t != t: NaN
         raise TinySaverError(f"{given}: a threshold is NaN; give numbers ('inf': nothing exits there)")
-    records = [load_record(path, labelled=True) for path in args.stages]
+    loader = CostedRecords.from_args(args)
+    records = loader.load_all(args.stages)
+    loader.check_all_used()
     distinct_models(records, "--stages")
     point = chain_from_records(records, args.thresholds)
     table = chain_markdown(point)

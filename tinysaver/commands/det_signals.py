@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._records import add_det_cost_arguments, load_costed_det_record
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ann", required=True, help="COCO annotation file of the split")
@@ -33,11 +35,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="OUT.json")
     p.add_argument("--markdown", metavar="OUT.md")
     p.add_argument("--plot", metavar="OUT.png")
+    add_det_cost_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..det_signals import plot_signals, signal_panel, signals_markdown
-    from ..detection import check_min_score, load_det_record
+    from ..detection import check_min_score
     from ..errors import TinySaverError
     from ._checks import check_png
     from ..io import check_outputs, write_json, write_text
@@ -48,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
     check_png(args.plot)
     check_outputs({"--json": args.json, "--markdown": args.markdown, "--plot": args.plot},
                   inputs=[args.ann, args.saver, args.base])
-    panel = signal_panel(args.ann, load_det_record(args.saver), load_det_record(args.base), args.signals,
+    saver = load_costed_det_record(args.saver, args.saver_gflops, "--saver-gflops")
+    base = load_costed_det_record(args.base, args.base_gflops, "--base-gflops")
+    panel = signal_panel(args.ann, saver, base, args.signals,
                          oracle=args.oracle, min_score=args.min_score, max_points=args.max_points or None)
     table = signals_markdown(panel)
     if args.json:

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._records import add_det_cost_arguments, load_costed_det_record
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ann", required=True, help="COCO annotation file of the split")
@@ -34,6 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="OUT.json")
     p.add_argument("--markdown", metavar="OUT.md")
     p.add_argument("--plot", metavar="OUT.png")
+    add_det_cost_arguments(p)
 
 
 #: most thresholds a START STOP STEP grid may hold ('all' is exact with fewer)
@@ -64,8 +67,7 @@ def parse_thresholds(values: list):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..detection import (det_tradeoff, det_tradeoff_markdown, detection_confidence, load_det_record,
-                             plot_det_tradeoff)
+    from ..detection import det_tradeoff, det_tradeoff_markdown, detection_confidence, plot_det_tradeoff
     from ._checks import check_png
     from ..io import check_outputs, write_json, write_text
 
@@ -74,7 +76,9 @@ def run(args: argparse.Namespace) -> int:
     check_png(args.plot)
     check_outputs({"--json": args.json, "--markdown": args.markdown, "--plot": args.plot},
                   inputs=[args.ann, args.saver, args.base])
-    result = det_tradeoff(args.ann, load_det_record(args.saver), load_det_record(args.base), grid,
+    saver = load_costed_det_record(args.saver, args.saver_gflops, "--saver-gflops")
+    base = load_costed_det_record(args.base, args.base_gflops, "--base-gflops")
+    result = det_tradeoff(args.ann, saver, base, grid,
                           confidence=args.confidence, min_score=args.min_score)
     table = det_tradeoff_markdown(result)
     if args.json:

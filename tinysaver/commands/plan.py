@@ -26,6 +26,7 @@ import argparse
 import math
 
 from ..analysis import PAPER_DROPS
+from ._records import CostedRecords, add_cost_arguments
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -60,13 +61,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="OUT.json", help="write the plan as JSON (accuracies as fractions)")
     p.add_argument("--markdown", metavar="OUT.md", help="write the markdown table")
     p.add_argument("--plot", metavar="OUT.png", help="plot accuracy vs GMACs: front, best pair, models, oracle")
+    add_cost_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..chain import plan_chains
     from ..io import check_outputs, write_json, write_text
     from ..plan_report import plan_markdown, plot_plan
-    from ..records import load_record
     from ..chain import MAX_CELLS
     from ._checks import MAX_DRAWS, at_most, check_drops, check_png
 
@@ -77,10 +78,11 @@ def run(args: argparse.Namespace) -> int:
     check_png(args.plot)
     check_outputs({"--json": args.json, "--markdown": args.markdown, "--plot": args.plot},
                   inputs=[args.base, *args.pool, args.calib_base, *(args.calib_pool or [])])
-    base = load_record(args.base, labelled=True)
-    pool = [load_record(path, labelled=True) for path in args.pool]
-    calib_base = load_record(args.calib_base, labelled=True) if args.calib_base else None
-    calib_pool = [load_record(path, labelled=True) for path in args.calib_pool] if args.calib_pool else None
+    records = CostedRecords.from_args(args)
+    base, pool = records.load(args.base), records.load_all(args.pool)
+    calib_base = records.load(args.calib_base) if args.calib_base else None
+    calib_pool = records.load_all(args.calib_pool) if args.calib_pool else None
+    records.check_all_used()
     result = plan_chains(base, pool, max_stages=args.max_stages, drops=args.drops, grid=args.grid,
                          calib_base=calib_base, calib_pool=calib_pool, ci=args.ci, draws=args.draws,
                          seed=args.seed, descent=not args.no_descent, starts=args.starts, pair_grid=args.pair_grid,

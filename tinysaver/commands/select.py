@@ -12,23 +12,26 @@ from __future__ import annotations
 
 import argparse
 
+from ._records import CostedRecords, add_cost_arguments
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", required=True, metavar="B.npz", help="record of the base model")
     p.add_argument("--saver", required=True, nargs="+", metavar="S.npz", help="records of the candidates")
     p.add_argument("--json", metavar="OUT.json", help="write the ranking as a JSON list")
     p.add_argument("--markdown", metavar="OUT.md", help="write the ranking as a markdown table")
+    add_cost_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..analysis import rank_savers
     from ..io import check_outputs, write_json, write_text
-    from ..records import load_record
     from ..report import selection_console, selection_markdown
 
     check_outputs({"--json": args.json, "--markdown": args.markdown}, inputs=[args.base, *args.saver])
-    base = load_record(args.base, labelled=True)
-    savers = [load_record(path, labelled=True) for path in args.saver]
+    records = CostedRecords.from_args(args)
+    base, savers = records.load(args.base), records.load_all(args.saver)
+    records.check_all_used()
     ranking = rank_savers(base, savers)
     split = base.split_name("selection")
     table = selection_markdown(base.name, ranking, split=split)

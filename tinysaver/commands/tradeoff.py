@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._records import CostedRecords, add_cost_arguments
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", required=True, metavar="B.npz", help="record of the base model (reported split)")
@@ -35,13 +37,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="calibrated mode: bootstrap intervals (e.g. 0.95) of each cell's measured accuracy and "
                         "GMACs, resampling both splits and re-choosing the threshold on each draw")
     p.add_argument("--ci-draws", type=int, default=1000, metavar="B", help="bootstrap draws (default 1000)")
+    add_cost_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..analysis import ExitCurve, tradeoff
     from ..errors import TinySaverError
     from ..io import check_outputs, write_json, write_text
-    from ..records import load_record
     from ..report import curve_table, plot_tradeoff, tradeoff_console, tradeoff_markdown, write_csv
     from ._checks import MAX_DRAWS, at_most, check_drops, check_png
 
@@ -57,19 +59,21 @@ def run(args: argparse.Namespace) -> int:
     check_png(args.plot)
     check_outputs({"--json": args.json, "--markdown": args.markdown, "--plot": args.plot, "--curve-csv": args.curve_csv},
                   inputs=[args.base, args.saver, args.calib_base, args.calib_saver])
-    saver, base = load_record(args.saver, labelled=True), load_record(args.base, labelled=True)
+    records = CostedRecords.from_args(args)
+    saver, base = records.load(args.saver), records.load(args.base)
     curve = ExitCurve.from_records(saver, base)
     calib, calib_split = None, "calibration"
     if args.calib_base:
-        calib_base = load_record(args.calib_base, labelled=True)
-        calib = ExitCurve.from_records(load_record(args.calib_saver, labelled=True), calib_base)
+        calib_base, calib_saver = records.load(args.calib_base), records.load(args.calib_saver)
+        calib = ExitCurve.from_records(calib_saver, calib_base)
         calib_split = calib_base.split_name("calibration")
+    records.check_all_used()
     result = tradeoff(curve, args.drops, saver=saver.name, base=base.name, calibration=calib,
                       split=base.split_name("report"), calib_split=calib_split)
     if args.ci is not None:
         from ..calibrate import tradeoff_ci
 
-        intervals = tradeoff_ci(load_record(args.calib_saver, labelled=True), calib_base, saver, base, args.drops,
+        intervals = tradeoff_ci(calib_saver, calib_base, saver, base, args.drops,
                                 level=args.ci, draws=args.ci_draws)
         for drop, cell in result.required.items():
             if cell is not None:
