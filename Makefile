@@ -4,7 +4,7 @@ export YOLO_OFFLINE := 1
 export YOLO_CONFIG_DIR := $(CURDIR)/.venv/ultralytics-config
 export MPLCONFIGDIR := $(CURDIR)/.venv/mpl-config
 
-.PHONY: setup demo test bench
+.PHONY: setup demo test bench paper-smoke
 
 setup:
 	bash tools/setup.sh
@@ -23,3 +23,8 @@ bench: setup
 	$(PY) bench/bench_planner_vs_dyce.py
 	$(PY) bench/bench_det_sweep.py
 	$(PY) bench/bench_serve.py
+
+# Every Table 1 and Table 4 config at full model size, random weights, 2 images (not part of `make
+# test`; about 25 min on 2 cores): writes results/paper_scale/.
+paper-smoke: setup
+	$(PY) tools/paper_smoke.py

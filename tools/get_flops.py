@@ -39,9 +39,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--answered", type=float, nargs="+", metavar="R",
                     help="share of samples each stage answers (summing to 1): also give the cascade's average")
     ap.add_argument("--exit-ratio", type=float, help="two stages: the share the first answers (= --answered R 1-R)")
-    ap.add_argument("--mode", default="tensor", choices=["tensor", "predict"], help="detection: what to trace in mmdet stages")
+    ap.add_argument("--mode", choices=["tensor", "predict"],
+                    help="detection: what to trace in mmdet stages (default: each stage's flops_mode, 'tensor' "
+                         "unless its config says 'predict', as the Co-DINO configs do)")
     ap.add_argument("--random-init", action="store_true",
-                    help="classification: build every stage untrained on the meta device (costs without weights)")
+                    help="build every stage untrained, read no weights (costs do not depend on them): classifiers "
+                         "on the meta device, YOLO stages from their model yaml, mmdet stages without checkpoint")
     ap.add_argument("--json", help="write the figures as JSON")
     ap.add_argument("--cfg-options", nargs="+", action=DictAction)
     return parse_tool_args(ap, argv)
@@ -49,21 +52,31 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> Dict[str, Any]:
     args = parse_args(argv)
-    from tinysaver.errors import TinySaverError
+    from tinysaver.errors import DataNotFoundError, TinySaverError
     from tinysaver.io import check_outputs, write_json
-    from tinysaver.plugins.mmengine_cls.config import CLASSIFICATION, load_config, registry_miss, task_of
+    from tinysaver.plugins.mmengine_cls.config import (CLASSIFICATION, apply_random_init, load_config, registry_miss,
+                                                       task_of)
 
     try:
         check_outputs({"--json": args.json}, inputs=[args.config])
         if args.images < 1:
             raise TinySaverError(f"--images must be >= 1, got {args.images}")
         cfg = load_config(args.config, args.cfg_options)
+        if args.random_init:
+            apply_random_init(cfg)
         answered = _answered(args)
         report = (classification_report if task_of(cfg) == CLASSIFICATION else detection_report)(args, cfg, answered)
+    except DataNotFoundError as exc:
+        from tinysaver.plugins.mmengine_cls.config import data_root_hint
+
+        _fail(f"{exc}; for the data, set {data_root_hint(args.config)}")
     except TinySaverError as exc:
         _fail(str(exc))
     except FileNotFoundError as exc:  # a file the config names (annotations, images, data root)
-        _fail(f"{exc.filename or exc}: not found ({exc.strerror or 'missing'}); check the config's paths")
+        from tinysaver.plugins.mmengine_cls.config import data_root_hint
+
+        _fail(f"{exc.filename or exc}: not found ({exc.strerror or 'missing'}); for the data, set "
+              f"{data_root_hint(args.config)}")
     except KeyError as exc:
         if registry_miss(exc) is None:
             raise
@@ -100,8 +113,6 @@ def classification_report(args: argparse.Namespace, cfg: Any, answered: Optional
     from tinysaver.plugins.mmengine_cls import gmacs_report
 
     if args.random_init:
-        for stage in cfg.model.stages:
-            stage["weights"], stage["random_init"] = None, True
         with torch.device("meta"):  # shapes only: no memory, no initialisation cost
             model = MODELS.build(cfg.model)
     else:
@@ -117,8 +128,6 @@ def detection_report(args: argparse.Namespace, cfg: Any, answered: Optional[List
     from tinysaver.errors import TinySaverError
     from tinysaver.plugins.mmdet import cascade_gflops_report
 
-    if args.random_init:
-        raise TinySaverError("--random-init applies to classification configs (detection stages load their checkpoints)")
     register_all_modules()
     detector = MODELS.build(cfg.model)
     dataset = DATASETS.build(cfg.test_dataloader.dataset)

@@ -56,6 +56,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("config", help="test config file path")
     ap.add_argument("checkpoint", help="cascade checkpoint, or 'none'")
     ap.add_argument("--work-dir", help="where logs and results go (default ./work_dirs/<config name>)")
+    ap.add_argument("--random-init", action="store_true",
+                    help="build every stage untrained and read no weights (CHECKPOINT none): the smoke path that "
+                         "checks a config's shapes, costs, time and memory before the real run")
     ap.add_argument("--threshold", type=float, help="override the first stage's threshold")
     ap.add_argument("--thresholds", type=float, nargs="+", metavar="T", help="override every threshold (one per stage but the last)")
     ap.add_argument("--flops-images", type=int, default=-1,
@@ -130,12 +133,17 @@ def _unwrap(model):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    from tinysaver.errors import TinySaverError
+    from tinysaver.errors import DataNotFoundError, TinySaverError
     from tinysaver.io import remove_created_on_error
-    from tinysaver.plugins.mmengine_cls.config import CLASSIFICATION, load_config, registry_miss, task_of
+    from tinysaver.plugins.mmengine_cls.config import (CLASSIFICATION, apply_random_init, load_config, registry_miss,
+                                                       task_of)
 
     try:
         cfg = load_config(args.config, args.cfg_options, args.checkpoint)
+        if args.random_init:
+            if args.checkpoint.lower() != "none":
+                raise TinySaverError(f"--random-init reads no weights: give CHECKPOINT none, not {args.checkpoint}")
+            apply_random_init(cfg)
         _check_inputs(args, cfg)
         work_dir = args.work_dir or cfg.get("work_dir") or osp.join("./work_dirs", osp.splitext(osp.basename(args.config))[0])
         # mmengine's Runner makes its work_dir (log, config dump) before it builds the model and
@@ -144,11 +152,17 @@ def main(argv=None) -> dict:
             if task_of(cfg) == CLASSIFICATION:
                 return run_classification(args, cfg)
             return run_detection(args, cfg)
+    except DataNotFoundError as exc:
+        from tinysaver.plugins.mmengine_cls.config import data_root_hint
+
+        _fail(f"{exc}; for the data, set {data_root_hint(args.config)}")
     except TinySaverError as exc:
         _fail(str(exc))
     except FileNotFoundError as exc:  # a file the config names (annotations, images, data root)
-        _fail(f"{exc.filename or exc}: not found ({exc.strerror or 'missing'}); check the config's paths "
-              f"(e.g. --cfg-options data_root=...)")
+        from tinysaver.plugins.mmengine_cls.config import data_root_hint
+
+        _fail(f"{exc.filename or exc}: not found ({exc.strerror or 'missing'}); for the data, set "
+              f"{data_root_hint(args.config)}")
     except KeyError as exc:  # mmengine's registry: "X is not in the mmengine::model registry. ..."
         if registry_miss(exc) is None:
             raise
@@ -205,7 +219,7 @@ def run_classification(args: argparse.Namespace, cfg) -> dict:
     model = _unwrap(runner.model)
     summary = {"task": "classification", "config": args.config, "stages": model.stage_names,
                "thresholds": model.thresholds, "threshold": model.threshold, "stage_gmacs": model.stage_gmacs,
-               "convention": GMACS_CONVENTION, "metrics": metrics}
+               "convention": GMACS_CONVENTION, "metrics": metrics, "stage_runtime": _stage_runtime(model)}
     if get_rank() == 0:
         import numpy as np
 
@@ -238,6 +252,7 @@ def _print_cls(summary: dict) -> None:
           f"the last stage alone {summary['stage_gmacs'][-1]:.4g})")
     for path in summary.get("records", []):
         print(f"  record {path}")
+    _print_runtime(summary["stage_runtime"], "sample")
     sys.stdout.flush()
 
 
@@ -253,7 +268,11 @@ def build_cfg(args: argparse.Namespace, cfg=None):
     if cfg is None:
         from tinysaver.plugins.mmengine_cls.config import load_config
 
+        from tinysaver.plugins.mmengine_cls.config import apply_random_init
+
         cfg = load_config(args.config, args.cfg_options, args.checkpoint)
+        if getattr(args, "random_init", False):
+            apply_random_init(cfg)
     cfg = _common_cfg(args, cfg)
     for ev in _evaluators(cfg):
         if ev.get("type") == "CocoMetric":
@@ -265,7 +284,9 @@ def build_cfg(args: argparse.Namespace, cfg=None):
             ev["max_dets"] = cfg.get("tinysaver_max_dets", list(DEFAULT_MAX_DETS))
     if args.dump_records:
         cfg.model.record_all = True
-        _config_metric(cfg, "TinySaverCascadeMetric")["record_dir"] = args.dump_records
+        metric = _config_metric(cfg, "TinySaverCascadeMetric")
+        # written by _write_det_records once each image's measured cost is stamped, never before
+        metric.update(record_dir=args.dump_records, defer_records=True)
     return cfg
 
 
@@ -282,16 +303,17 @@ def run_detection(args: argparse.Namespace, cfg) -> dict:
     detector = _unwrap(runner.model)
     summary = {"task": "detection", "config": args.config, "stages": detector.stage_names,
                "thresholds": detector.thresholds, "threshold": detector.threshold, "metrics": metrics,
-               "max_dets": list(cfg.get("tinysaver_max_dets", []))}
+               "max_dets": list(cfg.get("tinysaver_max_dets", [])), "stage_runtime": _stage_runtime(detector)}
     if get_rank() == 0:
         if args.flops_images != 0:
             from tinysaver.plugins.mmdet import cascade_gflops_report, item_loader
 
-            images = _runner_metric(runner, "TinySaverCascadeMetric").images  # every image, its stage and shapes
+            metric = _runner_metric(runner, "TinySaverCascadeMetric")
+            images = metric.images  # every image, its stage and shapes
             summary["gflops"] = cascade_gflops_report(detector, images, item_loader(runner.test_dataloader.dataset))
             per_image = summary["gflops"].pop("per_image")
             if args.dump_records:
-                _stamp_records(args.dump_records, summary["gflops"], per_image)
+                summary["records"] = _write_det_records(metric.pending_records, summary["gflops"], per_image)
         _print_det(summary)
         from tinysaver.io import write_json
 
@@ -299,23 +321,23 @@ def run_detection(args: argparse.Namespace, cfg) -> dict:
     return summary
 
 
-def _stamp_records(record_dir: str, gflops: dict, per_image: dict) -> None:
-    """Writes each stage's name and measured GFLOPs (per image and their mean) into its detection
-    record (det-tradeoff's cost axis); the files are named saver/base (two stages) or stage0…."""
+def _write_det_records(pending: dict, gflops: dict, per_image: dict) -> list:
+    """Writes each stage's detection record with its name and measured GFLOPs (per image and their
+    mean: det-tradeoff's cost axis); the files are named saver/base (two stages) or stage0….
+    Nothing was written before: a run whose cost step fails leaves no record without a cost."""
     from dataclasses import replace
 
     import numpy as np
 
-    from tinysaver.detection import load_det_record, save_det_record
-    from tinysaver.plugins.mmdet import default_stage_names
+    from tinysaver.detection import save_det_record
 
-    stages = gflops["stages"]
     column = {img_id: i for i, img_id in enumerate(per_image["img_ids"])}
-    for k, (file_name, stage) in enumerate(zip(default_stage_names(len(stages)), stages)):
-        path = osp.join(record_dir, f"{file_name}.npz")
-        rec = load_det_record(path)
+    written = []
+    for k, ((path, rec), stage) in enumerate(zip(pending.items(), gflops["stages"])):
         costs = np.asarray(per_image["gflops"][k])[[column[int(i)] for i in rec.image_ids]]
-        save_det_record(path, replace(rec, name=stage["name"], gflops=stage["gflops"], image_gflops=costs))
+        written.append(str(save_det_record(path, replace(rec, name=stage["name"], gflops=stage["gflops"],
+                                                          image_gflops=costs))))
+    return written
 
 
 def _print_det(summary: dict) -> None:
@@ -335,7 +357,28 @@ def _print_det(summary: dict) -> None:
     if g and "cascade_gflops" in g:
         print(f"  {'cascade GFLOPs':<24} {g['cascade_gflops']:.3f}  (mean over {g['images']} images of the stages "
               f"each reached, each image at its own size) [{g['convention']}]")
+    for path in summary.get("records", []):
+        print(f"  record {path}")
+    _print_runtime(summary["stage_runtime"], "image")
     sys.stdout.flush()
+
+
+def _stage_runtime(model) -> dict:
+    """The cascade's measured time per sample and peak memory of each stage (this process's)."""
+    from mmengine.dist import get_world_size
+
+    note = "this process's share" if get_world_size() > 1 else "every sample"
+    return {"measured_on": note, "stages": model.meter.summary()}
+
+
+def _print_runtime(runtime: dict, unit: str) -> None:
+    print(f"  measured per stage ({runtime['measured_on']}; time on the samples that reached it):")
+    for row in runtime["stages"]:
+        if not row["samples"]:
+            print(f"    {row['stage']:<26} reached by no {unit}")
+            continue
+        print(f"    {row['stage']:<26} {row['ms_per_sample']:9.1f} ms per {unit} over {row['samples']} {unit}s, "
+              f"peak memory {row['peak_memory_mb']:.0f} MB ({row['memory']})")
 
 
 if __name__ == "__main__":
