@@ -257,7 +257,7 @@ def markdown(report: Dict[str, Any]) -> str:
               "|---|---|---|---|---|---|---|---|"]
     for row in report["detection"]:
         outcome = "ran" if row["test"]["returncode"] == 0 else f"exit {row['test']['returncode']}: " + \
-            " ".join(row["test"]["stderr_tail"])[:160].replace("|", "/")
+            " ".join(row["test"]["stderr_tail"])[:400].replace("|", "/")
         for s in row.get("stages", []) or [{}]:
             lines.append(f"| {row['config']} | {s.get('stage', '–')} | {fmt(s.get('gflops'), '.1f')} | "
                          f"{fmt(s.get('ms_per_image'), '.0f')} | {fmt(s.get('peak_memory_mb'), '.0f')} | "
@@ -267,6 +267,11 @@ def markdown(report: Dict[str, Any]) -> str:
     for row in report["yolo"]:
         lines.append(f"| {row['model']} | {row['gflops_640']:.2f} | {row['ultralytics_gflops']:.1f} | "
                      f"{row['rel_diff']:+.1%} | {mark(row['within_tolerance'])} |")
+    checked = [s.get("within_tolerance") for r in report["classification"] for s in r.get("stages", [])] + \
+        [r["within_tolerance"] for r in report["yolo"]]
+    checked = [ok for ok in checked if ok is not None]
+    lines += ["", f"Costs checked against a published figure: {len(checked)}, within tolerance: {sum(checked)}"
+              + (f", outside: {len(checked) - sum(checked)} (✗ above)." if len(checked) > sum(checked) else ".")]
     load = report.get("load_average_1_5_15")
     lines += ["", f"Total wall time {report['wall_s'] / 60:.1f} min"
               + (f" (load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} over 1 / 5 / 15 min)"
