@@ -64,7 +64,8 @@ from tinysaver.confidence import MIN_BOX_SCORE, build_confidence
 from tinysaver.detection import DEFAULT_MAX_DETS, DetRecord, save_det_record
 from tinysaver.errors import TinySaverError
 from tinysaver.io import write_json
-from tinysaver.routing import Stage, check_thresholds, route, take
+from tinysaver.routing import Stage, route, take
+from tinysaver.thresholds import check_thresholds
 
 from .yolo import YOLOModel, prepare_offline
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from .errors import TinySaverError
 from .records import Record, check_pair
+from .thresholds import threshold_from_json, threshold_to_json
 
 #: Accuracy drops (percentage points) of the paper's Tables 1 and 5.
 PAPER_DROPS = (1.0, 0.5, 0.1, 0.0)
@@ -200,17 +201,6 @@ def max_performance_index(curve: ExitCurve) -> int:
     """Index of the highest system accuracy, at the lowest cost that reaches it."""
     best = curve.system_correct.max()
     return int(np.flatnonzero(curve.system_correct >= best - _COUNT_TOL)[-1])
-
-
-def threshold_to_json(t: float) -> float | str:
-    """A threshold for JSON: +inf ("nothing exits") becomes the string ``"inf"``, which
-    ``float()`` reads back; JSON itself has no infinity."""
-    return "inf" if np.isposinf(t) else float(t)
-
-
-def threshold_from_json(value: float | str | None) -> float:
-    """Inverse of :func:`threshold_to_json` (``None`` is also read as +inf)."""
-    return np.inf if value is None else float(value)
 
 
 @dataclass

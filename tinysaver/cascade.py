@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from .confidence import ConfidenceFn, build_confidence
-from .routing import Stage, check_thresholds, mark_eager, merge_outputs, route
+from .routing import Stage, mark_eager, merge_outputs, route
+from .thresholds import check_thresholds
 
 SAVER, BASE = 0, 1
 

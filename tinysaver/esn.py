@@ -40,7 +40,8 @@ from torch import nn
 from .cascade import CascadeOutput
 from .confidence import build_confidence
 from .errors import TinySaverError
-from .routing import Stage, check_thresholds, merge_outputs, route, take
+from .routing import Stage, merge_outputs, route, take
+from .thresholds import check_thresholds
 
 #: How the exits are trained: eq. (11) (per-sample weights from the saver's confidence) or plain CE.
 LOSSES = ("eq11", "ce")

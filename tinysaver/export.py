@@ -31,7 +31,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
-import math
 import re
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -42,6 +41,7 @@ from .confidence import CONFIDENCES
 from .errors import TinySaverError
 from .io import atomic_open, write_json
 from .runtime import FORMAT, MANIFEST, VERSION
+from .thresholds import threshold_to_json
 
 #: ONNX opset of the exported graphs (onnxruntime >= 1.14 runs it)
 DEFAULT_OPSET = 17
@@ -137,14 +137,6 @@ def confidence_name(fn: Any) -> str:
             return name
     raise TinySaverError(f"confidence {fn!r} is not a registered confidence function without options; "
                          f"export needs one of: {', '.join(logits)}")
-
-
-def threshold_to_json(t: float) -> Any:
-    """A threshold as JSON: +inf ("nothing exits") is the string "inf", as in the project's reports."""
-    t = float(t)
-    if math.isnan(t):
-        raise TinySaverError("a threshold is NaN")
-    return "inf" if math.isinf(t) and t > 0 else t
 
 
 def _safe(name: str) -> str:

@@ -31,7 +31,6 @@ from typing import Any, Callable, List, Optional, Sequence
 import numpy as np
 
 from .confidence import build_confidence
-from .errors import ThresholdError
 
 #: gathers the samples ``indices`` of a batch (a tensor, an array, a list)
 Take = Callable[[Any, Any], Any]
@@ -200,33 +199,6 @@ def exit_mask(confidence: Any, threshold: Any) -> Any:
     return (np.asarray(confidence, dtype=np.float64) >= t) & (t < math.inf)
 
 
-def check_thresholds(values: Sequence[Any], num_stages: int) -> List[float]:
-    """Thresholds as floats, one per stage but the last: numbers or "inf" (nothing exits there, as
-    in JSON reports), never NaN (a NaN comparison would silently let nothing exit). The one check
-    every cascade (classifier, ESN, detector, ultralytics, ONNX runtime, server) runs on its
-    thresholds.
-
-    Raises:
-        ThresholdError: A value that is not a number or is NaN, or not ``num_stages - 1`` of them.
-
-    Examples:
-        >>> check_thresholds([0.9, "inf"], 3)
-        [0.9, inf]
-    """
-    out = []
-    for v in values:
-        try:
-            t = float(v)
-        except (TypeError, ValueError):
-            raise ThresholdError(f"threshold {v!r} is not a number or 'inf'") from None
-        if math.isnan(t):
-            raise ThresholdError("a threshold is NaN")
-        out.append(t)
-    if len(out) != num_stages - 1:
-        raise ThresholdError(f"{num_stages} stages need {num_stages - 1} thresholds, got {len(out)}")
-    return out
-
-
 @_eager
 def route(stages: Sequence[Stage], batches: Sequence[Any], *, thresholds: Optional[Sequence[Any]] = None,
           gather: Take = take) -> Routed:
@@ -354,4 +326,4 @@ def expected_cost(answered: Sequence[float], stage_costs: Sequence[float]) -> fl
     return float(np.dot(reach, np.asarray(stage_costs, dtype=np.float64)))
 
 
-__all__ = ["Stage", "StageRun", "Routed", "check_thresholds", "route", "merge_outputs", "exit_mask", "take", "expected_cost"]
+__all__ = ["Stage", "StageRun", "Routed", "route", "merge_outputs", "exit_mask", "take", "expected_cost"]

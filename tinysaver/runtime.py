@@ -37,7 +37,8 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence
 import numpy as np
 
 from .errors import TinySaverError
-from .routing import Routed, Stage, check_thresholds, merge_outputs, route
+from .routing import Routed, Stage, merge_outputs, route
+from .thresholds import check_thresholds
 
 MANIFEST = "cascade.json"  # the same name as tinysaver.export.MANIFEST (export imports torch lazily)
 FORMAT, VERSION = "tinysaver-onnx-cascade", 1

@@ -33,7 +33,8 @@ from tinysaver.complexity import StageMeter
 from tinysaver.confidence import MIN_BOX_SCORE, build_confidence
 from tinysaver.detection import Detections
 from tinysaver.registry import STAGES
-from tinysaver.routing import Stage, check_thresholds, route
+from tinysaver.routing import Stage, route
+from tinysaver.thresholds import check_thresholds
 
 from .stages import ORIGINAL_IMAGE_KEY, DetItem
 

@@ -37,7 +37,8 @@ from tinysaver.confidence import CONFIDENCES, build_confidence
 from tinysaver.errors import TinySaverError
 from tinysaver.numerics import Numerics
 from tinysaver.registry import classifier_source
-from tinysaver.routing import Stage, check_thresholds, expected_cost, merge_outputs, route
+from tinysaver.routing import Stage, expected_cost, merge_outputs, route
+from tinysaver.thresholds import check_thresholds
 
 #: metainfo key of the per-batch cascade description the model attaches to every output sample
 CASCADE_KEY = "tinysaver_cascade"
