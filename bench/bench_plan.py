@@ -93,14 +93,14 @@ def grid_check(base_path: Path, pool_paths: List[Path], plan: dict, fine: int = 
     """How close the 512-value grids come to a 4x finer search: per drop, the chain the plan chose,
     searched again alone on grids of ``fine`` values per stage."""
     from tinysaver import load_record
-    from tinysaver.chain import Stage, search_chains
+    from tinysaver.analysis import ChainStage, search_chains
 
     records = {r.name: r for r in (load_record(p) for p in list(pool_paths) + [base_path])}
     out = {}
     for drop, point in plan["required"].items():
         if point is None or len(point["stages"]) < 3:
             continue
-        stages = [Stage.from_record(records[n]) for n in point["stages"]]
+        stages = [ChainStage.from_record(records[n]) for n in point["stages"]]
         search = search_chains(stages, chains=[tuple(range(len(stages)))], grid=fine, max_exact_cells=0,
                                progress=False)
         merged = search.merged()

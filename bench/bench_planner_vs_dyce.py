@@ -4,10 +4,10 @@ On the same records, for each allowed accuracy drop: the chain and thresholds ea
 on the holdout split, the saving (1 − GMACs / base GMACs) there and on the test split, whether the
 test accuracy keeps the target, and each whole search's wall and CPU time.
 
-- **ours**: :func:`tinysaver.chain.search_plan` with chains of any length (``--max-stages`` =
+- **ours**: :func:`tinysaver.analysis.search_plan` with chains of any length (``--max-stages`` =
   pool size + 1): tables for chains of up to 3 stages, then the coordinate descent.
 - **ours, 3-stage tables**: the same tables without the descent (the planner before it).
-- **ours + certify**: :func:`tinysaver.calibrate.certify_plan` on the holdout (Learn then Test, δ =
+- **ours + certify**: :func:`tinysaver.analysis.certify_plan` on the holdout (Learn then Test, δ =
   ``--delta``): its target holds on new data with probability >= 1 − δ.
 - **DyCE**: ``bench/dyce_port.py`` (our port of ``dyce/config_search.py`` of QingyuanWang/dyce):
   one-pass and circular searches for every λ of the sweep, the cheapest within each drop on the
@@ -43,9 +43,8 @@ import dyce_port  # noqa: E402
 from bench_plan import make_pool as make_plan_bench_pool  # noqa: E402
 
 from tinysaver import load_record  # noqa: E402
-from tinysaver.analysis import PAPER_DROPS  # noqa: E402
-from tinysaver.calibrate import certify_plan  # noqa: E402
-from tinysaver.chain import Stage, search_plan, search_tables, simulate_chain  # noqa: E402
+from tinysaver.analysis import (PAPER_DROPS, ChainStage, certify_plan, search_plan, search_tables,  # noqa: E402
+                                simulate_chain)
 from tinysaver.io import write_json, write_text  # noqa: E402
 
 FMNIST_POOL = ("fmnist_cnn_xxs", "fmnist_cnn_xs", "fmnist_cnn_s", "fmnist_cnn_m")
@@ -55,7 +54,7 @@ SYNTHETIC_SAVERS = 8
 
 # --- records --------------------------------------------------------------------------------------
 
-def fmnist_records(folder: Path) -> Tuple[List[Stage], List[Stage]]:
+def fmnist_records(folder: Path) -> Tuple[List[ChainStage], List[ChainStage]]:
     """The demo pool's holdout and test stages (pool by cost, base last); missing records are made
     with ``tinysaver record`` (CPU, a few seconds to a minute each)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -71,11 +70,11 @@ def fmnist_records(folder: Path) -> Tuple[List[Stage], List[Stage]]:
                                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             records.append(load_record(path))
         pool = sorted(records[:-1], key=lambda r: r.gmacs)
-        splits[split] = [Stage.from_record(r) for r in pool + [records[-1]]]
+        splits[split] = [ChainStage.from_record(r) for r in pool + [records[-1]]]
     return splits["holdout"], splits["test"]
 
 
-def ladder_pool(m: int, seed: int, savers: int = SYNTHETIC_SAVERS) -> List[Stage]:
+def ladder_pool(m: int, seed: int, savers: int = SYNTHETIC_SAVERS) -> List[ChainStage]:
     """Savers of increasing skill and cost (0.02·2^i GMACs; base 4 GMACs): saver i knows the
     samples easier than its skill (right 97 % of the time, confident), guesses on the others (right
     30 %, unsure); the base knows 97 % of the samples."""
@@ -86,18 +85,18 @@ def ladder_pool(m: int, seed: int, savers: int = SYNTHETIC_SAVERS) -> List[Stage
         knows = hard < skill
         conf = np.where(knows, rng.beta(6, 1, m), rng.beta(2, 2.5, m)).astype(np.float32).astype(np.float64)
         right = np.where(knows, rng.random(m) < 0.97, rng.random(m) < 0.3).astype(np.float64)
-        stages.append(Stage(f"s{i}", 0.02 * 2.0 ** i, conf, right))
+        stages.append(ChainStage(f"s{i}", 0.02 * 2.0 ** i, conf, right))
     right = np.where(hard < 0.97, rng.random(m) < 0.97, rng.random(m) < 0.3).astype(np.float64)
-    stages.append(Stage("base", 4.0, np.ones(m), right))
+    stages.append(ChainStage("base", 4.0, np.ones(m), right))
     return stages
 
 
-def plan_bench_pool(m: int, seed: int) -> List[Stage]:
+def plan_bench_pool(m: int, seed: int) -> List[ChainStage]:
     """The pool of ``bench/bench_plan.py`` (written and read back as records)."""
     with tempfile.TemporaryDirectory() as tmp:
         base, pool = make_plan_bench_pool(Path(tmp), m, seed, "split")
         records = [load_record(p) for p in pool] + [load_record(base)]
-    return [Stage.from_record(r) for r in records]
+    return [ChainStage.from_record(r) for r in records]
 
 
 # --- measuring --------------------------------------------------------------------------------------
@@ -109,8 +108,8 @@ def timed(fn: Callable[[], object]) -> Tuple[object, float, float]:
     return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def describe(chain: Sequence[int], thresholds: Sequence[float], holdout: Sequence[Stage], test: Sequence[Stage],
-             drop: float) -> Dict[str, object]:
+def describe(chain: Sequence[int], thresholds: Sequence[float], holdout: Sequence[ChainStage],
+             test: Sequence[ChainStage], drop: float) -> Dict[str, object]:
     """A configuration on both splits: chain, thresholds, savings, accuracies, target kept."""
     out: Dict[str, object] = {"chain": [holdout[i].name for i in chain], "thresholds": [float(t) for t in thresholds]}
     for name, stages in (("holdout", holdout), ("test", test)):
@@ -173,7 +172,7 @@ def pick_all(configs, holdout, test, drops) -> Dict[str, object]:
     return per_drop
 
 
-def run_case(name: str, holdout: List[Stage], test: List[Stage], drops, lambdas, delta) -> Dict[str, object]:
+def run_case(name: str, holdout: List[ChainStage], test: List[ChainStage], drops, lambdas, delta) -> Dict[str, object]:
     k = len(holdout)
     print(f"[{name}] ours (chains of up to {k} stages)", flush=True)
     ours = run_ours(holdout, test, drops, k)
@@ -203,7 +202,7 @@ def run_case(name: str, holdout: List[Stage], test: List[Stage], drops, lambdas,
 
 # --- the descent against a brute force on small data ----------------------------------------------------
 
-def brute_force_best(stages: Sequence[Stage], max_stages: int, need: float) -> float:
+def brute_force_best(stages: Sequence[ChainStage], max_stages: int, need: float) -> float:
     """Lowest cost over every chain of up to ``max_stages`` stages and every threshold combination
     (every distinct confidence or +inf per stage) meeting ``need`` right answers (vectorised per chain)."""
     n, m = len(stages) - 1, stages[0].num_samples
@@ -228,9 +227,9 @@ def descent_vs_brute_force(cases: int = 200, seed: int = 0) -> Dict[str, object]
     equal, longer, gaps = 0, 0, []
     for _ in range(cases):
         m = int(rng.integers(6, 10))
-        stages = [Stage(f"s{i}", 0.5 * (i + 1), rng.choice([0.2, 0.5, 0.8, 1.0], m) * rng.random(m) ** 0.1,
+        stages = [ChainStage(f"s{i}", 0.5 * (i + 1), rng.choice([0.2, 0.5, 0.8, 1.0], m) * rng.random(m) ** 0.1,
                         (rng.random(m) < 0.6 + 0.1 * i).astype(float)) for i in range(4)]
-        stages.append(Stage("base", 10.0, np.ones(m), (rng.random(m) < 0.9).astype(float)))
+        stages.append(ChainStage("base", 10.0, np.ones(m), (rng.random(m) < 0.9).astype(float)))
         drop = float(rng.choice([0.0, 10.0, 20.0]))
         need = stages[-1].correct.sum() - drop / 100 * m
         # max_exact_cells=1: no 4- or 5-stage table, so the descent has to find those chains
@@ -335,7 +334,7 @@ def main() -> None:
     bf = result["descent_vs_brute_force"]
     md = ["# Planner vs DyCE (port), chosen on the holdout, measured on the test split", "",
           "Ours: `search_plan` (tables for chains of up to 3 stages, then the coordinate descent of "
-          "`tinysaver/descent.py`; chains up to the pool size + 1). DyCE: `bench/dyce_port.py`, our port of "
+          "`tinysaver/analysis/descent.py`; chains up to the pool size + 1). DyCE: `bench/dyce_port.py`, our port of "
           "`dyce/config_search.py` (QingyuanWang/dyce): λ-weighted normalised cost, one-pass and circular "
           f"coordinate search with `fminbound` per exit, {len(lambdas)} λ (DyCE's default 0.50…1.00 by 0.01 plus "
           "31 values approaching 1), run as published (its circular search scores enabled exits unnormalised) "

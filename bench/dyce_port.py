@@ -40,12 +40,12 @@ its multi-exit-type positions, its torch/GPU evaluation (the evaluation here is 
 update in numpy: each candidate threshold costs one pass over the samples that reach the position).
 
 Examples:
-    >>> from tinysaver.chain import Stage
+    >>> from tinysaver.analysis import ChainStage
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
     >>> conf = rng.random(1000)
-    >>> saver = Stage("saver", 1.0, conf, (rng.random(1000) < conf).astype(float))
-    >>> base = Stage("base", 10.0, np.ones(1000), np.ones(1000))
+    >>> saver = ChainStage("saver", 1.0, conf, (rng.random(1000) < conf).astype(float))
+    >>> base = ChainStage("base", 10.0, np.ones(1000), np.ones(1000))
     >>> search = DyceSearch([saver, base])
     >>> config = search.circular(0.9)
     >>> len(config.thresholds)
@@ -60,7 +60,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from scipy.optimize import fminbound
 
-from tinysaver.chain import Stage, simulate_chain
+from tinysaver.analysis import ChainStage, simulate_chain
 
 #: DyCE's ``search_and_eval`` default λ grid: ``np.arange(0.5, 1.01, 0.01)`` (51 values).
 DYCE_DEFAULT_LAMBDAS = np.arange(0.5, 1.01, 0.01)
@@ -95,7 +95,7 @@ class DyceSearch:
             (unnormalised, see :meth:`circular`); False normalises them like everything else.
     """
 
-    def __init__(self, stages: Sequence[Stage], normalize: bool = True, xtol: float = 1e-5,
+    def __init__(self, stages: Sequence[ChainStage], normalize: bool = True, xtol: float = 1e-5,
                  published_circular: bool = True) -> None:
         self.stages = list(stages)
         self.n = len(stages) - 1
@@ -228,7 +228,7 @@ class DyceSearch:
         return DyceConfig(self.t.copy(), float(lam), "circular", cost_min)
 
 
-def to_chain(config: DyceConfig, stages: Sequence[Stage]) -> Tuple[List[int], List[float]]:
+def to_chain(config: DyceConfig, stages: Sequence[ChainStage]) -> Tuple[List[int], List[float]]:
     """A DyCE configuration as a TinySaver chain: indices of the enabled pool models then the base,
     and thresholds for ``conf >= t`` (``nextafter`` of DyCE's strict ones)."""
     n = len(stages) - 1
@@ -236,14 +236,14 @@ def to_chain(config: DyceConfig, stages: Sequence[Stage]) -> Tuple[List[int], Li
     return idx + [n], [float(np.nextafter(config.thresholds[k], np.inf)) for k in idx]
 
 
-def evaluate(config: DyceConfig, stages: Sequence[Stage]) -> Tuple[float, float, List[str], List[float]]:
+def evaluate(config: DyceConfig, stages: Sequence[ChainStage]) -> Tuple[float, float, List[str], List[float]]:
     """``(acc, gmacs, chain names, thresholds)`` of a configuration on ``stages`` (any split)."""
     idx, t = to_chain(config, stages)
     ev = simulate_chain([stages[i] for i in idx], t)
     return float(ev.acc[0]), float(ev.gmacs[0]), [stages[i].name for i in idx], t
 
 
-def sweep(stages: Sequence[Stage], lambdas: Optional[Sequence[float]] = None,
+def sweep(stages: Sequence[ChainStage], lambdas: Optional[Sequence[float]] = None,
           methods: Sequence[str] = ("onepass", "circular"), progress: bool = False,
           published_circular: bool = True) -> Dict[str, object]:
     """DyCE's λ sweep on one split: every λ with every method; returns the configurations with
@@ -260,7 +260,7 @@ def sweep(stages: Sequence[Stage], lambdas: Optional[Sequence[float]] = None,
             "evaluations": search.evaluations}
 
 
-def pick(configs: Sequence[DyceConfig], search_stages: Sequence[Stage], drop: float) -> Optional[DyceConfig]:
+def pick(configs: Sequence[DyceConfig], search_stages: Sequence[ChainStage], drop: float) -> Optional[DyceConfig]:
     """The cheapest configuration (on the search split) whose accuracy there is within ``drop``
     points of the base's (ties: the more accurate one)."""
     m = search_stages[0].num_samples

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from tinysaver import Record
-from tinysaver.calibrate import (_binom_cdf, calibrate_chain, calibrate_pair, fixed_sequence,
-                                 ltt_pair_threshold, tradeoff_ci)
-from tinysaver.chain import Stage, simulate_chain
+from tinysaver.analysis import (ChainStage, calibrate_chain, calibrate_pair, fixed_sequence, ltt_pair_threshold,
+                                simulate_chain, tradeoff_ci)
+from tinysaver.analysis.bounds import _binom_cdf
 from tinysaver.cli import main
 
 DELTA = 0.1
@@ -73,14 +73,14 @@ def test_chain_guarantee_by_data_splitting():
     rng = np.random.default_rng(2)
     big = 200_000
     c1, c2 = rng.beta(3, 1, big), rng.beta(4, 1, big)
-    pop = [Stage("a", 0.1, c1, (rng.random(big) < 0.3 + 0.7 * c1 ** 2).astype(float)),
-           Stage("m", 0.4, c2, (rng.random(big) < 0.4 + 0.6 * c2 ** 2).astype(float)),
-           Stage("B", 2.0, np.ones(big), (rng.random(big) < 0.92).astype(float))]
+    pop = [ChainStage("a", 0.1, c1, (rng.random(big) < 0.3 + 0.7 * c1 ** 2).astype(float)),
+           ChainStage("m", 0.4, c2, (rng.random(big) < 0.4 + 0.6 * c2 ** 2).astype(float)),
+           ChainStage("B", 2.0, np.ones(big), (rng.random(big) < 0.92).astype(float))]
     draws, n, drop = 50, 1500, 0.5
     chosen = []
     for d in range(draws):
         idx = rng.integers(0, big, n)
-        cal = calibrate_chain([Stage(s.name, s.gmacs, s.conf[idx], s.correct[idx]) for s in pop], drop, DELTA,
+        cal = calibrate_chain([ChainStage(s.name, s.gmacs, s.conf[idx], s.correct[idx]) for s in pop], drop, DELTA,
                               seed=d)
         assert cal.extra["split"] == {"search": n // 2, "test": n - n // 2, "seed": d, "search_mode": "exact"}
         chosen.append(cal.thresholds)
@@ -238,7 +238,7 @@ def test_bounds_equal_the_published_formulas():
     {-1, 0, 1} (computed independently here: scipy's binomial, the RCPS code's WSR bound)."""
     from scipy.stats import binom
 
-    from tinysaver.calibrate import _reject_bernstein, _reject_hoeffding_bentkus, _reject_wsr
+    from tinysaver.analysis.bounds import _reject_bernstein, _reject_hoeffding_bentkus, _reject_wsr
 
     rng = np.random.default_rng(6)
     checked = {"wsr": [0, 0], "bernstein": [0, 0], "hoeffding-bentkus": [0, 0]}

@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 
 from tinysaver import Record, exit_curve
-from tinysaver.chain import Stage, chain_from_records, simulate_chain
+from tinysaver.analysis import ChainStage, chain_from_records, simulate_chain
 from tinysaver.cli import main
 from tinysaver.errors import TinySaverError
 
 
 def _stages():
-    s1 = Stage("tiny", 1.0, np.array([0.9, 0.4, 0.8, 0.95]), np.array([1.0, 0.0, 1.0, 0.0]))
-    s2 = Stage("small", 2.0, np.array([0.7, 0.9, 0.2, 0.5]), np.array([1.0, 1.0, 0.0, 1.0]))
-    b = Stage("base", 10.0, np.ones(4), np.array([1.0, 1.0, 1.0, 1.0]))
+    s1 = ChainStage("tiny", 1.0, np.array([0.9, 0.4, 0.8, 0.95]), np.array([1.0, 0.0, 1.0, 0.0]))
+    s2 = ChainStage("small", 2.0, np.array([0.7, 0.9, 0.2, 0.5]), np.array([1.0, 1.0, 0.0, 1.0]))
+    b = ChainStage("base", 10.0, np.ones(4), np.array([1.0, 1.0, 1.0, 1.0]))
     return [s1, s2, b]
 
 
@@ -40,7 +40,8 @@ def test_two_stages_equal_the_exact_pair_analysis():
     conf = np.round(rng.random(m), 2)
     sc, bc = (rng.random(m) < 0.7).astype(float), (rng.random(m) < 0.9).astype(float)
     curve = exit_curve(conf, sc, bc, 0.3, 4.0)
-    ev = simulate_chain([Stage("s", 0.3, conf, sc), Stage("b", 4.0, np.ones(m), bc)], curve.threshold[:, None])
+    ev = simulate_chain([ChainStage("s", 0.3, conf, sc), ChainStage("b", 4.0, np.ones(m), bc)],
+                        curve.threshold[:, None])
     np.testing.assert_allclose(ev.acc, curve.system_acc)
     np.testing.assert_allclose(ev.gmacs, curve.expected_gmacs)
     np.testing.assert_allclose(ev.answered[:, 0], curve.exit_ratio)

@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from tinysaver.chain import Stage as RecordStage
-from tinysaver.chain import answering_stage, chain_from_records
+from tinysaver.analysis import ChainStage, answering_stage, chain_from_records
 from tinysaver.records import load_record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +65,7 @@ def _limit(n: int) -> list:
 
 
 def _simulated(records, thresholds) -> tuple:
-    stage = answering_stage([RecordStage.from_record(r) for r in records], np.array([thresholds], dtype=np.float64))[0]
+    stage = answering_stage([ChainStage.from_record(r) for r in records], np.array([thresholds], dtype=np.float64))[0]
     return stage.astype(np.int64), np.choose(stage, [r.pred for r in records])
 
 

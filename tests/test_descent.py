@@ -12,9 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinysaver.calibrate import certify_plan
-from tinysaver.chain import Stage, count_chains, plan_chains, search_tables, simulate_chain, table_chains
-from tinysaver.descent import ChainDescent
+from tinysaver.analysis import (ChainDescent, ChainStage, certify_plan, count_chains, plan_chains, search_tables,
+                                simulate_chain, table_chains)
 from tinysaver.errors import TinySaverError
 
 from . import brute_force_chain as bf
@@ -59,7 +58,7 @@ def test_plan_with_4_stages_equals_brute_force(case):
 
 
 def _stages(pool, base):
-    return [Stage.from_record(r) for r in pool] + [Stage.from_record(base)]
+    return [ChainStage.from_record(r) for r in pool] + [ChainStage.from_record(base)]
 
 
 def _check_state(stages, t, limit, need):
@@ -153,7 +152,7 @@ def test_descent_never_worse_than_its_exact_3_stage_start_and_reaches_longer_cha
     assert three.mode == "exact"   # 500 distinct confidences: 3-stage tables are exact
     longer = plan_chains(base, pool, max_stages=6, drops=[1.0, 0.5, 0.0], progress=False)
     assert longer.mode == "exact+descent" and longer.search["descent_only_chains"] == 32 - 16
-    stages = {r.name: Stage.from_record(r) for r in pool + [base]}
+    stages = {r.name: ChainStage.from_record(r) for r in pool + [base]}
     for d, p in longer.required.items():
         assert p.gmacs <= three.required[d].gmacs + 1e-12
         assert p.acc * 500 >= base.correct.sum() - d / 100 * 500 - 1e-6
@@ -197,7 +196,7 @@ def test_certified_plan_keeps_its_target_with_probability_1_minus_delta():
     violations, savings = 0, []
     for d in range(draws):
         idx = rng.integers(0, len(base), n)
-        calib = [Stage(s.name, s.gmacs, s.conf[idx], s.correct[idx]) for s in population]
+        calib = [ChainStage(s.name, s.gmacs, s.conf[idx], s.correct[idx]) for s in population]
         # small grids keep the test fast (the descent refines at every distinct confidence)
         cal = certify_plan(calib, None, [drop], delta, max_stages=4, seed=d, ladder=6, pair_grid=32, grid=64,
                            max_exact_cells=4096, sweep=4)[drop]
@@ -214,7 +213,7 @@ def test_certified_plan_keeps_its_target_with_probability_1_minus_delta():
 def test_plan_records_and_cli_with_descent_and_certify(make_record, tmp_path):
     import json
 
-    from tinysaver.chain import plan_records
+    from tinysaver.pipeline import plan_records
     from tinysaver.cli import main
 
     pool, base = _ladder_pool(600, 5, savers=3)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tinysaver import Record
-from tinysaver.chain import Stage, simulate_chain
+from tinysaver.analysis import ChainStage, simulate_chain
 from tinysaver.complexity import count_gmacs
 from tinysaver.errors import TinySaverError
 from tinysaver.esn import ExitSequence, ExitSequenceNetwork, esn_loss, saver_weights, split_base
@@ -217,7 +217,7 @@ def test_exit_search_equals_a_brute_force_and_can_leave_an_exit_unused():
 
     records = [record("saver", 5.0, 0.7, 1), record("b:exit1", 1.0, 0.8, 2), record("b:exit2", 3.0, 0.85, 3),
                record("b:output", 2.0, 0.95, 4)]
-    stages = [Stage.from_record(r) for r in records]
+    stages = [ChainStage.from_record(r) for r in records]
     for drop in (5.0, 1.0, 0.0):
         plan = plan_exits(records, records, base_gmacs=9.0, drops=[drop], max_exact_cells=10 ** 7)
         assert plan.mode == "exact"

@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from tinysaver import Cascade
-from tinysaver.chain import Stage as RecordStage
-from tinysaver.chain import answering_stage, chain_from_records
+from tinysaver.analysis import ChainStage, answering_stage, chain_from_records
 from tinysaver.cli import main
 from tinysaver.plugins.timm import create_classifier, eval_transform
 from tinysaver.recording import record_predictions
@@ -36,7 +35,7 @@ def test_live_three_stage_cascade_equals_the_chain_simulation(tmp_path):
     stage = torch.cat([o.stage for o in outs]).numpy()
     pred = torch.cat([o.logits for o in outs]).argmax(1).numpy()
 
-    sim_stage = answering_stage([RecordStage.from_record(r) for r in records], np.array([thresholds]))[0]
+    sim_stage = answering_stage([ChainStage.from_record(r) for r in records], np.array([thresholds]))[0]
     np.testing.assert_array_equal(stage, sim_stage)
     assert set(stage.tolist()) == {0, 1, 2}
     sim_pred = np.choose(sim_stage, [r.pred for r in records])

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinysaver.chain import Stage, chain_table, grid_ranks, plan_chains, simulate_chain, threshold_grid
+from tinysaver.analysis import ChainStage, chain_table, grid_ranks, plan_chains, simulate_chain, threshold_grid
 from tinysaver.cli import main
 from tinysaver.errors import TinySaverError
 
@@ -76,8 +76,9 @@ def test_plan_matches_brute_force(case):
     st.integers(2, 6))))
 def test_table_equals_direct_simulation_at_every_cell(case):
     c1, c2, r1, r2, rb, w, grid_size = case
-    stages = [Stage("a", 0.5, np.array(c1), np.array(r1, float)), Stage("b", 2.0, np.array(c2), np.array(r2, float)),
-              Stage("B", 7.0, np.ones(len(c1)), np.array(rb, float))]
+    stages = [ChainStage("a", 0.5, np.array(c1), np.array(r1, float)),
+              ChainStage("b", 2.0, np.array(c2), np.array(r2, float)),
+              ChainStage("B", 7.0, np.ones(len(c1)), np.array(rb, float))]
     w = np.array(w, float)
     if w.sum() == 0:
         w[0] = 1.0
@@ -121,7 +122,7 @@ def test_grid_mode_never_worse_than_best_pair_and_says_so():
     # the grid thresholds are real confidences: re-running the chain reproduces the numbers
     for p in plan.front[:: max(1, len(plan.front) // 20)]:
         recs = [r for n in p.stages for r in pool + [base] if r.name == n]
-        ev = simulate_chain([Stage.from_record(r) for r in recs], p.thresholds)
+        ev = simulate_chain([ChainStage.from_record(r) for r in recs], p.thresholds)
         assert ev.acc[0] == pytest.approx(p.acc) and ev.gmacs[0] == pytest.approx(p.gmacs)
 
 
@@ -168,11 +169,12 @@ def test_honest_mode_measures_on_the_report_split():
     assert plan.selection == "calibrated"
     for d, p in plan.required.items():
         recs = [r for n in p.stages for r in pool + [base] if r.name == n]
-        ev = simulate_chain([Stage.from_record(r) for r in recs], p.thresholds)
+        ev = simulate_chain([ChainStage.from_record(r) for r in recs], p.thresholds)
         assert p.acc == pytest.approx(ev.acc[0]) and p.gmacs == pytest.approx(ev.gmacs[0])
         np.testing.assert_allclose(p.answered, ev.answered[0], atol=1e-12)
         cal = [r for n in p.stages for r in cpool + [cbase] if r.name == n]
-        assert p.calib_acc == pytest.approx(simulate_chain([Stage.from_record(r) for r in cal], p.thresholds).acc[0])
+        assert p.calib_acc == pytest.approx(
+            simulate_chain([ChainStage.from_record(r) for r in cal], p.thresholds).acc[0])
         assert p.meets_target == (p.acc * 4000 >= base.correct.sum() - d / 100 * 4000 - 1e-6)
         # chosen thresholds are calibration confidences (or +inf)
         for name, t in zip(p.stages, p.thresholds):
@@ -186,7 +188,7 @@ def test_front_measured_on_another_split_equals_direct_simulation():
     plan = plan_chains(base, pool, calib_base=cbase, calib_pool=cpool, progress=False, grid=40,
                        max_exact_cells=100)
     assert plan.mode == "grid-40+descent"
-    stages = {r.name: Stage.from_record(r) for r in pool + [base]}
+    stages = {r.name: ChainStage.from_record(r) for r in pool + [base]}
     for p in plan.front:
         ev = simulate_chain([stages[n] for n in p.stages], p.thresholds)
         assert p.acc == pytest.approx(ev.acc[0], abs=1e-12) and p.gmacs == pytest.approx(ev.gmacs[0], rel=1e-12)

@@ -20,8 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .chain import Stage as ChainStage
-from .chain import answering_stage
+from .analysis import ChainStage, answering_stage
 from .complexity import sync
 from .esn import ExitSequenceNetwork, _Carry, exit_records_arrays
 from .esn_training import FeatureCache

@@ -5,7 +5,7 @@ output. Each stage's record holds its *incremental* cost (the base segments it a
 causal layers over the tokens so far, its head). That accounting is exact for one chain only, the
 full one: exit ``n`` cannot be reached without the segments before it, and the saver's features are
 token 0 of every exit. So the search is the planner's exact N-dimensional table
-(:func:`tinysaver.chain.search_chains`) restricted to that chain, over every threshold combination
+(:func:`tinysaver.analysis.search_chains`) restricted to that chain, over every threshold combination
 including +inf: an exit whose threshold is +inf is *not used* (nothing exits there; its segments
 still run because later stages need them). Which exits are used and at which thresholds is what
 DyCE searches; here it is searched exhaustively on a per-stage threshold grid.
@@ -28,12 +28,12 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from .analysis import PAPER_DROPS
-from .chain import (DEFAULT_EXACT_CELLS, ChainPoint, GridMeter, Oracle, Plan, Stage, search_chains)
+from .analysis import (DEFAULT_EXACT_CELLS, PAPER_DROPS, ChainPoint, ChainStage, GridMeter, Oracle, Plan,
+                       search_chains)
 from .errors import TinySaverError
 from .records import Record, check_pair
 
-# The rounding of ``drop / 100 * M`` (as in :mod:`tinysaver.chain`).
+# The rounding of ``drop / 100 * M`` (as in :mod:`tinysaver.analysis`).
 _COUNT_TOL = 1e-6
 #: Cells of the threshold table searched by default (a few float64 arrays of this size in memory).
 DEFAULT_CELLS = 2 ** 22
@@ -66,7 +66,7 @@ def _check_same_stages(report: Sequence[Record], calib: Sequence[Record]) -> Non
                                  f"the reported stage {r.path or r.name} ({r.name}, {r.gmacs:g} GMACs)")
 
 
-def esn_oracle(stages: Sequence[Stage]) -> Oracle:
+def esn_oracle(stages: Sequence[ChainStage]) -> Oracle:
     """Each sample answered by the *earliest* stage that gets it right (the base when none does),
     paying the cumulative cost up to there: the bound no threshold choice of this ESN can beat."""
     right = np.stack([s.correct > 0 for s in stages])
@@ -97,14 +97,14 @@ def plan_exits(report: Sequence[Record], calib: Sequence[Record], *, base_gmacs:
         progress: Progress bar of the search.
 
     Returns:
-        A :class:`tinysaver.chain.Plan` (``selection`` "calibrated", one chain), so the plan reports
+        A :class:`tinysaver.analysis.Plan` (``selection`` "calibrated", one chain), so the plan reports
         (:func:`tinysaver.plan_report.plan_markdown`, ``plot_plan``) apply.
     """
     _check_stages(report, "reported split")
     _check_stages(calib, "calibration split")
     _check_same_stages(report, calib)
-    rep = [Stage.from_record(r) for r in report]
-    cal = [Stage.from_record(r) for r in calib]
+    rep = [ChainStage.from_record(r) for r in report]
+    cal = [ChainStage.from_record(r) for r in calib]
     k = len(rep)
     grid = auto_grid(k - 1) if grid is None else int(grid)
     full = tuple(range(k))

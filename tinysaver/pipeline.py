@@ -15,18 +15,20 @@ For a base and a pool of candidate savers:
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-from .analysis import ExitCurve, rank_savers, tradeoff
+from .analysis import PAPER_DROPS, ExitCurve, plan_chains, rank_savers, tradeoff
 from .cascade import Cascade
 from .complexity import count_gmacs
 from .io import write_json, write_text
 from .numerics import Numerics
+from .plan_report import plan_markdown, plot_plan
 from .recording import (SeededItems, default_record_path, model_fingerprint, record_predictions,
                         recording_settings)
 from .records import Record, load_record
@@ -349,14 +351,59 @@ def verdict(base: str, best: Any) -> str:
             f"(C_S/C_B = {ratio:.3f} but r_match = {best.r_match:.3f}); this saver does not compress this base.")
 
 
+def plan_records(base: Union[Record, str, os.PathLike], pool: Sequence[Union[Record, str, os.PathLike]],
+                 calib_base: Union[Record, str, os.PathLike, None] = None,
+                 calib_pool: Optional[Sequence[Union[Record, str, os.PathLike]]] = None,
+                 max_stages: Optional[int] = None, drops: Sequence[float] = PAPER_DROPS,
+                 certify: Optional[float] = 0.1, plot: Union[str, os.PathLike, None] = None,
+                 **options) -> Dict[str, object]:
+    """The demo's plan section: :func:`~tinysaver.analysis.plan_chains` on records (or record paths), as JSON-able data.
+
+    Args:
+        base: Base record of the reported split (e.g. ``fmnist_cnn_l_test.npz``).
+        pool: The savers on that split.
+        calib_base: Base record of the calibration split (e.g. the holdout), or None.
+        calib_pool: The savers on it, same order.
+        max_stages: Longest chain (None: every pool model may join, the pool size + 1).
+        drops: Allowed accuracy drops in points.
+        certify: δ of the Learn-then-Test certification per drop (calibrated mode; None: none).
+        plot: Also draw the plan (:func:`tinysaver.plan_report.plot_plan`) to this PNG.
+        **options: Further keyword arguments of :func:`~tinysaver.analysis.plan_chains` (``grid``, ``ci``, ``starts``, …).
+
+    Returns:
+        :meth:`tinysaver.analysis.Plan.to_json` plus ``"markdown"`` (the table of :func:`tinysaver.plan_report.plan_markdown`).
+
+    Examples:
+        >>> folder = "outputs/fashion_mnist/records"
+        >>> section = plan_records(f"{folder}/fmnist_cnn_l_test.npz",
+        ...                        [f"{folder}/fmnist_cnn_{m}_test.npz" for m in ("xxs", "xs", "s", "m")],
+        ...                        f"{folder}/fmnist_cnn_l_holdout.npz",
+        ...                        [f"{folder}/fmnist_cnn_{m}_holdout.npz" for m in ("xxs", "xs", "s", "m")]
+        ...                        )  # doctest: +SKIP
+        >>> section["required"]["0.5"]["stages"], section["certified"]["0.5"]["thresholds"]  # doctest: +SKIP
+    """
+    def load(r):
+        return r if isinstance(r, Record) else load_record(r)
+
+    base_r, pool_r = load(base), [load(r) for r in pool]
+    calib_r = None if calib_base is None else load(calib_base)
+    calib_pool_r = None if calib_pool is None else [load(r) for r in calib_pool]
+    plan = plan_chains(base_r, pool_r, max_stages=len(pool_r) + 1 if max_stages is None else max_stages,
+                       drops=drops, calib_base=calib_r, calib_pool=calib_pool_r,
+                       certify=certify if calib_r is not None else None, **options)
+    out = plan.to_json()
+    out["markdown"] = plan_markdown(plan)
+    if plot is not None:
+        plot_plan(plan, plot)
+    return out
+
+
 def _plan_section(cfg: PipelineConfig, models: _Models, records: Dict[str, Dict[str, Record]],
                   out: Path) -> tuple:
     """Chains of the whole pool (any length) vs the best pair vs the oracle, honest mode: chosen on
     the first calibration split, measured on the report split, certified by Learn-then-Test; the
     chain chosen at :attr:`PipelineConfig.plan_live_drop` runs live and is checked against its
     simulation. Writes ``plan.json``, ``plan.md``, ``plan.png``."""
-    from .chain import plan_records
-
     rep, calib = records[_key(cfg.report_split)], records[_key(cfg.calib_splits[0])]
     pool = sorted(cfg.savers, key=lambda s: rep[s.name].gmacs)  # chains run cheapest first
     section = plan_records(rep[cfg.base.name], [rep[s.name] for s in pool], calib[cfg.base.name],
@@ -404,4 +451,4 @@ def _summary_markdown(summary: Dict[str, Any], selection_md: str, tradeoff_md: s
     return "\n".join(parts)
 
 
-__all__ = ["ModelSpec", "Split", "PipelineConfig", "run_pipeline", "model_summary"]
+__all__ = ["ModelSpec", "Split", "PipelineConfig", "run_pipeline", "model_summary", "plan_records"]

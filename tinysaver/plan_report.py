@@ -8,8 +8,7 @@ import math
 import os
 from typing import Dict, Optional, Union
 
-from .calibrate import Calibration
-from .chain import ChainPoint, Plan
+from .analysis import Calibration, ChainPoint, Plan
 
 PathLike = Union[str, os.PathLike]
 

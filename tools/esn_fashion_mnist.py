@@ -14,7 +14,7 @@ puts an exit after the first two and the base's own head answers last. Steps:
    settings, then the configurations that win a drop again with plain cross-entropy (the ablation).
 3. Records per stage (incremental GMACs), the exit search per configuration
    (:func:`tinysaver.esn_search.plan_exits`), the best configuration per drop chosen on holdout.
-4. Plain TinySaver (saver → base, :func:`tinysaver.chain.plan_chains`, same honest mode).
+4. Plain TinySaver (saver → base, :func:`tinysaver.analysis.plan_chains`, same honest mode).
 5. The live ESN at each drop's thresholds vs the simulation on its records, sample by sample, and
    its measured speed-up vs the ideal on this CPU.
 
@@ -47,8 +47,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 import train_esn  # noqa: E402  (tools/train_esn.py: caches, datasets, record writing)
 
-from tinysaver.analysis import PAPER_DROPS  # noqa: E402
-from tinysaver.chain import ChainPoint, Plan, plan_chains  # noqa: E402
+from tinysaver.analysis import PAPER_DROPS, ChainPoint, Plan, plan_chains  # noqa: E402
 from tinysaver.complexity import count_gmacs  # noqa: E402
 from tinysaver.esn import ExitSequenceNetwork  # noqa: E402
 from tinysaver.esn_eval import (live_vs_simulation, measure_esn_speed, plain_records, stage_names,  # noqa: E402

@@ -38,7 +38,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from tinysaver.analysis import threshold_to_json
+from tinysaver.thresholds import threshold_to_json
 from tinysaver.confidence import build_confidence
 from tinysaver.det_signals import plot_signals, signal_panel, signals_markdown
 from tinysaver.detection import (CocoScorer, DetRecord, chain_detections, det_tradeoff, load_det_record,

@@ -6,7 +6,7 @@ probability >= 1 - delta over the draw of the calibration records, the accuracy 
 new data from the same distribution is <= --drop points. --method: wsr (default; Waudby-Smith &
 Ramdas betting bound), bernstein (Maurer & Pontil empirical Bernstein) or hoeffding-bentkus (Bates
 et al.). For a chain (--stages S1 S2 B) half the records order the chain's configurations and the
-other half tests them (data splitting). See tinysaver/calibrate.py for the references.
+other half tests them (data splitting). See tinysaver/analysis/calibrate.py for the references.
 
 Example:
   tinysaver calibrate --base outputs/fashion_mnist/records/fmnist_cnn_l_holdout.npz \\
@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..calibrate import calibrate_records, check_target
+    from ..analysis import calibrate_records, check_target
     from ..errors import TinySaverError
     from ..io import check_outputs, write_json, write_text
     from ..plan_report import calibration_markdown

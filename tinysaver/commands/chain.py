@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..chain import chain_from_records
+    from ..analysis import chain_from_records
     from ..errors import TinySaverError
     from ..io import check_outputs, write_json, write_text
     from ..plan_report import chain_markdown

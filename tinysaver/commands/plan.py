@@ -4,7 +4,7 @@ Searches chains of 1 to --max-stages models (pool members by increasing cost, th
 length up to the pool size + 1) and their thresholds: a table over every threshold combination for
 each chain of up to 3 stages (exact over all distinct confidences on small data, else on per-stage
 quantile grids) and for every longer chain small enough to be exact; then, unless that was
-exhaustive, a coordinate descent (tinysaver/descent.py) from the best table answers that moves one
+exhaustive, a coordinate descent (tinysaver/analysis/descent.py) from the best table answers that moves one
 or two stages' thresholds at a time over every distinct confidence, adding or removing stages, and
 keeps only cheaper answers (never worse than the tables; the JSON's "mode" says what ran). Reports
 the Pareto front of accuracy vs expected GMACs, the cheapest chain within each drop, the best
@@ -65,10 +65,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..chain import plan_chains
+    from ..analysis import MAX_CELLS, plan_chains
     from ..io import check_outputs, write_json, write_text
     from ..plan_report import plan_markdown, plot_plan
-    from ..chain import MAX_CELLS
     from ._checks import MAX_DRAWS, at_most, check_drops, check_png
 
     check_drops(args.drops)

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     result = tradeoff(curve, args.drops, saver=saver.name, base=base.name, calibration=calib,
                       split=base.split_name("report"), calib_split=calib_split)
     if args.ci is not None:
-        from ..calibrate import tradeoff_ci
+        from ..analysis import tradeoff_ci
 
         intervals = tradeoff_ci(calib_saver, calib_base, saver, base, args.drops,
                                 level=args.ci, draws=args.ci_draws)

@@ -49,11 +49,7 @@ expensive configuration; the second half tests along that path with fixed-sequen
 loss ``1[base right] − 1[answering stage right]``. Conditional on the first half the path is fixed,
 so the same ``1 − δ`` guarantee holds (with half the samples to test on).
 
-**Bootstrap intervals** (:func:`bootstrap_chain_ci`, :func:`tradeoff_ci`): in the calibrated mode
-the reported accuracy and GMACs come from a threshold chosen on one split and measured on another;
-each bootstrap draw resamples the calibration split (re-choosing the thresholds, within the chosen
-chain) and the reported split (re-measuring) with multinomial counts, and percentile intervals are
-reported. They describe the sampling variability of the numbers, not a guarantee.
+Bootstrap intervals of the calibrated numbers are :mod:`tinysaver.analysis.bootstrap`'s.
 
 Examples:
     >>> import numpy as np
@@ -67,123 +63,22 @@ Examples:
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .analysis import threshold_to_json
-from .chain import (DEFAULT_EXACT_CELLS, DEFAULT_GRID, Stage, _cells, answering_stage, cell_thresholds,
-                    chain_table, grid_ranks, search_chains, simulate_chain, threshold_grid)
-from .errors import TinySaverError
-from .records import Record
+from ..errors import TinySaverError
+from ..records import Record
+from ..thresholds import threshold_to_json
+from .bounds import METHODS, check_target, fixed_sequence
+from .pair import COUNT_TOL
+from .search import DEFAULT_EXACT_CELLS, DEFAULT_GRID, search_chains, search_plan, search_tables
+from .stages import ChainStage, answering_stage, check_chain_records, simulate_chain
+from .tables import grid_cells, threshold_grid
 
-#: Upper-bound methods for ``H_t: E[loss] > α`` (see the module docstring).
-METHODS = ("wsr", "bernstein", "hoeffding-bentkus")
-_CHUNK_CELLS = 2 ** 22
-_COUNT_TOL = 1e-6
 #: Largest table a chain's calibration path is read from (long chains get coarser grids).
 PATH_CELLS = 2 ** 22
-
-
-def check_target(drop: float, delta: float, method: str = "wsr") -> None:
-    """Raises :class:`TinySaverError` for a drop outside [0, 100) points, δ outside (0, 1) or an
-    unknown method."""
-    if not 0 <= drop < 100:
-        raise TinySaverError(f"--drop must be in [0, 100) percentage points, got {drop:g}")
-    if not 0 < delta < 1:
-        raise TinySaverError(f"--delta must be in (0, 1), e.g. 0.1, got {delta:g}")
-    if method not in METHODS:
-        raise TinySaverError(f"unknown --method {method!r} (known: {', '.join(METHODS)})")
-
-
-# --- the tests: reject H: E[L] > alpha for each column of a loss matrix ---------------------------
-
-def _reject_bernstein(loss: np.ndarray, alpha: float, delta: float) -> np.ndarray:
-    """Maurer & Pontil (2009) Thm 4 for L in [-1, 1] (range 2): E L <= mean + sqrt(2 V ln(2/δ)/n)
-    + 14 ln(2/δ) / (3 (n-1)), V the unbiased sample variance."""
-    n = loss.shape[1]
-    if n < 2:
-        return np.zeros(loss.shape[0], dtype=bool)
-    log_term = math.log(2.0 / delta)
-    ucb = (loss.mean(axis=1) + np.sqrt(2.0 * loss.var(axis=1, ddof=1) * log_term / n)
-           + 14.0 * log_term / (3.0 * (n - 1)))
-    return ucb <= alpha
-
-
-def _binom_cdf(n: int, p: float) -> np.ndarray:
-    """``P(Bin(n, p) <= k)`` for ``k = 0..n`` (log-space recursion of the pmf; numpy only)."""
-    k = np.arange(n)
-    log_pmf = n * math.log1p(-p) + np.concatenate(
-        ([0.0], np.cumsum(np.log((n - k) / (k + 1.0)) + math.log(p / (1.0 - p)))))
-    return np.minimum(np.cumsum(np.exp(log_pmf)), 1.0)
-
-
-def _reject_hoeffding_bentkus(loss: np.ndarray, alpha: float, delta: float) -> np.ndarray:
-    """Hoeffding–Bentkus p-value (Bates et al. 2021, RCPS) on the loss rescaled to [0, 1]."""
-    n = loss.shape[1]
-    a = (alpha + 1.0) / 2.0
-    half_units = np.rint(loss.sum(axis=1) + n).astype(np.int64)  # 2 · Σ (L + 1) / 2, an integer
-    mean = half_units / (2.0 * n)
-    q = np.minimum(mean, a)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        h1 = (np.where(q > 0, q * np.log(q / a), 0.0)
-              + np.where(q < 1, (1 - q) * np.log((1 - q) / (1 - a)), 0.0))
-    p_hoeffding = np.exp(-n * h1)
-    k = np.minimum((half_units + 1) // 2, n)  # ceil(n · mean)
-    p_bentkus = math.e * _binom_cdf(n, a)[k]
-    return np.minimum(p_hoeffding, p_bentkus) <= delta
-
-
-def _reject_wsr(loss: np.ndarray, alpha: float, delta: float) -> np.ndarray:
-    """Waudby-Smith & Ramdas (2024) betting test of ``E[x] > μ0`` for x = (L + 1)/2 in [0, 1]:
-    capital ``Π (1 − ν_i (x_i − μ0))`` with predictable ``ν_i = min(1, sqrt(2 ln(1/δ) / (n σ̂²_{i−1})))``
-    (the RCPS reference code's choice); reject when its running maximum reaches 1/δ (Ville)."""
-    n = loss.shape[1]
-    x = (loss + 1.0) / 2.0
-    mu0 = (alpha + 1.0) / 2.0
-    i = np.arange(1, n + 1, dtype=np.float64)
-    mu_hat = (np.cumsum(x, axis=1) + 0.5) / (i + 1.0)
-    var_hat = (np.cumsum((x - mu_hat) ** 2, axis=1) + 0.25) / (i + 1.0)
-    var_pred = np.concatenate([np.full((x.shape[0], 1), 0.25), var_hat[:, :-1]], axis=1)  # samples < i only
-    nu = np.minimum(np.sqrt(2.0 * math.log(1.0 / delta) / (n * var_pred)), 1.0)
-    log_capital = np.cumsum(np.log1p(-nu * (x - mu0)), axis=1)
-    return log_capital.max(axis=1) >= math.log(1.0 / delta)
-
-
-_TESTS: Dict[str, Callable[[np.ndarray, float, float], np.ndarray]] = {
-    "wsr": _reject_wsr, "bernstein": _reject_bernstein, "hoeffding-bentkus": _reject_hoeffding_bentkus}
-
-
-def fixed_sequence(columns: Callable[[slice], np.ndarray], num: int, num_samples: int, alpha: float,
-                   delta: float, method: str) -> int:
-    """Fixed-sequence testing: how many of the ``num`` ordered hypotheses are rejected before the
-    first that is not.
-
-    Args:
-        columns: ``columns(slice)`` returns the losses ``[len(slice), num_samples]`` of those
-            hypotheses, samples in the fixed order the test runs in.
-        num: Number of hypotheses.
-        num_samples: Rows of every loss matrix.
-        alpha: Risk target (the null is ``E[L] > alpha``).
-        delta: Error level.
-        method: One of :data:`METHODS`.
-
-    Returns:
-        The number of leading rejected hypotheses. Hypotheses are tested in chunks of doubling
-        size, so those after the first failure are mostly never computed.
-    """
-    test = _TESTS[method]
-    cap = max(1, _CHUNK_CELLS // max(num_samples, 1))
-    start, step = 0, min(32, cap)
-    while start < num:
-        stop = min(num, start + step)
-        rejected = test(columns(slice(start, stop)), alpha, delta)
-        if not rejected.all():
-            return start + int(np.argmin(rejected))
-        start, step = stop, min(2 * step, cap)
-    return num
 
 
 # --- results ------------------------------------------------------------------------------------
@@ -226,7 +121,7 @@ class Calibration:
         return out
 
 
-def _describe(stages: Sequence[Stage], t: np.ndarray, **kw) -> Dict[str, object]:
+def _describe(stages: Sequence[ChainStage], t: np.ndarray, **kw) -> Dict[str, object]:
     ev = simulate_chain(stages, t)
     return dict(calib_acc=float(ev.acc[0]), calib_answered=ev.answered[0].tolist(),
                 calib_exit_ratio=float(1.0 - ev.answered[0, -1]), calib_gmacs=float(ev.gmacs[0]),
@@ -290,9 +185,9 @@ def calibrate_pair(conf, saver_correct, base_correct, drop: float, delta: float,
         A :class:`Calibration` (threshold +inf when no threshold can be certified).
     """
     check_target(drop, delta, method)
-    stages = [Stage(names[0], float(saver_gmacs), np.asarray(conf, dtype=np.float64),
+    stages = [ChainStage(names[0], float(saver_gmacs), np.asarray(conf, dtype=np.float64),
                     np.asarray(saver_correct, dtype=np.float64)),
-              Stage(names[1], float(base_gmacs), np.ones(len(conf)), np.asarray(base_correct, dtype=np.float64))]
+              ChainStage(names[1], float(base_gmacs), np.ones(len(conf)), np.asarray(base_correct, dtype=np.float64))]
     t, tested, rejected = ltt_pair_threshold(conf, saver_correct, base_correct, drop, delta, method, seed)
     return Calibration(stages=list(names), thresholds=[t], drop=drop, delta=delta, method=method,
                        tested=tested, rejected=rejected,
@@ -302,7 +197,7 @@ def calibrate_pair(conf, saver_correct, base_correct, drop: float, delta: float,
 
 # --- N stages ---------------------------------------------------------------------------------------
 
-def _split_halves(stages: Sequence[Stage], seed: int) -> Tuple[List[Stage], List[Stage]]:
+def _split_halves(stages: Sequence[ChainStage], seed: int) -> Tuple[List[ChainStage], List[ChainStage]]:
     """The calibration samples split at random into a search half (in sample order) and a test
     half (in its random order, which the wsr bound's betting runs through)."""
     n = stages[0].num_samples
@@ -310,11 +205,11 @@ def _split_halves(stages: Sequence[Stage], seed: int) -> Tuple[List[Stage], List
         raise TinySaverError(f"{n} calibration samples are too few to split in two halves")
     perm = np.random.default_rng(seed).permutation(n)
     half_a, half_b = np.sort(perm[: n // 2]), perm[n // 2:]
-    return ([Stage(s.name, s.gmacs, s.conf[half_a], s.correct[half_a]) for s in stages],
-            [Stage(s.name, s.gmacs, s.conf[half_b], s.correct[half_b]) for s in stages])
+    return ([ChainStage(s.name, s.gmacs, s.conf[half_a], s.correct[half_a]) for s in stages],
+            [ChainStage(s.name, s.gmacs, s.conf[half_b], s.correct[half_b]) for s in stages])
 
 
-def calibrate_chain(stages: Sequence[Stage], drop: float, delta: float, method: str = "wsr", seed: int = 0,
+def calibrate_chain(stages: Sequence[ChainStage], drop: float, delta: float, method: str = "wsr", seed: int = 0,
                     grid: int = DEFAULT_GRID, max_exact_cells: int = DEFAULT_EXACT_CELLS) -> Calibration:
     """Thresholds for every stage of a chain (base last) with the same guarantee, by data splitting
     (see the module docstring); a 2-stage chain uses :func:`calibrate_pair` (no split needed)."""
@@ -329,7 +224,7 @@ def calibrate_chain(stages: Sequence[Stage], drop: float, delta: float, method: 
     n_search, n_test = search_half[0].num_samples, test_half[0].num_samples
     # a long chain's table on grids of `grid` values would not fit: coarser grids for its path
     savers = len(stages) - 1
-    if _cells([threshold_grid(s.conf) for s in search_half[:-1]]) > max_exact_cells:
+    if grid_cells([threshold_grid(s.conf) for s in search_half[:-1]]) > max_exact_cells:
         grid = min(grid, max(2, int(PATH_CELLS ** (1.0 / savers)) - 1))
     search = search_chains(search_half, grid=grid, max_exact_cells=max_exact_cells,
                            chains=[tuple(range(len(stages)))], progress=False)
@@ -355,8 +250,8 @@ def calibrate_chain(stages: Sequence[Stage], drop: float, delta: float, method: 
         **_describe(stages, t[None, :]))
 
 
-def certify_plan(calib: Sequence[Stage], report: Optional[Sequence[Stage]], drops: Sequence[float], delta: float,
-                 *, max_stages: int = 3, method: str = "wsr", seed: int = 0, ladder: int = 16,
+def certify_plan(calib: Sequence[ChainStage], report: Optional[Sequence[ChainStage]], drops: Sequence[float],
+                 delta: float, *, max_stages: int = 3, method: str = "wsr", seed: int = 0, ladder: int = 16,
                  grid: int = DEFAULT_GRID, max_exact_cells: int = DEFAULT_EXACT_CELLS, descent: bool = True,
                  starts: int = 1, pair_grid: Optional[int] = None, sweep: int = 16) -> Dict[float, Calibration]:
     """The planner with a guarantee: for each drop, a chain *and* thresholds whose accuracy drop on
@@ -365,7 +260,7 @@ def certify_plan(calib: Sequence[Stage], report: Optional[Sequence[Stage]], drop
     Learn then Test with data splitting, over configurations of any chain of the pool:
 
     1. The calibration split is halved at random (``seed``).
-    2. On half A the planner (:func:`tinysaver.chain.search_plan`: tables, then the descent) finds
+    2. On half A the planner (:func:`tinysaver.analysis.search_plan`: tables, then the descent) finds
        the cheapest configuration at targets evenly spaced (``ladder`` steps) from the most accurate
        configuration its tables find there (a gain over the base, when the pool allows one: the
        drop must be certified on half B, so the first hypotheses need a margin) to the largest
@@ -388,7 +283,7 @@ def certify_plan(calib: Sequence[Stage], report: Optional[Sequence[Stage]], drop
         method: One of :data:`METHODS`.
         seed: Halves of the calibration split and the sample order of ``wsr``.
         ladder: Steps of the targets between the most accurate configuration and the largest drop.
-        grid: As in :func:`tinysaver.chain.search_plan`.
+        grid: As in :func:`tinysaver.analysis.search_plan`.
         max_exact_cells: As there.
         descent: As there.
         starts: As there (1 keeps the ladder fast; each target also starts from the stricter one).
@@ -404,8 +299,6 @@ def certify_plan(calib: Sequence[Stage], report: Optional[Sequence[Stage]], drop
         ...                          max_stages=5)  # doctest: +SKIP
         >>> certified[0.5].stages, certified[0.5].thresholds, certified[0.5].extra["meets_target"]  # doctest: +SKIP
     """
-    from .chain import search_plan, search_tables
-
     drops = [float(d) for d in drops]
     for d in drops:
         check_target(d, delta, method)
@@ -457,7 +350,7 @@ def certify_plan(calib: Sequence[Stage], report: Optional[Sequence[Stage]], drop
             ev = simulate_chain([report[k] for k in chain], t[None, :])
             m = report[0].num_samples
             extra.update(acc=float(ev.acc[0]), gmacs=float(ev.gmacs[0]), answered=ev.answered[0].tolist(),
-                         meets_target=bool(ev.acc[0] * m >= report[-1].correct.sum() - d / 100.0 * m - _COUNT_TOL))
+                         meets_target=bool(ev.acc[0] * m >= report[-1].correct.sum() - d / 100.0 * m - COUNT_TOL))
         out[d] = Calibration(
             stages=[calib[k].name for k in chain], thresholds=t.tolist(), drop=d, delta=delta, method=method,
             tested=len(path_arr), rejected=rejected,
@@ -471,115 +364,10 @@ def certify_plan(calib: Sequence[Stage], report: Optional[Sequence[Stage]], drop
 def calibrate_records(records: Sequence[Record], drop: float, delta: float, method: str = "wsr",
                       seed: int = 0) -> Calibration:
     """:func:`calibrate_chain` on records (savers by increasing cost, base last)."""
-    from .chain import check_chain_records
-
     check_target(drop, delta, method)
     check_chain_records(records)
-    return calibrate_chain([Stage.from_record(r) for r in records], drop, delta, method, seed)
+    return calibrate_chain([ChainStage.from_record(r) for r in records], drop, delta, method, seed)
 
 
-# --- bootstrap intervals --------------------------------------------------------------------------
-
-def _resample(rng: np.random.Generator, n: int) -> np.ndarray:
-    """Multinomial bootstrap counts: how often each of n samples is drawn in n draws."""
-    return np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)
-
-
-def bootstrap_chain_ci(calib: Sequence[Stage], report: Sequence[Stage], drops: Sequence[float], *,
-                       level: float = 0.95, draws: int = 1000, seed: int = 0, grid: int = DEFAULT_GRID,
-                       max_cells: int = 257 ** 2) -> Dict[float, Optional[Dict[str, object]]]:
-    """Percentile bootstrap intervals of the calibrated accuracy and GMACs of one chain.
-
-    Each draw resamples the calibration split, re-chooses the cheapest thresholds within each drop
-    (on the chain's grids: every distinct confidence unless the table would exceed ``max_cells``,
-    then per-stage quantile grids — 256 values per stage for a 3-stage chain, so that 1,000 draws
-    take seconds), resamples the reported split and measures them there. The chain itself is the
-    one chosen on the full calibration split (the intervals are conditional on it).
-
-    Args:
-        calib: The chain (base last) on the calibration split.
-        report: The same chain on the reported split.
-        drops: Allowed drops in points.
-        level: Interval level, e.g. 0.95.
-        draws: Bootstrap draws.
-        seed: Random seed.
-        grid: Quantile grid size where the chain is too large for exact tables.
-        max_cells: Largest per-draw table.
-
-    Returns:
-        Per drop ``{"level", "draws", "draws_reached", "acc": [lo, hi], "gmacs": [lo, hi], "grid"}``,
-        or None when no draw reached the drop.
-    """
-    if not 0 < level < 1:
-        raise TinySaverError(f"--ci must be a level in (0, 1), got {level}")
-    if draws < 2:
-        raise TinySaverError(f"bootstrap needs >= 2 draws, got {draws}")
-    n = len(calib) - 1
-    grids, exact = [threshold_grid(s.conf) for s in calib[:-1]], True
-    if _cells(grids) > max_cells:
-        grids, exact = [threshold_grid(s.conf, grid) for s in calib[:-1]], False
-    if _cells(grids) > max_cells:
-        size = max(2, int(max_cells ** (1.0 / n)) - 1)
-        grids, exact = [threshold_grid(s.conf, size) for s in calib[:-1]], False
-    ranks = [grid_ranks(s.conf, g) for s, g in zip(calib, grids)]
-    sizes = [len(g) for g in grids]
-    corrects, gmacs = [s.correct for s in calib], [s.gmacs for s in calib]
-    rng = np.random.default_rng(seed)
-    mc, mr = calib[0].num_samples, report[0].num_samples
-    drops = [float(d) for d in drops]
-    chosen = {d: np.full((draws, n), np.nan) for d in drops}
-    reached = {d: np.zeros(draws, dtype=bool) for d in drops}
-    for b in range(draws):
-        w = _resample(rng, mc)
-        correct, cost = chain_table(ranks, sizes, corrects, gmacs, weights=w)
-        base_total = float((w * calib[-1].correct).sum())
-        for d in drops:
-            ok = correct >= base_total - d / 100.0 * mc - _COUNT_TOL
-            if ok.any():
-                cell = int(np.argmin(np.where(ok, cost, np.inf)))
-                chosen[d][b] = cell_thresholds(grids, [cell])[0]
-                reached[d][b] = True
-    acc = {d: np.full(draws, np.nan) for d in drops}
-    cost_b = {d: np.full(draws, np.nan) for d in drops}
-    rows = max(1, _CHUNK_CELLS // mr)
-    for start in range(0, draws, rows):
-        sl = slice(start, min(draws, start + rows))
-        weights = np.stack([_resample(rng, mr) for _ in range(sl.stop - sl.start)])
-        for d in drops:
-            hit = reached[d][sl]
-            if hit.any():
-                ev = simulate_chain(report, chosen[d][sl][hit], weights=weights[hit])
-                acc[d][sl][hit], cost_b[d][sl][hit] = ev.acc, ev.gmacs
-    tails = [(1.0 - level) / 2.0, (1.0 + level) / 2.0]
-    out: Dict[float, Optional[Dict[str, object]]] = {}
-    for d in drops:
-        k = int(reached[d].sum())
-        if k == 0:
-            out[d] = None
-            continue
-        out[d] = {"level": level, "draws": draws, "draws_reached": k,
-                  "acc": np.quantile(acc[d][reached[d]], tails).tolist(),
-                  "gmacs": np.quantile(cost_b[d][reached[d]], tails).tolist(),
-                  "grid": "exact" if exact else f"grid-{max(sizes)}",
-                  "method": "percentile bootstrap: calibration split resampled (thresholds re-chosen within "
-                            "the chain), reported split resampled (re-measured)"}
-    return out
-
-
-def tradeoff_ci(calib_saver: Record, calib_base: Record, saver: Record, base: Record,
-                drops: Sequence[float], *, level: float = 0.95, draws: int = 1000,
-                seed: int = 0) -> Dict[float, Optional[Dict[str, object]]]:
-    """:func:`bootstrap_chain_ci` for the 2-stage ``tinysaver tradeoff`` in its calibrated mode:
-    intervals of the measured accuracy and GMACs of each ``required`` cell.
-
-    Examples:
-        >>> intervals = tradeoff_ci(s_holdout, b_holdout, s_test, b_test, [1.0, 0.5])  # doctest: +SKIP
-        >>> intervals[0.5]["acc"], intervals[0.5]["gmacs"]  # doctest: +SKIP
-    """
-    from .records import check_pair
-
-    check_pair(calib_saver, calib_base)
-    check_pair(saver, base)
-    calib = [Stage.from_record(calib_saver), Stage.from_record(calib_base)]
-    report = [Stage.from_record(saver), Stage.from_record(base)]
-    return bootstrap_chain_ci(calib, report, drops, level=level, draws=draws, seed=seed)
+__all__ = ["METHODS", "PATH_CELLS", "Calibration", "ltt_pair_threshold", "calibrate_pair", "calibrate_chain",
+           "certify_plan", "calibrate_records"]

@@ -27,15 +27,16 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .errors import TinySaverError
-from .records import Record, check_pair
-from .thresholds import threshold_from_json, threshold_to_json
+from ..errors import TinySaverError
+from ..records import Record, check_pair
+from ..thresholds import threshold_to_json
+from .pools import check_calibration
 
 #: Accuracy drops (percentage points) of the paper's Tables 1 and 5.
 PAPER_DROPS = (1.0, 0.5, 0.1, 0.0)
 # Correct counts are sums of 0/1 (exact in float64); the tolerance only absorbs the rounding of
 # ``drop / 100 * M`` so that, e.g., a 0.1-point drop on 1000 samples allows exactly 1 sample.
-_COUNT_TOL = 1e-6
+COUNT_TOL = 1e-6
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,7 @@ def match_point(curve: ExitCurve) -> MatchPoint:
     """The largest exit ratio at which the saver is right on at least as many exited samples as
     the base (eq. 7), and ΔC = C_S / C_B − r_match (eq. 10). r_match is 0 when no exit qualifies.
     """
-    ok = curve.saver_correct >= curve.base_correct - _COUNT_TOL
+    ok = curve.saver_correct >= curve.base_correct - COUNT_TOL
     k = int(np.flatnonzero(ok)[-1])  # point 0 (nothing exits: 0 >= 0) always qualifies
     r = float(curve.exit_ratio[k])
     ratio = curve.saver_gmacs / curve.base_gmacs if curve.base_gmacs > 0 else np.inf
@@ -193,14 +194,14 @@ def cheapest_within_drop(curve: ExitCurve, drop_pct: float) -> Optional[int]:
     percentage points (None when none is). Cost falls as the exit ratio grows, so it is the
     qualifying point with the most exits."""
     required = curve.base_total - drop_pct / 100.0 * curve.num_samples
-    qualifying = np.flatnonzero(curve.system_correct >= required - _COUNT_TOL)
+    qualifying = np.flatnonzero(curve.system_correct >= required - COUNT_TOL)
     return int(qualifying[-1]) if qualifying.size else None
 
 
 def max_performance_index(curve: ExitCurve) -> int:
     """Index of the highest system accuracy, at the lowest cost that reaches it."""
     best = curve.system_correct.max()
-    return int(np.flatnonzero(curve.system_correct >= best - _COUNT_TOL)[-1])
+    return int(np.flatnonzero(curve.system_correct >= best - COUNT_TOL)[-1])
 
 
 @dataclass
@@ -287,7 +288,7 @@ def meets_drop(curve: ExitCurve, k: int, drop_pct: float) -> bool:
     """Whether point ``k`` of ``curve`` is within ``drop_pct`` points of the curve's base accuracy
     (counted in samples, as :func:`cheapest_within_drop` chooses)."""
     required = curve.base_total - drop_pct / 100.0 * curve.num_samples
-    return bool(curve.system_correct[k] >= required - _COUNT_TOL)
+    return bool(curve.system_correct[k] >= required - COUNT_TOL)
 
 
 def tradeoff(curve: ExitCurve, drops: Sequence[float] = PAPER_DROPS, *, saver: str = "saver",
@@ -371,9 +372,7 @@ def tradeoff_from_records(saver: Record, base: Record, drops: Sequence[float] = 
     curve = ExitCurve.from_records(saver, base)
     calib = None
     if calib_saver is not None:
-        from .chain import _check_calibration  # same models, same costs, in the same roles
-
-        _check_calibration([saver], [calib_saver], base, calib_base)
+        check_calibration([saver], [calib_saver], base, calib_base)  # same models, same costs, same roles
         calib = ExitCurve.from_records(calib_saver, calib_base)
     result = tradeoff(curve, drops, saver=saver.name, base=base.name, calibration=calib,
                       split=base.split_name("report"),

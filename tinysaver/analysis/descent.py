@@ -1,6 +1,6 @@
 """Chains longer than a table can hold: constrained coordinate descent from the tables' best answers.
 
-The planner (:func:`tinysaver.chain.plan_chains`) searches every chain whose table of threshold
+The planner (:func:`tinysaver.analysis.plan_chains`) searches every chain whose table of threshold
 combinations fits in memory exactly (all distinct confidences) or on per-stage quantile grids. A
 chain of ``K`` stages has a ``(K-1)``-dimensional table, so at realistic sizes that covers chains of
 up to 3 stages; longer chains (up to the pool size + 1) are reached by this descent.
@@ -12,7 +12,7 @@ chain is the models with a finite threshold, then the base. At most ``max_stages
 cost (expected GMACs) is minimised subject to ``correct >= need``.
 
 **Moves.** Each move re-chooses a few coordinates with all the others fixed, evaluating *every*
-candidate at once with the cumulative counts of :func:`tinysaver.chain.answer_table` (sort-free
+candidate at once with the cumulative counts of :func:`tinysaver.analysis.answer_table` (sort-free
 ``bincount`` + prefix/suffix sums, no Python loop over thresholds):
 
 - *single*: one model's threshold over every distinct confidence of that model plus "not in the
@@ -30,7 +30,7 @@ A move is applied when its best candidate meets the target and is cheaper than t
 move) until a whole cycle in a row changes nothing.
 
 **Starts.** A constrained descent stops where no move of one or two thresholds can trade accuracy
-for cost at the target, so where it starts matters. :func:`tinysaver.chain.search_plan` starts it
+for cost at the target, so where it starts matters. :func:`tinysaver.analysis.search_plan` starts it
 from the tables' best configurations at the target, from the answer at the previous (stricter)
 target, and from a *Lagrangian sweep* (:meth:`ChainDescent.lagrangian`): the same moves on
 ``cost − μ · right answers`` with no target, for ``μ`` from large to small, each from where the
@@ -59,11 +59,11 @@ it beats DyCE on given records; ``bench/bench_planner_vs_dyce.py`` measures it.
 
 Examples:
     >>> import numpy as np
-    >>> from tinysaver.chain import Stage
+    >>> from tinysaver.analysis import ChainStage
     >>> rng = np.random.default_rng(0)
     >>> conf = [rng.random(2000) for _ in range(3)]
-    >>> stages = [Stage(f"s{i}", 0.1 * (i + 1), c, (rng.random(2000) < 0.4 + 0.6 * c).astype(float))
-    ...           for i, c in enumerate(conf)] + [Stage("base", 5.0, np.ones(2000), np.ones(2000))]
+    >>> stages = [ChainStage(f"s{i}", 0.1 * (i + 1), c, (rng.random(2000) < 0.4 + 0.6 * c).astype(float))
+    ...           for i, c in enumerate(conf)] + [ChainStage("base", 5.0, np.ones(2000), np.ones(2000))]
     >>> descent = ChainDescent(stages, max_stages=4)
     >>> start = np.array([np.inf, np.inf, np.inf])             # the base alone
     >>> result = descent.run(start, need=0.99 * 2000)
@@ -78,16 +78,16 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .chain import Stage, answer_table, grid_ranks, simulate_chain, threshold_grid
-from .errors import TinySaverError
+from ..errors import TinySaverError
+from .pair import COUNT_TOL
+from .stages import ChainStage, simulate_chain
+from .tables import answer_table, grid_ranks, threshold_grid
 
 #: Quantile grid size per model of a pair move.
 DEFAULT_PAIR_GRID = 128
 #: Cycles of moves (every single move, then every pair move) at most; the descent normally stops
 #: after a few.
 DEFAULT_MAX_PASSES = 50
-# Correct counts are sums of 0/1 (exact in float64); this absorbs the rounding of ``need``.
-_COUNT_TOL = 1e-6
 
 
 @dataclass
@@ -131,7 +131,7 @@ class ChainDescent:
         max_passes: Safety cap on the cycles of moves.
     """
 
-    def __init__(self, stages: Sequence[Stage], max_stages: int, pair_grid: int = DEFAULT_PAIR_GRID,
+    def __init__(self, stages: Sequence[ChainStage], max_stages: int, pair_grid: int = DEFAULT_PAIR_GRID,
                  max_passes: int = DEFAULT_MAX_PASSES) -> None:
         if max_stages < 1:
             raise TinySaverError(f"--max-stages must be >= 1 (the base alone), got {max_stages}")
@@ -192,7 +192,7 @@ class ChainDescent:
             value = np.where(allowed.ravel(), cost - self._mu * correct, np.inf)
             pick = int(np.argmin(value))
             return pick if value[pick] < cost[current] - self._mu * correct[current] - self.tol else None
-        ok = allowed.ravel() & (correct >= need - _COUNT_TOL)
+        ok = allowed.ravel() & (correct >= need - COUNT_TOL)
         if not ok.any():
             return None
         priced = np.where(ok, cost, np.inf)
@@ -372,7 +372,7 @@ class ChainDescent:
         if self._count(t) > self.limit:
             raise TinySaverError(f"the start has {self._count(t) + 1} stages, more than --max-stages {self.limit + 1}")
         start_correct, start_cost = self.evaluate(t)
-        if start_correct < need - _COUNT_TOL:
+        if start_correct < need - COUNT_TOL:
             raise TinySaverError(f"the start has {start_correct:g} right answers, fewer than the {need:g} needed")
         history = [(t.copy(), start_correct, start_cost)] if record else None
         moves, passes, converged = self._cycle(t, need, history)
