@@ -1,0 +1,169 @@
+"""Tables (markdown) and plots (PNG) of chain plans, calibrations and single chains.
+
+matplotlib is imported only when a plot is drawn (via :func:`tinysaver.report.plots.pyplot`).
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Dict, Optional, Union
+
+from ..calibrate import Calibration
+from ..chain import ChainPoint, Plan
+from . import plots
+from .text import pct
+
+PathLike = Union[str, os.PathLike]
+
+
+def _threshold(t: float) -> str:
+    return "inf" if math.isinf(t) else f"{t:.6g}"
+
+
+def _chain(p: ChainPoint) -> str:
+    return " → ".join(p.stages)
+
+
+def _thresholds(p: ChainPoint) -> str:
+    return ", ".join(_threshold(t) for t in p.thresholds) or "–"
+
+
+def _answered(p: ChainPoint) -> str:
+    return " / ".join(f"{a:.1%}" for a in p.answered)
+
+
+def _interval(ci: Optional[Dict[str, object]], key: str, fmt: str) -> str:
+    if not ci:
+        return ""
+    lo, hi = ci[key]
+    return f" [{format(lo, fmt)}, {format(hi, fmt)}]"
+
+
+def plan_markdown(plan: Plan) -> str:
+    """The plan as markdown: per drop the cheapest chain and the best pair, then the oracle.
+
+    In the calibrated mode every number is what the chosen thresholds *measured* on the reported
+    split (with bootstrap intervals when computed); "✗ missed" marks a drop the measured accuracy
+    did not keep.
+    """
+    calibrated = plan.selection == "calibrated"
+    lines = [f"Chain plan for base {plan.base} ({plan.base_gmacs:.4g} GMACs, acc. {plan.base_acc:.2%}), "
+             f"pool: {', '.join(plan.pool) or 'none'}; up to {plan.max_stages} stages; search: {plan.mode} "
+             f"({plan.search['chains']} chains); thresholds chosen on the "
+             f"{'calibration split, measured on the reported split' if calibrated else 'reported split'}",
+             ""]
+    head = ["drop ≤", "chain", "thresholds", "answered", "acc.", "GMACs (vs base)", "best pair", "pair GMACs",
+            "headroom captured"]
+    if calibrated:
+        head[5:5] = ["calib. acc.", "target"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    headroom = plan.headroom_captured
+    for drop, p in plan.required.items():
+        pair = plan.best_pair.get(drop)
+        pair_cells = ["-", "-"] if pair is None else [_chain(pair), f"{pair.gmacs:.4g} ({pct(pair.gmacs, plan.base_gmacs)})"]
+        if p is None:
+            cells = [f"{drop:g} pt", "none reaches it", "-", "-", "-", "-"] + (["-", "-"] if calibrated else [])
+        else:
+            cells = [f"{drop:g} pt", _chain(p), _thresholds(p), _answered(p),
+                     f"{p.acc:.2%}" + _interval(p.ci, "acc", ".2%"),
+                     f"{p.gmacs:.4g} ({pct(p.gmacs, plan.base_gmacs)})" + _interval(p.ci, "gmacs", ".4g")]
+            if calibrated:
+                cells[5:5] = [f"{p.calib_acc:.2%}", "kept" if p.meets_target else "✗ missed"]
+        h = headroom.get(drop)
+        cells += pair_cells + ["-" if h is None else f"{h:.0%}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    certified = plan.extra.get("certified")
+    if certified:
+        first = next(iter(certified.values()))
+        lines += ["", f"Certified (Learn then Test, {first['method']}, δ = {first['delta']:g}: for each drop, with "
+                      f"probability ≥ {1 - first['delta']:g} over the calibration draw, the expected drop on new "
+                      "data from the calibration split's distribution is within the target (a finite split such as "
+                      "the reported one adds its own sampling noise); chosen on the calibration split, measured on "
+                      "the reported split):", "",
+                  "| drop ≤ | chain | thresholds | acc. | calib. acc. | target | GMACs (vs base) |",
+                  "|---|---|---|---|---|---|---|"]
+        for drop, c in certified.items():
+            alone = len(c["stages"]) == 1
+            chain = " → ".join(c["stages"]) + (" (nothing could be certified: the base alone)" if alone else "")
+            t = c.get("thresholds", [c.get("threshold")])
+            t_text = ", ".join(_threshold(float(x)) for x in t) if not alone else "–"
+            lines.append(f"| {float(drop):g} pt | {chain} | {t_text} | {c['acc']:.2%} | {c['calib_acc']:.2%} | "
+                         f"{'kept' if c['meets_target'] else '✗ missed'} | "
+                         f"{c['gmacs']:.4g} ({pct(c['gmacs'], plan.base_gmacs)}) |")
+        gains = [d for d in plan.required if d < 0]
+        if gains:
+            lines += ["", f"Not certified: {', '.join(f'{d:g} pt' for d in gains)} (a negative drop asks for a gain "
+                          "over the base; Learn then Test here bounds a drop >= 0)."]
+    o = plan.oracle
+    lines += ["", f"Oracle (each sample answered by the cheapest model that gets it right): acc. {o.acc:.2%}, "
+                  f"{o.gmacs:.4g} GMACs ({pct(o.gmacs, plan.base_gmacs)}). Pareto front: {len(plan.front)} "
+                  f"configurations (JSON)."]
+    above = [d for d, h in headroom.items() if h is not None and h > 1]
+    if above:
+        lines.append(f"Headroom above 100 % ({', '.join(f'{d:g} pt' for d in above)}): the chain is cheaper than "
+                     "the oracle: within the allowed drop it answers some samples wrong with a cheap model, where "
+                     "the oracle pays for a right answer or, when no model is right, for the base.")
+    if plan.skipped:
+        lines.append("Skipped: " + "; ".join(f"{s['name']} ({s['why']})" for s in plan.skipped) + ".")
+    return "\n".join(lines) + "\n"
+
+
+def chain_markdown(point: ChainPoint) -> str:
+    """One chain at given thresholds as a one-row markdown table."""
+    head = ["chain", "thresholds", "answered", "acc.", "GMACs"]
+    return ("| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n"
+            f"| {_chain(point)} | {_thresholds(point)} | {_answered(point)} | {point.acc:.2%} | {point.gmacs:.4g} |\n")
+
+
+def calibration_markdown(cal: Calibration) -> str:
+    """A calibrated threshold with its guarantee, as a short markdown block."""
+    t = ", ".join(_threshold(x) for x in cal.thresholds)
+    if all(math.isinf(x) for x in cal.thresholds):
+        t += (" — nothing exits: no threshold could be certified for this drop with these samples "
+              "(a larger drop, more calibration samples or a bigger δ may allow one)")
+    return (f"Calibrated {'threshold' if len(cal.thresholds) == 1 else 'thresholds'} for {' → '.join(cal.stages)}: "
+            f"**{t}** ({cal.method}, {cal.samples} calibration samples)\n\n"
+            f"With probability ≥ {1 - cal.delta:g} over the calibration draw, the expected accuracy drop vs the "
+            f"base on new data from the same distribution is ≤ {cal.drop:g} points (a finite test set adds its "
+            "own sampling noise to what it measures).\n\n"
+            "| calib. exit ratio | calib. acc. | calib. base acc. | calib. GMACs |\n|---|---|---|---|\n"
+            f"| {cal.calib_exit_ratio:.1%} | {cal.calib_acc:.2%} | {cal.calib_base_acc:.2%} | {cal.calib_gmacs:.4g} |\n")
+
+
+def plot_plan(plan: Plan, path: PathLike, title: Optional[str] = None) -> None:
+    """Accuracy vs expected GMACs: the chain front, the best pairs' front, every model, the oracle
+    and the cheapest chain per drop. Every label is in the legend (outside the axes), so none can
+    overlap a point or another label."""
+    plt = plots.pyplot()
+    fig, ax = plt.subplots(figsize=(7.6, 4.8), dpi=120)
+    # in the order of the split the front was found on: measured costs of neighbours may swap
+    front = sorted(plan.front, key=lambda p: p.gmacs if p.calib_gmacs is None else p.calib_gmacs)
+    searched = (f"front: tables, plus the descent's answer per drop (chains of ≤ {plan.max_stages} stages)"
+                if plan.mode.endswith("+descent") else f"chains of ≤ {plan.max_stages} stages (front)")
+    ax.plot([p.gmacs for p in front], [p.acc * 100 for p in front], "-", lw=1.6, color="tab:blue", label=searched)
+    pairs = plan.extra.get("pair_front")
+    if pairs:
+        ax.plot(pairs["gmacs"], [a * 100 for a in pairs["acc"]], "--", lw=1.2, color="tab:orange",
+                label="best pairs (2-stage front)")
+    markers = "os^vD<>ph*"
+    for i, model in enumerate(plan.models):
+        is_base = model["name"] == plan.base
+        ax.plot([model["gmacs"]], [model["acc"] * 100], "s" if is_base else markers[i % len(markers)], ms=7,
+                color="k" if is_base else None, mfc="none" if not is_base else "k",
+                label=f"{'base' if is_base else 'model'} {model['name']}")
+    ax.plot([plan.oracle.gmacs], [plan.oracle.acc * 100], "*", ms=13, color="gold", mec="k",
+            label="oracle (cheapest right model)")
+    for drop, p in plan.required.items():
+        if p is not None:
+            ax.plot([p.gmacs], [p.acc * 100], "x", ms=8, mew=2,
+                    label=f"≤ {drop:g} pt: {_chain(p)}")
+    gmacs = [m["gmacs"] for m in plan.models if m["gmacs"] > 0] + [p.gmacs for p in front if p.gmacs > 0]
+    if gmacs and max(gmacs) / min(gmacs) > 20:
+        ax.set_xscale("log")
+    ax.set_xlabel("expected GMACs per sample" + (" (log scale)" if ax.get_xscale() == "log" else ""))
+    ax.set_ylabel("accuracy (%)")
+    how = "calibrated, measured on the reported split" if plan.selection == "calibrated" else "same split"
+    ax.set_title(title or f"Chains in front of {plan.base} ({plan.mode}, {how})", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    plots.save_figure(fig, path)
