@@ -38,6 +38,7 @@ import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+from tqdm import tqdm
 
 from ..confidence import CONFIDENCES, MIN_BOX_SCORE, build_confidence, detection_confidences
 from ..errors import TinySaverError
@@ -187,8 +188,6 @@ def signal_panel(ann_file: PathLike, saver: DetRecord, base: DetRecord, signals:
         ``{"signals": {spec: {"points", "area_to_oracle", "mean_gap_to_oracle"}}, "oracle",
         "random", "best", ...}`` (AP in [0, 1], areas in AP points x GFLOPs).
     """
-    from tqdm import tqdm
-
     check_det_pair(saver, base)
     specs = list(signals) if signals else detection_confidences()
     sweep = CocoScorer(ann_file, saver.max_dets or base.max_dets or (100, 300, 1000)).sweep([saver, base])

@@ -8,6 +8,7 @@ import os
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
+from tqdm import tqdm
 
 from ..confidence import CONFIDENCES, MIN_BOX_SCORE, build_confidence, detection_confidences
 from ..errors import TinySaverError
@@ -76,8 +77,6 @@ def det_tradeoff(ann_file: PathLike, saver: DetRecord, base: DetRecord, threshol
         max_dets: Defaults to the records' own (what ``tools/test.py`` evaluated with), else
             :data:`DEFAULT_MAX_DETS`.
     """
-    from tqdm import tqdm
-
     check_det_pair(saver, base)
     max_dets = max_dets or saver.max_dets or base.max_dets or DEFAULT_MAX_DETS
     conf = detection_confidence(confidence, min_score)(saver.scores_per_image())
