@@ -159,7 +159,7 @@ def _two_images(tmp_path):
 
 
 def test_oracle_quality_and_order(tmp_path):
-    from tinysaver.det_signals import image_quality, oracle_confidence
+    from tinysaver.detection.signals import image_quality, oracle_confidence
 
     ann, saver, base = _two_images(tmp_path)
     sweep = CocoScorer(ann).sweep([saver, base])
@@ -173,7 +173,7 @@ def test_oracle_quality_and_order(tmp_path):
 
 
 def test_area_between_curves():
-    from tinysaver.det_signals import area_between
+    from tinysaver.detection.signals import area_between
 
     line = [{"gflops": g, "AP": 0.5} for g in (1.0, 2.0, 3.0)]
     peak = [{"gflops": 1.0, "AP": 0.5}, {"gflops": 2.0, "AP": 0.7}, {"gflops": 3.0, "AP": 0.5}]

@@ -276,7 +276,7 @@ def _close_drop_points(optimism: float = 0.0):
 
 @pytest.mark.parametrize("calibrated", [False, True])
 def test_tradeoff_plot_labels_do_not_overlap(calibrated):
-    from tinysaver.report import _pyplot, draw_tradeoff
+    from tinysaver.report import draw_tradeoff, pyplot
 
     curve = _close_drop_points()
     calib = _close_drop_points(optimism=0.003) if calibrated else None
@@ -284,7 +284,7 @@ def test_tradeoff_plot_labels_do_not_overlap(calibrated):
                    calibration=calib, split="test", calib_split="holdout")
     points = [p.gmacs for p in row.required.values() if p is not None]
     assert len(points) == 6 and max(points) - min(points) < 0.15 * curve.base_gmacs  # crowded, as in the demo
-    fig, ax = _pyplot().subplots(figsize=(6.4, 4.6), dpi=120)
+    fig, ax = pyplot().subplots(figsize=(6.4, 4.6), dpi=120)
     labels = draw_tradeoff(ax, curve, row)
     texts = [label.get_text() for label in labels]
     drops_named = [d for t in texts for d in t.split(" ")[0].lstrip("≤").split("/")]
@@ -301,15 +301,16 @@ def test_tradeoff_plot_labels_do_not_overlap(calibrated):
         assert "target missed on test" in legend
     else:
         assert not any("missed" in t for t in texts + legend)
-    _pyplot().close(fig)
+    pyplot().close(fig)
 
 
 def test_every_plot_axis_has_units(monkeypatch, tmp_path):
     import tinysaver.report as report
-    from tinysaver.detection import plot_det_tradeoff
+    from tinysaver.report import plots
+    from tinysaver.report.detection import plot_det_tradeoff
 
     figures = []
-    monkeypatch.setattr(report, "_save", lambda fig, path: figures.append(fig))
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig))
     curve = _close_drop_points()
     report.plot_tradeoff(curve, tradeoff(curve, split="test"), tmp_path / "t.png")
     report.plot_exit_accuracy({"test": curve}, tmp_path / "e.png")

@@ -256,7 +256,7 @@ def test_plan_cli_json_markdown_plot(make_record, tmp_path, capsys):
 
 
 def test_headroom_above_one_and_uncertified_gains_are_explained():
-    from tinysaver.plan_report import plan_markdown
+    from tinysaver.report.plan import plan_markdown
 
     # nobody is right on samples 2-3: the oracle sends them to the base (10 GMACs), while a chain
     # allowed to lose 25 points answers everything at the saver: cheaper than the oracle

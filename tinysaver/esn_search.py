@@ -98,7 +98,7 @@ def plan_exits(report: Sequence[Record], calib: Sequence[Record], *, base_gmacs:
 
     Returns:
         A :class:`tinysaver.analysis.Plan` (``selection`` "calibrated", one chain), so the plan reports
-        (:func:`tinysaver.plan_report.plan_markdown`, ``plot_plan``) apply.
+        (:func:`tinysaver.report.plan.plan_markdown`, ``plot_plan``) apply.
     """
     _check_stages(report, "reported split")
     _check_stages(calib, "calibration split")

@@ -28,7 +28,7 @@ from .cascade import Cascade
 from .complexity import count_gmacs
 from .io import write_json, write_text
 from .numerics import Numerics
-from .plan_report import plan_markdown, plot_plan
+from .report.plan import plan_markdown, plot_plan
 from .recording import (SeededItems, default_record_path, model_fingerprint, record_predictions,
                         recording_settings)
 from .records import Record, load_record
@@ -367,11 +367,11 @@ def plan_records(base: Union[Record, str, os.PathLike], pool: Sequence[Union[Rec
         max_stages: Longest chain (None: every pool model may join, the pool size + 1).
         drops: Allowed accuracy drops in points.
         certify: δ of the Learn-then-Test certification per drop (calibrated mode; None: none).
-        plot: Also draw the plan (:func:`tinysaver.plan_report.plot_plan`) to this PNG.
+        plot: Also draw the plan (:func:`tinysaver.report.plan.plot_plan`) to this PNG.
         **options: Further keyword arguments of :func:`~tinysaver.analysis.plan_chains` (``grid``, ``ci``, ``starts``, …).
 
     Returns:
-        :meth:`tinysaver.analysis.Plan.to_json` plus ``"markdown"`` (the table of :func:`tinysaver.plan_report.plan_markdown`).
+        :meth:`tinysaver.analysis.Plan.to_json` plus ``"markdown"`` (the table of :func:`tinysaver.report.plan.plan_markdown`).
 
     Examples:
         >>> folder = "outputs/fashion_mnist/records"

@@ -249,9 +249,9 @@ def table3_markdown(args, base_acc: float, base_gmacs: float, saver_acc: float, 
 
 def plot(path: Path, args, base_gmacs: float, base_acc: float, saver_gmacs: float, saver_acc: float, plain: Plan,
          best: Dict[float, Any]) -> None:
-    from tinysaver.report import _pyplot, _save
+    from tinysaver.report import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.6, 4.8), dpi=120)
     shown = []
     for d, r in best.items():
@@ -281,7 +281,7 @@ def plot(path: Path, args, base_gmacs: float, base_acc: float, saver_gmacs: floa
     ax.set_title("Fashion-MNIST: ESN vs plain TinySaver (thresholds chosen on holdout)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _overloaded(load: str) -> bool:

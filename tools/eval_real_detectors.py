@@ -40,12 +40,12 @@ import numpy as np
 
 from tinysaver.thresholds import threshold_to_json
 from tinysaver.confidence import build_confidence
-from tinysaver.det_signals import plot_signals, signal_panel, signals_markdown
 from tinysaver.detection import (CocoScorer, DetRecord, chain_detections, det_tradeoff, load_det_record,
-                                 plot_det_tradeoff, save_det_record)
+                                 save_det_record, signal_panel)
 from tinysaver.errors import TinySaverError
 from tinysaver.io import write_json, write_text
 from tinysaver.plugins.datasets import shipped_photos
+from tinysaver.report.detection import plot_det_tradeoff, plot_signals, signals_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_SCORE = 0.25  # base boxes at least this sure are the reference

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from ..analysis import calibrate_records, check_target
     from ..errors import TinySaverError
     from ..io import check_outputs, write_json, write_text
-    from ..plan_report import calibration_markdown
+    from ..report.plan import calibration_markdown
     from ._checks import distinct_models
 
     if args.stages and (args.saver or args.base):

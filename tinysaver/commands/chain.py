@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from ..analysis import chain_from_records
     from ..errors import TinySaverError
     from ..io import check_outputs, write_json, write_text
-    from ..plan_report import chain_markdown
+    from ..report.plan import chain_markdown
     from ._checks import distinct_models
 
     check_outputs({"--json": args.json, "--markdown": args.markdown}, inputs=args.stages)

@@ -39,8 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..det_signals import plot_signals, signal_panel, signals_markdown
-    from ..detection import check_min_score
+    from ..detection import check_min_score, signal_panel
+    from ..report.detection import plot_signals, signals_markdown
     from ..errors import TinySaverError
     from ._checks import check_png
     from ..io import check_outputs, write_json, write_text

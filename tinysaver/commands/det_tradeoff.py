@@ -67,7 +67,8 @@ def parse_thresholds(values: list):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..detection import det_tradeoff, det_tradeoff_markdown, detection_confidence, plot_det_tradeoff
+    from ..detection import det_tradeoff, detection_confidence
+    from ..report.detection import det_tradeoff_markdown, plot_det_tradeoff
     from ._checks import check_png
     from ..io import check_outputs, write_json, write_text
 

@@ -67,7 +67,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..analysis import MAX_CELLS, plan_chains
     from ..io import check_outputs, write_json, write_text
-    from ..plan_report import plan_markdown, plot_plan
+    from ..report.plan import plan_markdown, plot_plan
     from ._checks import MAX_DRAWS, at_most, check_drops, check_png
 
     check_drops(args.drops)

@@ -38,10 +38,14 @@ import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+from tqdm import tqdm
 
-from .confidence import CONFIDENCES, MIN_BOX_SCORE, build_confidence, detection_confidences
-from .detection import CocoScorer, CocoSweep, DetRecord, _precision_recall, check_det_pair, exact_thresholds
-from .errors import TinySaverError
+from ..confidence import CONFIDENCES, MIN_BOX_SCORE, build_confidence, detection_confidences
+from ..errors import TinySaverError
+from ..thresholds import threshold_to_json
+from .coco import CocoScorer, CocoSweep, precision_recall
+from .records import DetRecord, check_det_pair
+from .sweep import exact_thresholds
 
 PathLike = Union[str, os.PathLike]
 ORACLE_MEASURES = ("f1", "ap")
@@ -100,7 +104,7 @@ def image_quality(sweep: CocoSweep, model: int, measure: str = "ap", min_score: 
             tps, fps = cat["tp"][0][:, mine], cat["fp"][0][:, mine]
             for i in np.flatnonzero(sweep.npig_image[k] > 0):
                 rows = img == i  # already in score order
-                q, _ = _precision_recall(tps[:, rows], fps[:, rows], int(sweep.npig_image[k, i]), rec_thrs)
+                q, _ = precision_recall(tps[:, rows], fps[:, rows], int(sweep.npig_image[k, i]), rec_thrs)
                 total[i] += q.mean()
                 classes[i] += 1
         quality = np.where(classes > 0, total / np.maximum(classes, 1), np.where(confident, 0.0, 1.0))
@@ -120,12 +124,10 @@ def oracle_confidence(sweep: CocoSweep, measure: str = "ap", min_score: float = 
     return conf
 
 
-def exit_curve(sweep: CocoSweep, conf: np.ndarray, costs: Tuple[np.ndarray, np.ndarray],
+def signal_curve(sweep: CocoSweep, conf: np.ndarray, costs: Tuple[np.ndarray, np.ndarray],
                max_points: Optional[int] = None) -> List[Dict[str, float]]:
     """The cascade's COCO stats and average GFLOPs at every distinct exit set of ``conf`` (at most
     ``max_points`` of them, evenly spread over the sorted thresholds, both ends kept)."""
-    from .analysis import threshold_to_json
-
     thresholds = exact_thresholds(conf)
     if max_points is not None and len(thresholds) > max_points:
         thresholds = thresholds[np.unique(np.round(np.linspace(0, len(thresholds) - 1, max_points)).astype(int))]
@@ -144,8 +146,8 @@ def area_between(curve: Sequence[Dict[str, float]], reference: Sequence[Dict[str
     """Area between ``reference``'s AP-vs-GFLOPs curve and ``curve``'s (reference minus curve, AP
     points x GFLOPs, each curve linear between its points) over their common GFLOPs range, and
     the same divided by the range: the mean AP gap in points."""
-    g1, a1 = _xy(curve)
-    g2, a2 = _xy(reference)
+    g1, a1 = ap_vs_gflops(curve)
+    g2, a2 = ap_vs_gflops(reference)
     lo, hi = max(g1[0], g2[0]), min(g1[-1], g2[-1])
     if hi <= lo:
         return 0.0, 0.0
@@ -156,7 +158,8 @@ def area_between(curve: Sequence[Dict[str, float]], reference: Sequence[Dict[str
     return area, area / (hi - lo)
 
 
-def _xy(curve: Sequence[Dict[str, float]]) -> Tuple[np.ndarray, np.ndarray]:
+def ap_vs_gflops(curve: Sequence[Dict[str, float]]) -> Tuple[np.ndarray, np.ndarray]:
+    """A curve's points as ``(gflops, AP in points)``, by increasing cost, one point per cost."""
     g = np.array([p["gflops"] for p in curve])
     ap = np.array([p["AP"] for p in curve]) * 100
     order = np.argsort(g, kind="stable")
@@ -185,8 +188,6 @@ def signal_panel(ann_file: PathLike, saver: DetRecord, base: DetRecord, signals:
         ``{"signals": {spec: {"points", "area_to_oracle", "mean_gap_to_oracle"}}, "oracle",
         "random", "best", ...}`` (AP in [0, 1], areas in AP points x GFLOPs).
     """
-    from tqdm import tqdm
-
     check_det_pair(saver, base)
     specs = list(signals) if signals else detection_confidences()
     sweep = CocoScorer(ann_file, saver.max_dets or base.max_dets or (100, 300, 1000)).sweep([saver, base])
@@ -209,7 +210,7 @@ def signal_panel(ann_file: PathLike, saver: DetRecord, base: DetRecord, signals:
             raise TinySaverError(f"signal {spec!r}: {exc}") from None
         jobs.append((spec, fn(scores)))
     for name, conf in tqdm(jobs, desc="det-signals", unit="curve", disable=not progress):
-        curves[name] = exit_curve(sweep, np.asarray(conf, dtype=np.float64), costs, max_points)
+        curves[name] = signal_curve(sweep, np.asarray(conf, dtype=np.float64), costs, max_points)
     result: Dict[str, Any] = {"oracle": {"measure": oracle, "points": curves["oracle"]},
                               "random": {"seed": seed, "points": curves["random"]}, "signals": {},
                               "saver": saver.name, "base": base.name, "min_score": min_score,
@@ -226,47 +227,5 @@ def signal_panel(ann_file: PathLike, saver: DetRecord, base: DetRecord, signals:
     return result
 
 
-def signals_markdown(panel: Dict[str, Any]) -> str:
-    """One row per signal: area and mean AP gap to the oracle, best AP and its cost."""
-    lines = [f"Deferral signals, {panel['saver']} → {panel['base']}, {panel['images']} images; oracle: per-image "
-             f"{panel['oracle']['measure']} (min score {panel['min_score']:g}). Smaller area = closer to the oracle.",
-             "", "| signal | area to oracle (AP pts x GFLOPs) | mean AP gap (pts) | best AP | at GFLOPs |",
-             "|---|---|---|---|---|"]
-    rows = [(name, e) for name, e in sorted(panel["signals"].items(), key=lambda x: x[1]["area_to_oracle"])]
-    rows.append(("random", panel["random"]))
-    for name, entry in rows:
-        best = max(entry["points"], key=lambda p: (p["AP"], -p["gflops"]))
-        mark = " (best)" if name == panel["best"] else ""
-        lines.append(f"| {name}{mark} | {entry['area_to_oracle']:.3f} | {entry['mean_gap_to_oracle']:.2f} | "
-                     f"{best['AP'] * 100:.1f} | {best['gflops']:.2f} |")
-    best = max(panel["oracle"]["points"], key=lambda p: (p["AP"], -p["gflops"]))
-    lines.append(f"| oracle | 0 | 0 | {best['AP'] * 100:.1f} | {best['gflops']:.2f} |")
-    return "\n".join(lines) + "\n"
-
-
-def plot_signals(panel: Dict[str, Any], path: PathLike) -> None:
-    """Every signal's AP-vs-GFLOPs curve, the oracle and random on one plot."""
-    from .report import _pyplot, _save
-
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.2, 4.8), dpi=120)
-    g, ap = _xy(panel["oracle"]["points"])
-    ax.plot(g, ap, "k--", lw=2, label=f"oracle (per-image {panel['oracle']['measure']})")
-    g, ap = _xy(panel["random"]["points"])
-    ax.plot(g, ap, ":", color="0.5", lw=1.5, label=f"random (gap {panel['random']['mean_gap_to_oracle']:.2f} AP)")
-    for name, entry in sorted(panel["signals"].items(), key=lambda x: x[1]["area_to_oracle"]):
-        g, ap = _xy(entry["points"])
-        width = 2.2 if name == panel["best"] else 1.2
-        ax.plot(g, ap, "-", lw=width, label=f"{name} (gap {entry['mean_gap_to_oracle']:.2f} AP)")
-    ax.set_xlabel("average GFLOPs per image (2 FLOPs per multiply-add)")
-    ax.set_ylabel("COCO box AP (%)")
-    ax.set_title(f"Deferral signals: {panel['saver']} → {panel['base']} ({panel['images']} images); "
-                 "gap = mean AP below the oracle", fontsize=8)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    fig.subplots_adjust(right=0.62)
-    _save(fig, path)
-
-
-__all__ = ["signal_panel", "signals_markdown", "plot_signals", "image_quality", "oracle_confidence", "exit_curve",
-           "area_between", "parse_signal", "ORACLE_MEASURES"]
+__all__ = ["signal_panel", "image_quality", "oracle_confidence", "signal_curve", "area_between", "ap_vs_gflops",
+           "parse_signal", "ORACLE_MEASURES"]

@@ -1,6 +1,6 @@
 """Tables (markdown) and plots (PNG) of chain plans, calibrations and single chains.
 
-matplotlib is imported only when a plot is drawn (via :mod:`tinysaver.report`'s Agg set-up).
+matplotlib is imported only when a plot is drawn (via :func:`tinysaver.report.plots.pyplot`).
 """
 from __future__ import annotations
 
@@ -8,13 +8,11 @@ import math
 import os
 from typing import Dict, Optional, Union
 
-from .analysis import Calibration, ChainPoint, Plan
+from ..analysis import Calibration, ChainPoint, Plan
+from . import plots
+from .text import pct
 
 PathLike = Union[str, os.PathLike]
-
-
-def _pct(value: float, reference: float) -> str:
-    return f"{(value - reference) / reference * 100:+.1f}%" if reference else "n/a"
 
 
 def _threshold(t: float) -> str:
@@ -61,13 +59,13 @@ def plan_markdown(plan: Plan) -> str:
     headroom = plan.headroom_captured
     for drop, p in plan.required.items():
         pair = plan.best_pair.get(drop)
-        pair_cells = ["-", "-"] if pair is None else [_chain(pair), f"{pair.gmacs:.4g} ({_pct(pair.gmacs, plan.base_gmacs)})"]
+        pair_cells = ["-", "-"] if pair is None else [_chain(pair), f"{pair.gmacs:.4g} ({pct(pair.gmacs, plan.base_gmacs)})"]
         if p is None:
             cells = [f"{drop:g} pt", "none reaches it", "-", "-", "-", "-"] + (["-", "-"] if calibrated else [])
         else:
             cells = [f"{drop:g} pt", _chain(p), _thresholds(p), _answered(p),
                      f"{p.acc:.2%}" + _interval(p.ci, "acc", ".2%"),
-                     f"{p.gmacs:.4g} ({_pct(p.gmacs, plan.base_gmacs)})" + _interval(p.ci, "gmacs", ".4g")]
+                     f"{p.gmacs:.4g} ({pct(p.gmacs, plan.base_gmacs)})" + _interval(p.ci, "gmacs", ".4g")]
             if calibrated:
                 cells[5:5] = [f"{p.calib_acc:.2%}", "kept" if p.meets_target else "✗ missed"]
         h = headroom.get(drop)
@@ -90,14 +88,14 @@ def plan_markdown(plan: Plan) -> str:
             t_text = ", ".join(_threshold(float(x)) for x in t) if not alone else "–"
             lines.append(f"| {float(drop):g} pt | {chain} | {t_text} | {c['acc']:.2%} | {c['calib_acc']:.2%} | "
                          f"{'kept' if c['meets_target'] else '✗ missed'} | "
-                         f"{c['gmacs']:.4g} ({_pct(c['gmacs'], plan.base_gmacs)}) |")
+                         f"{c['gmacs']:.4g} ({pct(c['gmacs'], plan.base_gmacs)}) |")
         gains = [d for d in plan.required if d < 0]
         if gains:
             lines += ["", f"Not certified: {', '.join(f'{d:g} pt' for d in gains)} (a negative drop asks for a gain "
                           "over the base; Learn then Test here bounds a drop >= 0)."]
     o = plan.oracle
     lines += ["", f"Oracle (each sample answered by the cheapest model that gets it right): acc. {o.acc:.2%}, "
-                  f"{o.gmacs:.4g} GMACs ({_pct(o.gmacs, plan.base_gmacs)}). Pareto front: {len(plan.front)} "
+                  f"{o.gmacs:.4g} GMACs ({pct(o.gmacs, plan.base_gmacs)}). Pareto front: {len(plan.front)} "
                   f"configurations (JSON)."]
     above = [d for d, h in headroom.items() if h is not None and h > 1]
     if above:
@@ -135,9 +133,7 @@ def plot_plan(plan: Plan, path: PathLike, title: Optional[str] = None) -> None:
     """Accuracy vs expected GMACs: the chain front, the best pairs' front, every model, the oracle
     and the cheapest chain per drop. Every label is in the legend (outside the axes), so none can
     overlap a point or another label."""
-    from .report import _pyplot, _save
-
-    plt = _pyplot()
+    plt = plots.pyplot()
     fig, ax = plt.subplots(figsize=(7.6, 4.8), dpi=120)
     # in the order of the split the front was found on: measured costs of neighbours may swap
     front = sorted(plan.front, key=lambda p: p.gmacs if p.calib_gmacs is None else p.calib_gmacs)
@@ -169,4 +165,4 @@ def plot_plan(plan: Plan, path: PathLike, title: Optional[str] = None) -> None:
     ax.set_title(title or f"Chains in front of {plan.base} ({plan.mode}, {how})", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
-    _save(fig, path)
+    plots.save_figure(fig, path)
