@@ -12,8 +12,8 @@ from tinysaver import Cascade
 from tinysaver.chain import Stage as RecordStage
 from tinysaver.chain import answering_stage, chain_from_records
 from tinysaver.cli import main
+from tinysaver.models.recording import record_predictions
 from tinysaver.plugins.timm import create_classifier, eval_transform
-from tinysaver.recording import record_predictions
 
 from .helpers import fmnist_dataset, stack_inputs
 

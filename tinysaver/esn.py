@@ -37,9 +37,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .cascade import CascadeOutput
 from .confidence import build_confidence
 from .errors import TinySaverError
+from .models.cascade import CascadeOutput
 from .routing import Stage, merge_outputs, route, take
 from .thresholds import check_thresholds
 
@@ -549,14 +549,14 @@ class ExitSequenceNetwork(nn.Module):
 
     def stage_gmacs(self) -> List[float]:
         """Incremental GMACs of each stage for one sample (1 multiply-add = 1 MAC, counted by torch's
-        ``FlopCounterMode`` like :func:`tinysaver.complexity.count_gmacs`): the saver; each exit's
+        ``FlopCounterMode`` like :func:`tinysaver.models.complexity.count_gmacs`): the saver; each exit's
         base segments, token embeddings, causal layers over the tokens so far and head; the base's
         remaining segments and head."""
         from torch.utils.flop_counter import FlopCounterMode
 
         carry = _Carry()
         stages = self.stages(carry)
-        from .complexity import inference_trace
+        from .models.complexity import inference_trace
 
         x = torch.zeros(1, *self.input_size, device=next(self.sequence.parameters()).device)
         out, state_in = [], x

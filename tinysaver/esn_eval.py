@@ -8,7 +8,7 @@
   sample by sample (answering stage, prediction).
 - :func:`measure_esn_speed`: base alone vs the live ESN, and the ideal speed-up from each stage's
   measured time weighted by the fraction of samples that reach it (the N-stage form of
-  :mod:`tinysaver.speed`'s ``1 / (t_S/t_B + 1 − r)``).
+  :mod:`tinysaver.models.speed`'s ``1 / (t_S/t_B + 1 − r)``).
 """
 from __future__ import annotations
 
@@ -22,10 +22,10 @@ import torch
 
 from .chain import Stage as ChainStage
 from .chain import answering_stage
-from .complexity import sync
 from .esn import ExitSequenceNetwork, _Carry, exit_records_arrays
 from .esn_training import FeatureCache
-from .numerics import Numerics
+from .models.complexity import sync
+from .models.numerics import Numerics
 from .records import Record
 
 

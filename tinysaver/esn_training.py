@@ -9,7 +9,7 @@ AutoAugment (seeded per sample) with Mixup/CutMix applied per batch (seeded per 
 trains on view ``e mod V``. The mixed soft targets are cached with the features, and eq. (11)'s
 weights come from the saver's confidence on the same mixed input.
 
-Like :mod:`tinysaver.recording`, the cache is written in chunk files (one per view and batch):
+Like :mod:`tinysaver.models.recording`, the cache is written in chunk files (one per view and batch):
 an interrupted run resumes, and under ``torchrun`` each process computes its share of the chunks.
 Training checkpoints hold state dicts and plain values only, are written after every epoch and
 resume exactly (per-epoch shuffles are seeded by the epoch, the ESN has no dropout).
@@ -37,8 +37,8 @@ from torch import nn
 from .errors import TinySaverError
 from .esn import LOSSES, ExitSequence, ExitSequenceNetwork, esn_loss
 from .io import atomic_open, write_json
-from .numerics import Numerics
-from .recording import SeededItems, _dist_info
+from .models.numerics import Numerics
+from .models.recording import SeededItems, _dist_info
 
 #: ``mix(images, labels) -> (images, soft targets)``, e.g. a ``timm.data.Mixup``.
 Mix = Callable[[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
@@ -287,7 +287,7 @@ def train_sequence(sequence: ExitSequence, cache: FeatureCache, cfg: TrainConfig
                                     "samples": cache.per_view, "cache": cache.meta}))
     start, history, seconds = 0, [], []
     if checkpoint.exists():
-        from .checkpoint import load_checkpoint
+        from .models.checkpoint import load_checkpoint
 
         state = load_checkpoint(checkpoint)
         if state.get("config") != config:
@@ -345,8 +345,8 @@ def save_sequence(path: os.PathLike | str, esn: ExitSequenceNetwork, extra: Opti
 
 def load_sequence(path: os.PathLike | str, esn: ExitSequenceNetwork) -> Dict[str, Any]:
     """Loads a :func:`save_sequence` file into ``esn`` (checked against its exits and sizes)."""
-    from .checkpoint import load_checkpoint
     from .esn import esn_config
+    from .models.checkpoint import load_checkpoint
 
     state = load_checkpoint(path)
     if not isinstance(state, dict) or "state_dict" not in state or "config" not in state:

@@ -49,14 +49,14 @@ import train_esn  # noqa: E402  (tools/train_esn.py: caches, datasets, record wr
 
 from tinysaver.analysis import PAPER_DROPS  # noqa: E402
 from tinysaver.chain import ChainPoint, Plan, plan_chains  # noqa: E402
-from tinysaver.complexity import count_gmacs  # noqa: E402
 from tinysaver.esn import ExitSequenceNetwork  # noqa: E402
 from tinysaver.esn_eval import (live_vs_simulation, measure_esn_speed, plain_records, stage_names,  # noqa: E402
                                 stage_records)
 from tinysaver.esn_search import plan_exits  # noqa: E402
 from tinysaver.esn_training import TrainConfig, save_sequence, train_sequence  # noqa: E402
 from tinysaver.io import write_json, write_text  # noqa: E402
-from tinysaver.numerics import Numerics  # noqa: E402
+from tinysaver.models.complexity import count_gmacs  # noqa: E402
+from tinysaver.models.numerics import Numerics  # noqa: E402
 from tinysaver.records import save_record  # noqa: E402
 
 

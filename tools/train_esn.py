@@ -164,13 +164,13 @@ def _safe(name: str) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     sys.path.insert(0, str(ROOT))
-    from tinysaver.complexity import count_gmacs
     from tinysaver.errors import TinySaverError
     from tinysaver.esn import ExitSequenceNetwork
     from tinysaver.esn_training import TrainConfig, save_sequence, train_sequence
     from tinysaver.io import write_json
-    from tinysaver.numerics import Numerics
-    from tinysaver.recording import init_distributed_from_env
+    from tinysaver.models.complexity import count_gmacs
+    from tinysaver.models.numerics import Numerics
+    from tinysaver.models.recording import init_distributed_from_env
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(ap)

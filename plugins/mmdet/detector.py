@@ -29,7 +29,7 @@ from mmdet.models.detectors.base import BaseDetector
 from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
 
-from tinysaver.complexity import StageMeter
+from tinysaver.models.complexity import StageMeter
 from tinysaver.confidence import MIN_BOX_SCORE, build_confidence
 from tinysaver.detection import Detections
 from tinysaver.registry import STAGES

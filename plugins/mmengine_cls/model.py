@@ -32,10 +32,10 @@ from mmengine.model import BaseModel
 from mmengine.registry import MODELS
 from torch import nn
 
-from tinysaver.complexity import StageMeter, count_gmacs
+from tinysaver.models.complexity import StageMeter, count_gmacs
 from tinysaver.confidence import CONFIDENCES, build_confidence
 from tinysaver.errors import TinySaverError
-from tinysaver.numerics import Numerics
+from tinysaver.models.numerics import Numerics
 from tinysaver.registry import classifier_source
 from tinysaver.routing import Stage, expected_cost, merge_outputs, route
 from tinysaver.thresholds import check_thresholds

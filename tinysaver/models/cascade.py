@@ -20,9 +20,9 @@ from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .confidence import ConfidenceFn, build_confidence
-from .routing import Stage, mark_eager, merge_outputs, route
-from .thresholds import check_thresholds
+from ..confidence import ConfidenceFn, build_confidence
+from ..routing import Stage, mark_eager, merge_outputs, route
+from ..thresholds import check_thresholds
 
 SAVER, BASE = 0, 1
 

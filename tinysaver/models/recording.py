@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .confidence import build_confidence
-from .errors import TinySaverError
-from .io import atomic_open, write_json
+from ..confidence import build_confidence
+from ..errors import TinySaverError
+from ..io import atomic_open, write_json
+from ..records import Record, save_record
 from .numerics import Numerics
-from .records import Record, save_record
 
 
 class SeededItems(torch.utils.data.Dataset):
@@ -115,7 +115,7 @@ def record_predictions(model: nn.Module, dataset: Any, out: os.PathLike | str, *
         channels_last: Use the channels-last memory format (faster convolutions on GPU).
         dtype: Cast the model and inputs (``float16``/``bfloat16``). Device type, amp, dtype and
             memory format are stored in the record: a live cascade compared with it must run the
-            same way (:class:`tinysaver.numerics.Numerics`).
+            same way (:class:`tinysaver.models.numerics.Numerics`).
         save_logits: Keep the logits as an extra array ``logits``.
         num_classes: Stored in the record to validate class ids.
         progress: Show a tqdm bar.
