@@ -264,7 +264,7 @@ def test_distributed_cuda_device_is_the_local_rank(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")  # second node, second GPU
     monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
-    monkeypatch.setattr(recording, "_dist_info", lambda: (3, 4))
+    monkeypatch.setattr(recording, "dist_info", lambda: (3, 4))
     assert recording.init_distributed_from_env("cuda") == (3, 4)
     assert chosen == [1]
 

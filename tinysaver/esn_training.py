@@ -38,7 +38,7 @@ from .errors import TinySaverError
 from .esn import LOSSES, ExitSequence, ExitSequenceNetwork, esn_loss
 from .io import atomic_open, write_json
 from .models.numerics import Numerics
-from .models.recording import SeededItems, _dist_info
+from .models.recording import SeededItems, dist_info
 
 #: ``mix(images, labels) -> (images, soft targets)``, e.g. a ``timm.data.Mixup``.
 Mix = Callable[[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
@@ -116,7 +116,7 @@ def build_feature_cache(esn: ExitSequenceNetwork, make_dataset: Callable[[int], 
     from tqdm import tqdm
 
     out = Path(out_dir)
-    rank, world = _dist_info()
+    rank, world = dist_info()
     numerics = numerics or Numerics()
     first = make_dataset(0)
     n = len(first)
@@ -279,7 +279,7 @@ def train_sequence(sequence: ExitSequence, cache: FeatureCache, cfg: TrainConfig
     """
     from tqdm import tqdm
 
-    rank, world = _dist_info()
+    rank, world = dist_info()
     checkpoint = Path(checkpoint)
     steps = math.ceil(cache.per_view / cfg.batch_size)
     optimizer, scheduler = _optimizer_and_scheduler(sequence, cfg, steps)

@@ -52,7 +52,8 @@ class SeededItems(torch.utils.data.Dataset):
         return self.dataset[index]
 
 
-def _dist_info() -> Tuple[int, int]:
+def dist_info() -> Tuple[int, int]:
+    """``(rank, world size)`` of this process: ``(0, 1)`` outside a torch.distributed process group."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
@@ -68,7 +69,7 @@ def init_distributed_from_env(device: str = "cpu") -> Tuple[int, int]:
     if world > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if device.startswith("cuda") else "gloo"
         torch.distributed.init_process_group(backend=backend)
-    return _dist_info()
+    return dist_info()
 
 
 def local_rank() -> int:
@@ -133,7 +134,7 @@ def record_predictions(model: nn.Module, dataset: Any, out: os.PathLike | str, *
     from tqdm import tqdm
 
     out = Path(out)
-    rank, world = _dist_info()
+    rank, world = dist_info()
     partial = _partial_dir(out)
     n = len(dataset)
     if n == 0:
