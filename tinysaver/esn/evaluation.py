@@ -20,13 +20,13 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .chain import Stage as ChainStage
-from .chain import answering_stage
-from .esn import ExitSequenceNetwork, _Carry, exit_records_arrays
-from .esn_training import FeatureCache
-from .models.complexity import sync
-from .models.numerics import Numerics
-from .records import Record
+from ..chain import Stage as ChainStage
+from ..chain import answering_stage
+from ..models.complexity import sync
+from ..models.numerics import Numerics
+from ..records import Record
+from .network import Carry, ExitSequenceNetwork, exit_records_arrays
+from .training import FeatureCache
 
 
 def stage_names(esn: ExitSequenceNetwork, saver: str, base: str) -> List[str]:
@@ -167,7 +167,7 @@ def measure_esn_speed(esn: ExitSequenceNetwork, images: torch.Tensor, thresholds
         model.thresholds = [math.inf] * len(thresholds)
         per_stage = [0.0] * esn.num_stages
         for x in batches:
-            carry = _Carry()
+            carry = Carry()
             state: Any = x
             for k, stage in enumerate(model.stages(carry)):
                 sync(device)

@@ -28,10 +28,10 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from .analysis import PAPER_DROPS
-from .chain import (DEFAULT_EXACT_CELLS, ChainPoint, GridMeter, Oracle, Plan, Stage, search_chains)
-from .errors import TinySaverError
-from .records import Record, check_pair
+from ..analysis import PAPER_DROPS
+from ..chain import (DEFAULT_EXACT_CELLS, ChainPoint, GridMeter, Oracle, Plan, Stage, search_chains)
+from ..errors import TinySaverError
+from ..records import Record, check_pair
 
 # The rounding of ``drop / 100 * M`` (as in :mod:`tinysaver.chain`).
 _COUNT_TOL = 1e-6

@@ -34,11 +34,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import TinySaverError
-from .esn import LOSSES, ExitSequence, ExitSequenceNetwork, esn_loss
-from .io import atomic_open, write_json
-from .models.numerics import Numerics
-from .models.recording import SeededItems, dist_info
+from ..errors import TinySaverError
+from ..io import atomic_open, write_json
+from ..models.checkpoint import load_checkpoint
+from ..models.numerics import Numerics
+from ..models.recording import SeededItems, dist_info
+from .network import ExitSequenceNetwork, esn_config
+from .sequence import LOSSES, ExitSequence, esn_loss
 
 #: ``mix(images, labels) -> (images, soft targets)``, e.g. a ``timm.data.Mixup``.
 Mix = Callable[[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
@@ -287,8 +289,6 @@ def train_sequence(sequence: ExitSequence, cache: FeatureCache, cfg: TrainConfig
                                     "samples": cache.per_view, "cache": cache.meta}))
     start, history, seconds = 0, [], []
     if checkpoint.exists():
-        from .models.checkpoint import load_checkpoint
-
         state = load_checkpoint(checkpoint)
         if state.get("config") != config:
             raise TinySaverError(f"{checkpoint}: a checkpoint of another configuration; delete it to start over")
@@ -337,17 +337,12 @@ def train_sequence(sequence: ExitSequence, cache: FeatureCache, cfg: TrainConfig
 def save_sequence(path: os.PathLike | str, esn: ExitSequenceNetwork, extra: Optional[Dict[str, Any]] = None) -> None:
     """Writes the trained exit sequence: its state dict and the configuration to rebuild it (the frozen
     saver and base are not in it: they load by name)."""
-    from .esn import esn_config
-
     with atomic_open(path, "wb") as f:
         torch.save({"state_dict": esn.sequence.state_dict(), "config": esn_config(esn), **(extra or {})}, f)
 
 
 def load_sequence(path: os.PathLike | str, esn: ExitSequenceNetwork) -> Dict[str, Any]:
     """Loads a :func:`save_sequence` file into ``esn`` (checked against its exits and sizes)."""
-    from .esn import esn_config
-    from .models.checkpoint import load_checkpoint
-
     state = load_checkpoint(path)
     if not isinstance(state, dict) or "state_dict" not in state or "config" not in state:
         raise TinySaverError(f"{path}: not an ESN file (expected state_dict and config)")
