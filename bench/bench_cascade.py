@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 
 from tinysaver import Cascade, ExitCurve, tradeoff
-from tinysaver.complexity import count_gmacs
 from tinysaver.io import write_json
+from tinysaver.models.complexity import count_gmacs
+from tinysaver.models.recording import record_predictions
+from tinysaver.models.speed import measure_cascade_speed, speed_table
 from tinysaver.plugins.datasets import ArrayImageDataset, load_fashion_mnist
 from tinysaver.plugins.timm import create_classifier, data_config, eval_transform
-from tinysaver.recording import record_predictions
-from tinysaver.speed import measure_cascade_speed, speed_table
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "weights" / "fashion_mnist"

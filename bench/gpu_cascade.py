@@ -19,10 +19,10 @@ import torch
 
 from tinysaver import Cascade
 from tinysaver.io import write_json
+from tinysaver.models.recording import SeededItems
+from tinysaver.models.speed import measure_cascade_speed
 from tinysaver.plugins.datasets import ArrayImageDataset, PhotoViews, load_fashion_mnist, shipped_photos
 from tinysaver.plugins.timm import MultiTransform, create_classifier, eval_transform, train_transform
-from tinysaver.recording import SeededItems
-from tinysaver.speed import measure_cascade_speed
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "weights" / "fashion_mnist"

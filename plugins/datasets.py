@@ -180,7 +180,7 @@ def shipped_photos() -> List[Tuple[str, np.ndarray]]:
 
 class PhotoViews:
     """``views`` randomly augmented views of each photo (item ``i`` is photo ``i // views``), for
-    real images without labels. Wrap in :class:`tinysaver.recording.SeededItems` so view ``i`` is
+    real images without labels. Wrap in :class:`tinysaver.models.recording.SeededItems` so view ``i`` is
     the same crop for every model and run. Labels are placeholders (-1): use a model's top-1 as the
     reference.
 

@@ -27,7 +27,7 @@ its own: a state dict handed over first, then a file, then the Hugging Face hub)
    for cost counting and tests. Without it a model with no weights is refused: recording random
    weights is never what a user means.
 
-Every pickled file is unpickled with ``weights_only=True`` (:func:`tinysaver.checkpoint.load_checkpoint`)
+Every pickled file is unpickled with ``weights_only=True`` (:func:`tinysaver.models.checkpoint.load_checkpoint`)
 and safetensors hold tensors only: no file can run code, and a refused one is a one-line error.
 
 Models: any timm name (``resnet50``, ``tf_efficientnet_lite0``, the Fashion-MNIST pool
@@ -53,8 +53,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from tinysaver.checkpoint import load_state_dict, sha256_of
 from tinysaver.errors import TinySaverError
+from tinysaver.models.checkpoint import load_state_dict, sha256_of
 from tinysaver.registry import CLASSIFIER_SOURCES
 
 # hub_weights is re-exported: `from tinysaver.plugins.timm import hub_weights`
@@ -297,7 +297,7 @@ def resolve_weights(spec: str) -> Path:
 
 def read_state_dict(spec: str) -> Mapping[str, torch.Tensor]:
     """Loads the state dict of a weights spec with ``weights_only=True`` (no code from the file
-    runs; see :mod:`tinysaver.checkpoint`)."""
+    runs; see :mod:`tinysaver.models.checkpoint`)."""
     return load_state_dict(resolve_weights(spec))
 
 

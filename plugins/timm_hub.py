@@ -15,7 +15,7 @@ from typing import List, Mapping, Optional
 
 import torch
 
-from tinysaver.checkpoint import load_state_dict
+from tinysaver.models.checkpoint import load_state_dict
 from tinysaver.errors import TinySaverError
 
 #: the ``weights`` spec that picks the hub source

@@ -10,7 +10,7 @@ pretrained tag ``fashion_mnist``, so the ordinary timm call loads them by name::
     model = timm.create_model("fmnist_cnn_s", pretrained=True)
 
 Each file is checked against the sha256 in its ``manifest.json`` and unpickled with
-``weights_only=True`` (:mod:`tinysaver.checkpoint`) before timm gets its state dict: a file that was
+``weights_only=True`` (:mod:`tinysaver.models.checkpoint`) before timm gets its state dict: a file that was
 changed, or that would run code, is refused with one line.
 """
 from __future__ import annotations
@@ -25,8 +25,8 @@ from torch import nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._builder import resolve_pretrained_cfg
 
-from tinysaver.checkpoint import load_state_dict
 from tinysaver.errors import TinySaverError
+from tinysaver.models.checkpoint import load_state_dict
 
 #: timm pretrained tag of the committed weights (``fmnist_cnn_s.fashion_mnist``).
 PRETRAINED_TAG = "fashion_mnist"

@@ -217,7 +217,7 @@ class YOLOModel:
         thop, 2 FLOPs per multiply-add), counted once per shape."""
         from ultralytics.utils.torch_utils import get_flops
 
-        from tinysaver.complexity import inference_trace
+        from tinysaver.models.complexity import inference_trace
 
         key = (int(height), int(width))
         cache = self.__dict__.setdefault("_gflops", {})

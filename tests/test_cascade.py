@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from tinysaver import Cascade
+from tinysaver.models.recording import record_predictions
 from tinysaver.plugins.timm import create_classifier, eval_transform
-from tinysaver.recording import record_predictions
 
 from .helpers import fmnist_dataset, stack_inputs, weights
 

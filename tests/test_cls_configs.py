@@ -104,8 +104,8 @@ def pair_live(pair_dump, tmp_path_factory):
 def test_dump_run_equals_the_simulation_of_its_records_which_equal_tinysaver_record(pair_dump, tmp_path):
     from mmengine.config import Config
 
+    from tinysaver.models.recording import record_predictions
     from tinysaver.plugins.timm import create_classifier, eval_transform
-    from tinysaver.recording import record_predictions
 
     from .helpers import fmnist_dataset
 
@@ -229,7 +229,7 @@ def test_table1_configs_load_and_build_without_weights_and_name_the_papers_model
 
 
 def test_get_flops_gives_each_stage_and_the_cascade(tmp_path, capsys):
-    from tinysaver.complexity import count_gmacs
+    from tinysaver.models.complexity import count_gmacs
     from tinysaver.plugins.timm import create_classifier
 
     report = _tool("get_flops").main([str(CHAIN), "--answered", "0.5", "0.3", "0.2", "--json", str(tmp_path / "g.json")])

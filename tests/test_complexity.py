@@ -7,7 +7,7 @@ import pytest
 import timm
 
 from tinysaver.cli import main
-from tinysaver.complexity import count_gmacs
+from tinysaver.models.complexity import count_gmacs
 from tinysaver.plugins.timm import create_classifier
 
 

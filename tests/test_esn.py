@@ -11,12 +11,12 @@ import torch
 
 from tinysaver import Record
 from tinysaver.analysis import ChainStage, simulate_chain
-from tinysaver.complexity import count_gmacs
 from tinysaver.errors import TinySaverError
 from tinysaver.esn import ExitSequence, ExitSequenceNetwork, esn_loss, saver_weights, split_base
-from tinysaver.esn_eval import live_vs_simulation, stage_names, stage_records
-from tinysaver.esn_search import plan_exits
-from tinysaver.esn_training import FeatureCache, TrainConfig, build_feature_cache, train_sequence
+from tinysaver.esn.evaluation import live_vs_simulation, stage_names, stage_records
+from tinysaver.esn.search import plan_exits
+from tinysaver.esn.training import FeatureCache, TrainConfig, build_feature_cache, train_sequence
+from tinysaver.models.complexity import count_gmacs
 from tinysaver.plugins.timm import create_classifier, eval_transform
 
 from .helpers import fmnist_dataset, stack_inputs

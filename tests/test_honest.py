@@ -15,8 +15,8 @@ import torch
 
 from tinysaver import Cascade, exit_curve, tradeoff
 from tinysaver.cli import main
+from tinysaver.models.recording import record_predictions
 from tinysaver.plugins.timm import create_classifier, eval_transform
-from tinysaver.recording import record_predictions
 from tinysaver.report import tradeoff_markdown
 
 from .helpers import fmnist_dataset, stack_inputs, weights
@@ -231,7 +231,7 @@ def test_hand_typed_threshold_routes_like_the_analysis(pool, tmp_path):
 # --- reproducible recording ------------------------------------------------------------------------
 
 def test_numpy_drawing_augmentation_is_seeded_per_sample(pool, tmp_path):
-    from tinysaver.recording import SeededItems
+    from tinysaver.models.recording import SeededItems
 
     saver, _ = pool
     base_t = eval_transform(saver)
@@ -256,7 +256,7 @@ def test_numpy_drawing_augmentation_is_seeded_per_sample(pool, tmp_path):
 
 
 def test_distributed_cuda_device_is_the_local_rank(monkeypatch):
-    from tinysaver import recording
+    from tinysaver.models import recording
 
     chosen = []
     monkeypatch.setenv("WORLD_SIZE", "4")
@@ -264,7 +264,7 @@ def test_distributed_cuda_device_is_the_local_rank(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")  # second node, second GPU
     monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
-    monkeypatch.setattr(recording, "_dist_info", lambda: (3, 4))
+    monkeypatch.setattr(recording, "dist_info", lambda: (3, 4))
     assert recording.init_distributed_from_env("cuda") == (3, 4)
     assert chosen == [1]
 

@@ -11,8 +11,8 @@ import torch
 from tinysaver import Cascade
 from tinysaver.analysis import ChainStage, answering_stage, chain_from_records
 from tinysaver.cli import main
+from tinysaver.models.recording import record_predictions
 from tinysaver.plugins.timm import create_classifier, eval_transform
-from tinysaver.recording import record_predictions
 
 from .helpers import fmnist_dataset, stack_inputs
 

@@ -61,7 +61,7 @@ def test_random_init_is_explicit_and_recorded(tmp_path, capsys):
     assert main(["record", "--model", "fmnist_cnn_xs", "--random-init", "--data", "fashion_mnist",
                  "--split", "test", "--limit", "8", "--out", str(out)]) == 0
     from tinysaver import load_record
-    from tinysaver.recording import recording_settings
+    from tinysaver.models.recording import recording_settings
 
     assert recording_settings(load_record(out))["weights"] == "random-init"
     # Counting alone needs no weights: an untrained copy costs the same.
@@ -75,7 +75,7 @@ def test_random_init_is_explicit_and_recorded(tmp_path, capsys):
 # --- 2. the demo pool loads by name, sha256-checked -----------------------------------------
 
 def test_manifest_sha256_matches_the_committed_files():
-    from tinysaver.checkpoint import sha256_of
+    from tinysaver.models.checkpoint import sha256_of
 
     manifest = timm_zoo.manifest()
     assert set(manifest) == set(POOL)

@@ -11,8 +11,8 @@ import pytest
 from tinysaver import load_record
 from tinysaver.cli import main
 from tinysaver.errors import TinySaverError
+from tinysaver.models.recording import SeededItems, record_predictions
 from tinysaver.plugins.timm import create_classifier, train_transform
-from tinysaver.recording import SeededItems, record_predictions
 
 from .helpers import fmnist_dataset, weights
 

@@ -19,7 +19,7 @@ from .records import Record, check_pair, load_record, save_record
 
 __version__ = "0.1.0"
 
-_LAZY = {"Cascade": "tinysaver.cascade"}
+_LAZY = {"Cascade": "tinysaver.models.cascade"}
 
 
 def __getattr__(name: str) -> Any:

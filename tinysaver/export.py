@@ -168,7 +168,7 @@ def _preprocess_of(cfg: Mapping[str, Any], name: str) -> Dict[str, Any]:
 
 
 def _count_gmacs(model: Any, input_size: Sequence[int]) -> float:
-    from .complexity import count_gmacs
+    from .models.complexity import count_gmacs
 
     return count_gmacs(model, input_size)
 

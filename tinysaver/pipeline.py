@@ -8,7 +8,7 @@ For a base and a pool of candidate savers:
 3. write the Tables 1/5 rows on the report split — thresholds chosen on the report split itself
    (the paper's way) and, honestly, on each calibration split — plus the accuracy-vs-GMACs plot and
    the Fig. 3 plot for the chosen pair;
-4. run the live :class:`~tinysaver.cascade.Cascade` at the zero-loss threshold chosen on the first
+4. run the live :class:`~tinysaver.models.cascade.Cascade` at the zero-loss threshold chosen on the first
    calibration split (else the selection split) on the report split, and check it against the
    simulation from the records;
 5. measure its speed-up over the base alone next to the ideal ``1 / (t_S/t_B + 1 − r)``.
@@ -24,17 +24,17 @@ import numpy as np
 import torch
 
 from .analysis import PAPER_DROPS, ExitCurve, plan_chains, rank_savers, tradeoff
-from .cascade import Cascade
-from .complexity import count_gmacs
 from .io import write_json, write_text
-from .numerics import Numerics
+from .models.cascade import Cascade
+from .models.complexity import count_gmacs
+from .models.numerics import Numerics
+from .models.recording import (SeededItems, default_record_path, model_fingerprint, record_predictions,
+                               recording_settings)
+from .models.speed import measure_cascade_speed, speed_table
 from .report.plan import plan_markdown, plot_plan
-from .recording import (SeededItems, default_record_path, model_fingerprint, record_predictions,
-                        recording_settings)
 from .records import Record, load_record
 from .registry import DEFAULT_CLASSIFIER_SOURCE, classifier_source
 from .report import plot_exit_accuracy, plot_tradeoff, selection_markdown, tradeoff_markdown
-from .speed import measure_cascade_speed, speed_table
 
 # dataset factory: transform -> dataset of (tensor, label)
 DatasetFactory = Callable[[Callable], Any]
@@ -444,7 +444,7 @@ def _summary_markdown(summary: Dict[str, Any], selection_md: str, tradeoff_md: s
                   f"{lc['simulated_exit_ratio']:.4f}; {lc['routing_mismatches']} routing and "
                   f"{lc['prediction_mismatches']} prediction mismatches over {lc['samples']} samples.", ""]
     if "speed" in summary:
-        from .speed import CascadeSpeed
+        from .models.speed import CascadeSpeed
 
         parts += ["## Measured speed (base alone vs cascade)", "",
                   speed_table([CascadeSpeed(**r) for r in summary["speed"]])]

@@ -13,7 +13,7 @@ puts an exit after the first two and the base's own head answers last. Steps:
    largest widths, which were slower and never better here) with eq. (11) and Table 7's other
    settings, then the configurations that win a drop again with plain cross-entropy (the ablation).
 3. Records per stage (incremental GMACs), the exit search per configuration
-   (:func:`tinysaver.esn_search.plan_exits`), the best configuration per drop chosen on holdout.
+   (:func:`tinysaver.esn.search.plan_exits`), the best configuration per drop chosen on holdout.
 4. Plain TinySaver (saver → base, :func:`tinysaver.analysis.plan_chains`, same honest mode).
 5. The live ESN at each drop's thresholds vs the simulation on its records, sample by sample, and
    its measured speed-up vs the ideal on this CPU.
@@ -48,14 +48,15 @@ sys.path.insert(0, str(ROOT / "tools"))
 import train_esn  # noqa: E402  (tools/train_esn.py: caches, datasets, record writing)
 
 from tinysaver.analysis import PAPER_DROPS, ChainPoint, Plan, plan_chains  # noqa: E402
-from tinysaver.complexity import count_gmacs  # noqa: E402
+from tinysaver.models.complexity import count_gmacs  # noqa: E402
 from tinysaver.esn import ExitSequenceNetwork  # noqa: E402
-from tinysaver.esn_eval import (live_vs_simulation, measure_esn_speed, plain_records, stage_names,  # noqa: E402
-                                stage_records)
-from tinysaver.esn_search import plan_exits  # noqa: E402
-from tinysaver.esn_training import TrainConfig, save_sequence, train_sequence  # noqa: E402
+from tinysaver.esn.evaluation import (live_vs_simulation, measure_esn_speed, plain_records, stage_names,  # noqa: E402
+                                      stage_records)
+from tinysaver.esn.search import plan_exits  # noqa: E402
+from tinysaver.esn.training import TrainConfig, save_sequence, train_sequence  # noqa: E402
 from tinysaver.io import write_json, write_text  # noqa: E402
-from tinysaver.numerics import Numerics  # noqa: E402
+from tinysaver.models.complexity import count_gmacs  # noqa: E402
+from tinysaver.models.numerics import Numerics  # noqa: E402
 from tinysaver.records import save_record  # noqa: E402
 
 

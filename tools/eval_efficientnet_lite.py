@@ -32,9 +32,9 @@ import numpy as np
 
 from tinysaver.cli import main as tinysaver_cli
 from tinysaver.io import write_json, write_text
+from tinysaver.models.recording import default_record_path
 from tinysaver.pipeline import ModelSpec, PipelineConfig, Split, run_pipeline
 from tinysaver.plugins.datasets import PhotoViews, foolbox_imagenet_images, shipped_photos, write_imagenet_layout
-from tinysaver.recording import default_record_path
 from tinysaver.records import load_record
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -177,9 +177,9 @@ def _fail(message: str) -> None:
 def _check_inputs(args: argparse.Namespace, cfg) -> None:
     """What can be refused before mmengine's Runner starts: a checkpoint the weights_only loader
     refuses (nothing from it runs), outputs that cannot be written, a batch size below 1."""
-    from tinysaver.checkpoint import load_checkpoint
     from tinysaver.errors import TinySaverError
     from tinysaver.io import check_outputs
+    from tinysaver.models.checkpoint import load_checkpoint
 
     check_outputs({"--work-dir": args.work_dir, "--out-json": args.out_json, "--out-samples": args.out_samples,
                    "--dump-records": args.dump_records},

@@ -118,7 +118,7 @@ def make_mix(num_classes: int, mixup: float, cutmix: float, smoothing: float):
 def caches(esn, saver: torch.nn.Module, args: argparse.Namespace, out: Path, splits: Sequence[str],
            numerics, progress: bool) -> Dict[str, Any]:
     """Feature caches: the training split under augmentation (``views`` passes), the others clean."""
-    from tinysaver.esn_training import build_feature_cache
+    from tinysaver.esn.training import build_feature_cache
     from tinysaver.plugins.timm import eval_transform
 
     meta = {"saver": args.saver, "base": args.base, "saver_weights": args.saver_weights,
@@ -144,7 +144,7 @@ def write_records(esn, cache, out: Path, split: str, args: argparse.Namespace, g
     """Writes the ESN stage records and the plain saver/base records of one split; returns the
     stage records."""
     from tinysaver.esn import esn_config
-    from tinysaver.esn_eval import plain_records, stage_names, stage_records
+    from tinysaver.esn.evaluation import plain_records, stage_names, stage_records
     from tinysaver.records import save_record
 
     settings = np.str_(json.dumps({"esn": esn_config(esn), "saver": args.saver, "base": args.base, "split": split,
@@ -164,13 +164,13 @@ def _safe(name: str) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     sys.path.insert(0, str(ROOT))
-    from tinysaver.complexity import count_gmacs
     from tinysaver.errors import TinySaverError
     from tinysaver.esn import ExitSequenceNetwork
-    from tinysaver.esn_training import TrainConfig, save_sequence, train_sequence
+    from tinysaver.esn.training import TrainConfig, save_sequence, train_sequence
     from tinysaver.io import write_json
-    from tinysaver.numerics import Numerics
-    from tinysaver.recording import init_distributed_from_env
+    from tinysaver.models.complexity import count_gmacs
+    from tinysaver.models.numerics import Numerics
+    from tinysaver.models.recording import init_distributed_from_env
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(ap)

@@ -1,7 +1,7 @@
 """mmdet checkpoints and configs: load a detector with no code from its checkpoint running.
 
 Checkpoints saved by mmengine's Runner pickle numpy arrays and message-hub objects next to the
-weights; :func:`tinysaver.checkpoint.load_checkpoint` reads them with torch's ``weights_only``
+weights; :func:`tinysaver.models.checkpoint.load_checkpoint` reads them with torch's ``weights_only``
 unpickler and an allow-list (numpy reconstructors, inert stand-ins for mmengine objects), so no
 function named by the file runs.
 """
@@ -13,8 +13,8 @@ from typing import Dict, Optional, Union
 import torch
 from mmengine.config import Config
 
-from tinysaver.checkpoint import load_checkpoint
 from tinysaver.errors import TinySaverError
+from tinysaver.models.checkpoint import load_checkpoint
 
 
 def load_checkpoint_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:

@@ -29,7 +29,7 @@ from mmdet.models.detectors.base import BaseDetector
 from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
 
-from tinysaver.complexity import StageMeter
+from tinysaver.models.complexity import StageMeter
 from tinysaver.confidence import MIN_BOX_SCORE, build_confidence
 from tinysaver.detection import Detections
 from tinysaver.registry import STAGES
@@ -64,7 +64,7 @@ class TinySaverDetector(BaseDetector):
 
     Attributes:
         meter: Each stage's measured time per image and peak memory while it ran
-            (:class:`~tinysaver.complexity.StageMeter`; ``tools/test.py`` reports it).
+            (:class:`~tinysaver.models.complexity.StageMeter`; ``tools/test.py`` reports it).
         data_preprocessor: The cascade's own (pass-through) preprocessor; each stage preprocesses
             its images itself.
     """

@@ -32,11 +32,11 @@ def mmdet_gflops(model: Any, items: Sequence[dict], mode: str = "tensor") -> flo
     from mmengine.analysis import get_model_complexity_info
     from mmengine.dataset import pseudo_collate
 
-    from tinysaver.complexity import inference_trace
+    from tinysaver.models.complexity import inference_trace
 
     macs = []
     # Eval mode, autograd off: the cost of inference, and gradient-checkpointed backbones
-    # (with_cp=True) trace at all (tinysaver.complexity.inference_trace).
+    # (with_cp=True) trace at all (tinysaver.models.complexity.inference_trace).
     with inference_trace(model):
         for item in items:
             data = model.data_preprocessor(pseudo_collate([item]), False)

@@ -98,7 +98,7 @@ class TinySaverClsMetric(BaseMetric):
 
     def _write_records(self, results: List[dict], index: np.ndarray, label: np.ndarray) -> List[str]:
         """One record per stage; all are built (and validated) before any is written."""
-        from tinysaver.recording import default_record_path
+        from tinysaver.models.recording import default_record_path
         from tinysaver.records import Record, save_record
 
         if not np.array_equal(index, np.arange(len(index))):

@@ -32,10 +32,10 @@ from mmengine.model import BaseModel
 from mmengine.registry import MODELS
 from torch import nn
 
-from tinysaver.complexity import StageMeter, count_gmacs
+from tinysaver.models.complexity import StageMeter, count_gmacs
 from tinysaver.confidence import CONFIDENCES, build_confidence
 from tinysaver.errors import TinySaverError
-from tinysaver.numerics import Numerics
+from tinysaver.models.numerics import Numerics
 from tinysaver.registry import classifier_source
 from tinysaver.routing import Stage, expected_cost, merge_outputs, route
 from tinysaver.thresholds import check_thresholds
@@ -120,7 +120,7 @@ class TinySaverClassifier(BaseModel):
         record_all: Run every stage on every sample and attach every stage's confidence and
             prediction to the outputs (for classification records); the answers still follow
             the thresholds (``tools/test.py --dump-records`` sets it).
-        numerics: ``amp``, ``dtype``, ``channels_last`` of :class:`tinysaver.numerics.Numerics`
+        numerics: ``amp``, ``dtype``, ``channels_last`` of :class:`tinysaver.models.numerics.Numerics`
             (the device is wherever the Runner put the model): records and live runs compare
             only when made the same way.
         topk: The k of the top-k answer kept per sample (top-5 accuracy).

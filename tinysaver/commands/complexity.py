@@ -30,9 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from ..complexity import complexity_report
     from ..errors import TinySaverError
     from ..io import check_outputs, write_json
+    from ..models.complexity import complexity_report
     from ..registry import classifier_source
     from ._checks import all_at_least, check_device
 

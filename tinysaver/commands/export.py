@@ -33,11 +33,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cascade import Cascade
     from ..confidence import build_confidence
     from ..errors import TinySaverError
     from ..export import DEFAULT_OPSET, export_cascade
     from ..io import check_outputs
+    from ..models.cascade import Cascade
     from ..pipeline import ModelSpec
     from ..registry import classifier_source
     from ..runtime import parse_thresholds

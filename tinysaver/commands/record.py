@@ -60,11 +60,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..complexity import count_gmacs
     from ..errors import TinySaverError
     from ..io import check_outputs
+    from ..models.complexity import count_gmacs
+    from ..models.recording import SeededItems, default_record_path, init_distributed_from_env, record_predictions
     from ..pipeline import model_summary
-    from ..recording import SeededItems, default_record_path, init_distributed_from_env, record_predictions
     from ..registry import classifier_source, dataset_source
     from ._checks import at_least, check_device
 

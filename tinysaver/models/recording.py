@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .confidence import build_confidence
-from .errors import TinySaverError
-from .io import atomic_open, write_json
+from ..confidence import build_confidence
+from ..errors import TinySaverError
+from ..io import atomic_open, write_json
+from ..records import Record, save_record
 from .numerics import Numerics
-from .records import Record, save_record
 
 
 class SeededItems(torch.utils.data.Dataset):
@@ -52,7 +52,8 @@ class SeededItems(torch.utils.data.Dataset):
         return self.dataset[index]
 
 
-def _dist_info() -> Tuple[int, int]:
+def dist_info() -> Tuple[int, int]:
+    """``(rank, world size)`` of this process: ``(0, 1)`` outside a torch.distributed process group."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
@@ -68,7 +69,7 @@ def init_distributed_from_env(device: str = "cpu") -> Tuple[int, int]:
     if world > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if device.startswith("cuda") else "gloo"
         torch.distributed.init_process_group(backend=backend)
-    return _dist_info()
+    return dist_info()
 
 
 def local_rank() -> int:
@@ -115,7 +116,7 @@ def record_predictions(model: nn.Module, dataset: Any, out: os.PathLike | str, *
         channels_last: Use the channels-last memory format (faster convolutions on GPU).
         dtype: Cast the model and inputs (``float16``/``bfloat16``). Device type, amp, dtype and
             memory format are stored in the record: a live cascade compared with it must run the
-            same way (:class:`tinysaver.numerics.Numerics`).
+            same way (:class:`tinysaver.models.numerics.Numerics`).
         save_logits: Keep the logits as an extra array ``logits``.
         num_classes: Stored in the record to validate class ids.
         progress: Show a tqdm bar.
@@ -133,7 +134,7 @@ def record_predictions(model: nn.Module, dataset: Any, out: os.PathLike | str, *
     from tqdm import tqdm
 
     out = Path(out)
-    rank, world = _dist_info()
+    rank, world = dist_info()
     partial = _partial_dir(out)
     n = len(dataset)
     if n == 0:

@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterator, Optional
 import torch
 from torch import nn
 
-from .errors import TinySaverError
+from ..errors import TinySaverError
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

@@ -28,10 +28,10 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from .analysis import (DEFAULT_EXACT_CELLS, PAPER_DROPS, ChainPoint, ChainStage, GridMeter, Oracle, Plan,
-                       search_chains)
-from .errors import TinySaverError
-from .records import Record, check_pair
+from ..analysis import (DEFAULT_EXACT_CELLS, PAPER_DROPS, ChainPoint, ChainStage, GridMeter, Oracle, Plan,
+                        search_chains)
+from ..errors import TinySaverError
+from ..records import Record, check_pair
 
 # The rounding of ``drop / 100 * M`` (as in :mod:`tinysaver.analysis`).
 _COUNT_TOL = 1e-6

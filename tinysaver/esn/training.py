@@ -9,7 +9,7 @@ AutoAugment (seeded per sample) with Mixup/CutMix applied per batch (seeded per 
 trains on view ``e mod V``. The mixed soft targets are cached with the features, and eq. (11)'s
 weights come from the saver's confidence on the same mixed input.
 
-Like :mod:`tinysaver.recording`, the cache is written in chunk files (one per view and batch):
+Like :mod:`tinysaver.models.recording`, the cache is written in chunk files (one per view and batch):
 an interrupted run resumes, and under ``torchrun`` each process computes its share of the chunks.
 Training checkpoints hold state dicts and plain values only, are written after every epoch and
 resume exactly (per-epoch shuffles are seeded by the epoch, the ESN has no dropout).
@@ -34,11 +34,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import TinySaverError
-from .esn import LOSSES, ExitSequence, ExitSequenceNetwork, esn_loss
-from .io import atomic_open, write_json
-from .numerics import Numerics
-from .recording import SeededItems, _dist_info
+from ..errors import TinySaverError
+from ..io import atomic_open, write_json
+from ..models.checkpoint import load_checkpoint
+from ..models.numerics import Numerics
+from ..models.recording import SeededItems, dist_info
+from .network import ExitSequenceNetwork, esn_config
+from .sequence import LOSSES, ExitSequence, esn_loss
 
 #: ``mix(images, labels) -> (images, soft targets)``, e.g. a ``timm.data.Mixup``.
 Mix = Callable[[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
@@ -116,7 +118,7 @@ def build_feature_cache(esn: ExitSequenceNetwork, make_dataset: Callable[[int], 
     from tqdm import tqdm
 
     out = Path(out_dir)
-    rank, world = _dist_info()
+    rank, world = dist_info()
     numerics = numerics or Numerics()
     first = make_dataset(0)
     n = len(first)
@@ -279,7 +281,7 @@ def train_sequence(sequence: ExitSequence, cache: FeatureCache, cfg: TrainConfig
     """
     from tqdm import tqdm
 
-    rank, world = _dist_info()
+    rank, world = dist_info()
     checkpoint = Path(checkpoint)
     steps = math.ceil(cache.per_view / cfg.batch_size)
     optimizer, scheduler = _optimizer_and_scheduler(sequence, cfg, steps)
@@ -287,8 +289,6 @@ def train_sequence(sequence: ExitSequence, cache: FeatureCache, cfg: TrainConfig
                                     "samples": cache.per_view, "cache": cache.meta}))
     start, history, seconds = 0, [], []
     if checkpoint.exists():
-        from .checkpoint import load_checkpoint
-
         state = load_checkpoint(checkpoint)
         if state.get("config") != config:
             raise TinySaverError(f"{checkpoint}: a checkpoint of another configuration; delete it to start over")
@@ -337,17 +337,12 @@ def train_sequence(sequence: ExitSequence, cache: FeatureCache, cfg: TrainConfig
 def save_sequence(path: os.PathLike | str, esn: ExitSequenceNetwork, extra: Optional[Dict[str, Any]] = None) -> None:
     """Writes the trained exit sequence: its state dict and the configuration to rebuild it (the frozen
     saver and base are not in it: they load by name)."""
-    from .esn import esn_config
-
     with atomic_open(path, "wb") as f:
         torch.save({"state_dict": esn.sequence.state_dict(), "config": esn_config(esn), **(extra or {})}, f)
 
 
 def load_sequence(path: os.PathLike | str, esn: ExitSequenceNetwork) -> Dict[str, Any]:
     """Loads a :func:`save_sequence` file into ``esn`` (checked against its exits and sizes)."""
-    from .checkpoint import load_checkpoint
-    from .esn import esn_config
-
     state = load_checkpoint(path)
     if not isinstance(state, dict) or "state_dict" not in state or "config" not in state:
         raise TinySaverError(f"{path}: not an ESN file (expected state_dict and config)")

@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Mapping, Sequence, Union
 import numpy as np
 import torch
 
-from .errors import TinySaverError
+from ..errors import TinySaverError
 
 PathLike = Union[str, os.PathLike]
 

@@ -8,7 +8,7 @@
   sample by sample (answering stage, prediction).
 - :func:`measure_esn_speed`: base alone vs the live ESN, and the ideal speed-up from each stage's
   measured time weighted by the fraction of samples that reach it (the N-stage form of
-  :mod:`tinysaver.speed`'s ``1 / (t_S/t_B + 1 − r)``).
+  :mod:`tinysaver.models.speed`'s ``1 / (t_S/t_B + 1 − r)``).
 """
 from __future__ import annotations
 
@@ -20,12 +20,12 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .analysis import ChainStage, answering_stage
-from .complexity import sync
-from .esn import ExitSequenceNetwork, _Carry, exit_records_arrays
-from .esn_training import FeatureCache
-from .numerics import Numerics
-from .records import Record
+from ..analysis import ChainStage, answering_stage
+from ..models.complexity import sync
+from ..models.numerics import Numerics
+from ..records import Record
+from .network import Carry, ExitSequenceNetwork, exit_records_arrays
+from .training import FeatureCache
 
 
 def stage_names(esn: ExitSequenceNetwork, saver: str, base: str) -> List[str]:
@@ -166,7 +166,7 @@ def measure_esn_speed(esn: ExitSequenceNetwork, images: torch.Tensor, thresholds
         model.thresholds = [math.inf] * len(thresholds)
         per_stage = [0.0] * esn.num_stages
         for x in batches:
-            carry = _Carry()
+            carry = Carry()
             state: Any = x
             for k, stage in enumerate(model.stages(carry)):
                 sync(device)

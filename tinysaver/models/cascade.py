@@ -20,9 +20,9 @@ from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .confidence import ConfidenceFn, build_confidence
-from .routing import Stage, mark_eager, merge_outputs, route
-from .thresholds import check_thresholds
+from ..confidence import ConfidenceFn, build_confidence
+from ..routing import Stage, mark_eager, merge_outputs, route
+from ..thresholds import ThresholdsMixin, check_thresholds
 
 SAVER, BASE = 0, 1
 
@@ -48,7 +48,7 @@ class CascadeOutput(NamedTuple):
         return self.stage == SAVER
 
 
-class Cascade(nn.Module):
+class Cascade(ThresholdsMixin, nn.Module):
     """Classifiers in order of cost with per-sample routing inside a batch (TinySaver).
 
     Args:
@@ -104,21 +104,15 @@ class Cascade(nn.Module):
         return self.confidence_fns[0]
 
     @property
-    def threshold(self) -> float:
-        """The first stage's threshold."""
-        return float(self._thresholds[0])
+    def num_stages(self) -> int:
+        return len(self.models)
 
-    @threshold.setter
-    def threshold(self, value: float) -> None:
-        self._thresholds[0].fill_(check_thresholds([value], 2)[0])
-
-    @property
-    def thresholds(self) -> List[float]:
+    # ``thresholds``/``threshold`` (ThresholdsMixin), kept in the 0-dim float64 tensors the routing reads.
+    def _threshold_values(self) -> List[float]:
         return [float(t) for t in self._thresholds]
 
-    @thresholds.setter
-    def thresholds(self, values: Sequence[float]) -> None:
-        for t, v in zip(self._thresholds, check_thresholds(values, len(self.models))):
+    def _store_thresholds(self, values: List[float]) -> None:
+        for t, v in zip(self._thresholds, values):
             t.fill_(v)
 
     def stages(self) -> List[Stage]:
