@@ -208,7 +208,7 @@ def test_runner_checkpoint_loads_with_weights_only_and_pickles_are_refused(tmp_p
 
 def test_importing_the_yolo_plugin_keeps_torch_load():
     original = torch.load
-    import tinysaver.plugins.yolo  # noqa: F401
+    import tinysaver.plugins.ultralytics  # noqa: F401
     from ultralytics import YOLO  # noqa: F401
 
     assert torch.load is original

@@ -5,8 +5,8 @@ Convention: GFLOPs = 2 × GMACs (ultralytics' and the paper's Table 4). ``mmengi
 
 Honest costs: every image is costed at the size each stage actually runs it at, not at a nominal
 square size and not as an average over a few images: a YOLO stage at the image's own letterbox
-(:mod:`tinysaver.plugins.yolo`'s policy), an mmdet stage at the image's resized shape padded to
-its ``data_preprocessor``'s ``pad_size_divisor`` (as a batch of one). Each distinct input shape is
+(:mod:`tinysaver.plugins.ultralytics.model`'s policy), an mmdet stage at the image's resized shape
+padded to its ``data_preprocessor``'s ``pad_size_divisor`` (as a batch of one). Each distinct input shape is
 counted once. The cascade's average is the mean over the images of the costs of the stages each
 image reached (:func:`cascade_gflops_report`).
 """

@@ -84,7 +84,7 @@ class YOLOStage(DetStage):
                  max_det: int = 300, half: bool = False, class_map: Optional[Sequence[int]] = None,
                  name: Optional[str] = None, random_init: bool = False, model: Optional[str] = None,
                  num_classes: Optional[int] = None) -> None:
-        from tinysaver.plugins.yolo import YOLOModel
+        from tinysaver.plugins.ultralytics import YOLOModel
 
         super().__init__(name or "yolo")
         self.yolo = YOLOModel(checkpoint, imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, half=half,
