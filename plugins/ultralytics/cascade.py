@@ -64,14 +64,14 @@ from tinysaver.detection import DEFAULT_MAX_DETS, DetRecord, save_det_record
 from tinysaver.errors import TinySaverError
 from tinysaver.io import write_json
 from tinysaver.routing import Stage, route, take
-from tinysaver.thresholds import check_thresholds
+from tinysaver.thresholds import ThresholdsMixin
 
 from .coco import Names, image_ids_for, record_names, resolve_names, yolo_to_coco
 from .model import YOLOModel
 from .val import StageVal
 
 
-class YOLOCascade:
+class YOLOCascade(ThresholdsMixin):
     """Ultralytics YOLO models in order of cost, answering per image (TinySaver for ultralytics).
 
     Args:
@@ -118,12 +118,8 @@ class YOLOCascade:
 
     # --- settings --------------------------------------------------------------------------------
     @property
-    def thresholds(self) -> List[float]:
-        return list(self._thresholds)
-
-    @thresholds.setter
-    def thresholds(self, values: Sequence[float]) -> None:
-        self._thresholds = check_thresholds(values, len(self.stages))
+    def num_stages(self) -> int:
+        return len(self.stages)
 
     @property
     def stage_names(self) -> List[str]:
@@ -169,7 +165,7 @@ class YOLOCascade:
                                 confidence=lambda results: self._image_confidence(
                                     [r.boxes.conf.cpu().numpy() for r in results]),
                                 threshold=t, name=name)
-                          for s, t, name in zip(self.stages, [*self._thresholds, math.inf], self.stage_names)]
+                          for s, t, name in zip(self.stages, [*self.thresholds, math.inf], self.stage_names)]
                 routed = route(stages, [chunk] * len(stages), gather=take)
                 shapes = [img.shape[:2] for img in chunk]
                 costs = np.stack([s.image_gflops(shapes, rect=rect) for s in self.stages])  # [N, B]
@@ -239,7 +235,7 @@ class YOLOCascade:
         costs = np.array([[v.stage.gflops_at(*v.shape_of(i)) for i in range(n)] for v in vals])
         dets: List[List[Any]] = [[None] * n for _ in self.stages]
         metrics = vals[0].metrics
-        thresholds = [*self._thresholds, math.inf]
+        thresholds = [*self.thresholds, math.inf]
         bar = tqdm(total=n, desc="tinysaver yolo val", unit="image", disable=not progress)
         for start in range(0, n, batch):
             indices = np.arange(start, min(start + batch, n))
@@ -290,7 +286,7 @@ class YOLOCascade:
         cascade (mean over images of the costs of the stages each image reached)."""
         n_stages, n = costs.shape
         reached = np.arange(n_stages)[:, None] <= stage_of[None, :]
-        return {"stages": self.stage_names, "thresholds": [t if math.isfinite(t) else "inf" for t in self._thresholds],
+        return {"stages": self.stage_names, "thresholds": [t if math.isfinite(t) else "inf" for t in self.thresholds],
                 "confidence": self.confidence_name, "min_score": self.min_score, "images": int(n),
                 "answered": [float(np.mean(stage_of == k)) for k in range(n_stages)],
                 "stage_gflops": [float(c.mean()) for c in costs],
