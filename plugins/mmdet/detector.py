@@ -41,11 +41,6 @@ from .stages import ORIGINAL_IMAGE_KEY, DetItem
 DEFAULT_CONFIDENCE = dict(type="mean_box_score", min_score=MIN_BOX_SCORE)
 
 
-def default_stage_names(n: int) -> List[str]:
-    """Record/report names of the stages: ``saver``/``base`` for a pair, ``stage0``… otherwise."""
-    return ["saver", "base"] if n == 2 else [f"stage{k}" for k in range(n)]
-
-
 @MODELS.register_module()
 class TinySaverDetector(ThresholdsMixin, BaseDetector):
     """Detectors in order of cost with per-image routing (TinySaver, paper 4.5, for N stages).
@@ -161,4 +156,4 @@ def _instances(det: Detections, device: torch.device) -> InstanceData:
     return inst
 
 
-__all__ = ["TinySaverDetector", "default_stage_names"]
+__all__ = ["TinySaverDetector"]
