@@ -44,6 +44,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from tinysaver.errors import DataNotFoundError, TinySaverError
+from tinysaver.registry import classifier_source
 
 SYNSET = re.compile(r"n\d{8}")
 NUMERIC = re.compile(r"\d+")
@@ -332,13 +333,11 @@ def model_num_classes(name: str) -> int:
         return 1000
     import timm
 
-    from tinysaver.plugins.timm import create_classifier
-
     import_module("tinysaver.plugins.timm_zoo")  # registers the local models with timm
     cfg = timm.models.get_pretrained_cfg(name) if timm.is_model(name) else None
     if cfg is not None and getattr(cfg, "num_classes", None):
         return int(cfg.num_classes)
-    return int(create_classifier(name).num_classes)  # locally registered models: build it once
+    return int(classifier_source("timm").create(name).num_classes)  # locally registered models: build it once
 
 
 def output_classes(model: nn.Module, input_size: Sequence[int]) -> int:

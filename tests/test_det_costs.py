@@ -34,7 +34,7 @@ def mixed_coco(tmp_path_factory):
 
 
 def test_every_image_is_costed_at_its_own_size(mixed_coco, tmp_path):
-    from tinysaver.plugins.yolo import YOLOModel
+    from tinysaver.plugins.ultralytics import YOLOModel
 
     out = tmp_path / "summary.json"
     cmd = [sys.executable, str(ROOT / "tools" / "test.py"), str(CONFIG), "none", "--work-dir", str(tmp_path / "w"),

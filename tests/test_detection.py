@@ -176,6 +176,23 @@ def test_image_without_confident_box_goes_to_base(det_root, monkeypatch):
     assert len(out[0].pred_instances) > 0 and not torch.equal(out[0].pred_instances.scores, torch.tensor([0.04]))
 
 
+def test_detector_threshold_refuses_nan():
+    """The scalar ``threshold`` setter is checked like ``thresholds`` (it used to let NaN in)."""
+    from mmengine.config import Config
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+
+    from tinysaver.errors import ThresholdError
+
+    register_all_modules()
+    detector = MODELS.build(Config.fromfile(str(CONFIG)).model)
+    detector.threshold = 0.25
+    with pytest.raises(ThresholdError):
+        detector.threshold = float("nan")
+    with pytest.raises(ThresholdError):
+        detector.thresholds = [float("nan")]
+    assert detector.thresholds == [0.25] and detector.threshold == 0.25
+
 def test_runner_checkpoint_loads_with_weights_only_and_pickles_are_refused(tmp_path):
     from mmengine.config import ConfigDict
     from mmengine.logging import HistoryBuffer
@@ -208,7 +225,7 @@ def test_runner_checkpoint_loads_with_weights_only_and_pickles_are_refused(tmp_p
 
 def test_importing_the_yolo_plugin_keeps_torch_load():
     original = torch.load
-    import tinysaver.plugins.yolo  # noqa: F401
+    import tinysaver.plugins.ultralytics  # noqa: F401
     from ultralytics import YOLO  # noqa: F401
 
     assert torch.load is original

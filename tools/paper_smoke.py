@@ -91,7 +91,7 @@ def make_coco(root: Path, count: int) -> Path:
     from ultralytics.data.converter import coco80_to_coco91_class
 
     from mmdet.datasets import CocoDataset
-    from tinysaver.plugins.yolo import YOLOModel
+    from tinysaver.plugins.ultralytics import YOLOModel
 
     if root.exists():
         shutil.rmtree(root)
@@ -214,7 +214,7 @@ def smoke_detection(config: str, work: Path, env: Dict[str, str], timeout: int, 
 
 def yolo_gflops() -> List[Dict[str, Any]]:
     """Each YOLOv8 saver built from its yaml (untrained), GFLOPs at 640², vs ultralytics' figures."""
-    from tinysaver.plugins.yolo import YOLOModel
+    from tinysaver.plugins.ultralytics import YOLOModel
 
     rows = []
     for name, published in ULTRALYTICS_GFLOPS.items():

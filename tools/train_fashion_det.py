@@ -44,7 +44,7 @@ def main() -> None:
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     work = ROOT / "work_dirs" / "train_fashion_det"
     if not args.skip_yolo:
-        from tinysaver.plugins.yolo import prepare_offline
+        from tinysaver.plugins.ultralytics import prepare_offline
 
         prepare_offline()
         from ultralytics import YOLO

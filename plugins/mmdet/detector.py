@@ -34,20 +34,15 @@ from tinysaver.confidence import MIN_BOX_SCORE, build_confidence
 from tinysaver.detection import Detections
 from tinysaver.registry import STAGES
 from tinysaver.routing import Stage, route
-from tinysaver.thresholds import check_thresholds
+from tinysaver.thresholds import ThresholdsMixin
 
 from .stages import ORIGINAL_IMAGE_KEY, DetItem
 
 DEFAULT_CONFIDENCE = dict(type="mean_box_score", min_score=MIN_BOX_SCORE)
 
 
-def default_stage_names(n: int) -> List[str]:
-    """Record/report names of the stages: ``saver``/``base`` for a pair, ``stage0``… otherwise."""
-    return ["saver", "base"] if n == 2 else [f"stage{k}" for k in range(n)]
-
-
 @MODELS.register_module()
-class TinySaverDetector(BaseDetector):
+class TinySaverDetector(ThresholdsMixin, BaseDetector):
     """Detectors in order of cost with per-image routing (TinySaver, paper 4.5, for N stages).
 
     Args:
@@ -88,23 +83,10 @@ class TinySaverDetector(BaseDetector):
         self.record_all = record_all
         self.meter = StageMeter(self.stage_names)
 
-    # --- thresholds ---------------------------------------------------------------------------------
+    # --- thresholds (ThresholdsMixin: thresholds/threshold, checked on every assignment) -------------
     @property
-    def thresholds(self) -> List[float]:
-        return list(self._thresholds)
-
-    @thresholds.setter
-    def thresholds(self, values: Sequence[float]) -> None:
-        self._thresholds = check_thresholds(values, len(self.stages))
-
-    @property
-    def threshold(self) -> float:
-        """The first stage's threshold (the two-stage vocabulary)."""
-        return self._thresholds[0]
-
-    @threshold.setter
-    def threshold(self, value: float) -> None:
-        self._thresholds[0] = float(value)
+    def num_stages(self) -> int:
+        return len(self.stages)
 
     @property
     def stage_names(self) -> List[str]:
@@ -136,7 +118,7 @@ class TinySaverDetector(BaseDetector):
         return batch_data_samples
 
     def _routing_stages(self, items: List[DetItem]) -> List[Stage]:
-        thresholds = [*self._thresholds, math.inf]
+        thresholds = [*self.thresholds, math.inf]
         if not self.record_all:
             return [Stage(model=lambda sub, k=k: self._run_stage(k, sub), confidence=self._confidence_of(k), threshold=t,
                           name=stage.name) for k, (stage, t) in enumerate(zip(self.stages, thresholds))]
@@ -174,4 +156,4 @@ def _instances(det: Detections, device: torch.device) -> InstanceData:
     return inst
 
 
-__all__ = ["TinySaverDetector", "default_stage_names"]
+__all__ = ["TinySaverDetector"]

@@ -3,7 +3,7 @@ GFLOPs per image and, optionally, one detection record per stage for ``tinysaver
 
 After an evaluation, :attr:`TinySaverCascadeMetric.images` lists every image (id, answering stage,
 original and resized shape): ``tools/test.py`` costs each image at the size each stage ran it at
-(:func:`tinysaver.plugins.mmdet.flops.cascade_gflops_report`).
+(:func:`tinysaver.plugins.mmdet.costs.cascade_gflops_report`).
 """
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from mmdet.registry import METRICS
 from tinysaver.detection import DEFAULT_MAX_DETS, DetRecord, save_det_record
 from tinysaver.errors import TinySaverError
 from tinysaver.routing import expected_cost
+
+from .stages import default_stage_names
 
 
 #: the cascade's average GFLOPs per image from the share answered per stage (the core's cost model)
@@ -94,8 +96,6 @@ class TinySaverCascadeMetric(BaseMetric):
         return metrics
 
     def _write_records(self, results: List[dict]) -> None:
-        from .detector import default_stage_names
-
         ids = [r["img_id"] for r in results]
         cat_ids = self.cat_ids
         if cat_ids is None:

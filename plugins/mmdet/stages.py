@@ -24,8 +24,16 @@ from torch import nn
 from tinysaver.detection import Detections
 from tinysaver.errors import TinySaverError
 
+from .checkpoint import build_mmdet_model
+from .flops import mmdet_gflops
+
 #: metainfo key under which :class:`KeepOriginalImage` keeps the decoded original (BGR, HWC)
 ORIGINAL_IMAGE_KEY = "ori_img"
+
+
+def default_stage_names(n: int) -> List[str]:
+    """Record/report names of the stages: ``saver``/``base`` for a pair, ``stage0``… otherwise."""
+    return ["saver", "base"] if n == 2 else [f"stage{k}" for k in range(n)]
 
 
 @dataclass
@@ -84,7 +92,7 @@ class YOLOStage(DetStage):
                  max_det: int = 300, half: bool = False, class_map: Optional[Sequence[int]] = None,
                  name: Optional[str] = None, random_init: bool = False, model: Optional[str] = None,
                  num_classes: Optional[int] = None) -> None:
-        from tinysaver.plugins.yolo import YOLOModel
+        from tinysaver.plugins.ultralytics import YOLOModel
 
         super().__init__(name or "yolo")
         self.yolo = YOLOModel(checkpoint, imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, half=half,
@@ -123,8 +131,6 @@ class MMDetStage(DetStage):
 
     def __init__(self, config: Any, checkpoint: Optional[str] = None, name: Optional[str] = None,
                  random_init: bool = False, flops_mode: str = "tensor") -> None:
-        from .checkpoint import build_mmdet_model
-
         super().__init__(name or "mmdet")
         if flops_mode not in ("tensor", "predict"):
             raise TinySaverError(f"stage {name or 'mmdet'}: flops_mode must be 'tensor' or 'predict', got {flops_mode!r}")
@@ -141,9 +147,7 @@ class MMDetStage(DetStage):
                            r.pred_instances.labels.detach().cpu().numpy().astype(np.int64)) for r in results]
 
     def gflops(self, items: Sequence[Any], mode: Optional[str] = None) -> float:
-        from .flops import mmdet_gflops
-
         return mmdet_gflops(self.model, items, mode or self.flops_mode)
 
 
-__all__ = ["DetItem", "DetStage", "YOLOStage", "MMDetStage", "ORIGINAL_IMAGE_KEY"]
+__all__ = ["DetItem", "DetStage", "YOLOStage", "MMDetStage", "ORIGINAL_IMAGE_KEY", "default_stage_names"]

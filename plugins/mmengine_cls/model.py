@@ -38,7 +38,7 @@ from tinysaver.errors import TinySaverError
 from tinysaver.models.numerics import Numerics
 from tinysaver.registry import classifier_source
 from tinysaver.routing import Stage, expected_cost, merge_outputs, route
-from tinysaver.thresholds import check_thresholds
+from tinysaver.thresholds import ThresholdsMixin
 
 #: metainfo key of the per-batch cascade description the model attaches to every output sample
 CASCADE_KEY = "tinysaver_cascade"
@@ -106,7 +106,7 @@ class ClassifierStage(nn.Module):
 
 
 @MODELS.register_module()
-class TinySaverClassifier(BaseModel):
+class TinySaverClassifier(ThresholdsMixin, BaseModel):
     """Classifiers in order of cost with per-sample routing (TinySaver, paper 3, for N stages).
 
     Args:
@@ -169,23 +169,10 @@ class TinySaverClassifier(BaseModel):
         self.meter = StageMeter(self.stage_names)
         self._dropped: Dict[Tuple[Tuple[int, ...], int, str], torch.Tensor] = {}
 
-    # --- thresholds and description -------------------------------------------------------------------
+    # --- thresholds (ThresholdsMixin: thresholds/threshold, checked on every assignment) and description
     @property
-    def thresholds(self) -> List[float]:
-        return list(self._thresholds)
-
-    @thresholds.setter
-    def thresholds(self, values: Sequence[float]) -> None:
-        self._thresholds = check_thresholds(values, len(self.stages))
-
-    @property
-    def threshold(self) -> float:
-        """The first stage's threshold (the two-stage vocabulary)."""
-        return self._thresholds[0]
-
-    @threshold.setter
-    def threshold(self, value: float) -> None:
-        self.thresholds = [float(value), *self._thresholds[1:]]
+    def num_stages(self) -> int:
+        return len(self.stages)
 
     @property
     def stage_names(self) -> List[str]:
@@ -243,7 +230,7 @@ class TinySaverClassifier(BaseModel):
         """``(merged logits [B, C] float32, Routed, every stage's logits or None)``."""
         keep, expected = _class_space(samples or [])
         numerics = self._numerics()
-        thresholds = [*self._thresholds, math.inf]
+        thresholds = [*self.thresholds, math.inf]
         with numerics.context():
             if self.record_all:
                 every = [self._logits(k, stage.preprocess(images), keep, expected, numerics)

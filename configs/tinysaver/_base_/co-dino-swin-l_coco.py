@@ -15,7 +15,7 @@ data_root = '{{$COCO_ROOT:data/coco}}/'
 # published COCO AP is measured with. They do not reproduce `yolo val` exactly: ultralytics' val
 # letterboxes rectangular batches and runs multi-label NMS, while this stage runs ultralytics'
 # predict path (one label per box; each image letterboxed on its own to the smallest stride-multiple
-# rectangle, whatever else is in its batch: tinysaver.plugins.yolo) on the original image. Predict-style
+# rectangle, whatever else is in its batch: tinysaver.plugins.ultralytics.model) on the original image. Predict-style
 # settings (conf 0.25) keep far fewer boxes: higher precision, lower AP (recall at low scores is
 # lost) and a different image confidence. Choose per config.
 # Children replace `stages` whole (mmengine replaces lists): they take this base stage as

@@ -284,3 +284,7 @@ def per_image_letterbox_predictor(base: type) -> type:
 
 #: the name earlier versions used (a YOLO model was always the saver then)
 YOLOSaver = YOLOModel
+
+
+__all__ = ["YOLOModel", "YOLOSaver", "prepare_offline", "weights_dir", "resolve_checkpoint", "model_yaml",
+           "check_checkpoint", "per_image_letterbox_predictor"]

@@ -27,6 +27,13 @@ import argparse
 from pathlib import Path
 from typing import Any, Dict, List
 
+from tinysaver.detection import detection_confidence
+from tinysaver.errors import TinySaverError
+from tinysaver.io import check_outputs, write_json
+
+from .cascade import YOLOCascade
+from .coco import yolo_to_coco
+
 MODES = ("val", "predict", "coco")
 CASCADE_KEYS = ("models", "saver", "base", "thresholds", "threshold", "imgsz", "names", "confidence", "min_score",
                 "device")
@@ -55,8 +62,6 @@ def parse_value(text: str) -> Any:
 
 
 def parse_pairs(pairs: List[str]) -> Dict[str, Any]:
-    from tinysaver.errors import TinySaverError
-
     out: Dict[str, Any] = {}
     for pair in pairs:
         key, eq, value = pair.partition("=")
@@ -74,8 +79,6 @@ def _as_list(value: Any) -> list:
 
 def build_cascade(cfg: Dict[str, Any]):
     """A :class:`YOLOCascade` from the parsed keys (removed from ``cfg``)."""
-    from tinysaver.errors import TinySaverError
-
     if "models" in cfg and ("saver" in cfg or "base" in cfg):
         raise TinySaverError("give models=... or saver=... base=..., not both")
     if "models" in cfg:
@@ -87,10 +90,6 @@ def build_cascade(cfg: Dict[str, Any]):
     if "threshold" in cfg and "thresholds" in cfg:
         raise TinySaverError("give threshold or thresholds, not both")
     thresholds = _as_list(cfg.pop("thresholds", cfg.pop("threshold", 0.5)))
-    from tinysaver.detection import detection_confidence
-
-    from .ultralytics import YOLOCascade
-
     options = {k: cfg.pop(k) for k in ("imgsz", "names", "confidence", "min_score", "device") if k in cfg}
     values = [t for t in thresholds if not isinstance(t, (int, float)) or isinstance(t, bool)]
     if values or any(t != t for t in thresholds):  # t != t: NaN
@@ -106,17 +105,12 @@ def build_cascade(cfg: Dict[str, Any]):
 
 
 def run(args: argparse.Namespace) -> int:
-    from tinysaver.errors import TinySaverError
-    from tinysaver.io import check_outputs, write_json
-
     cfg = parse_pairs(args.args)
     out = cfg.pop("json", None)
     check_outputs({"json=": out, "records=": cfg.get("records")}, directories=["records="])
     if not isinstance(cfg.get("batch", 1), int) or cfg.get("batch", 1) < 1:
         raise TinySaverError(f"batch must be a whole number >= 1, got {cfg['batch']!r}")
     if args.mode == "coco":
-        from .ultralytics import yolo_to_coco
-
         if "data" not in cfg:
             raise TinySaverError("coco needs data=DATA.yaml")
         coco = yolo_to_coco(str(cfg.pop("data")), str(cfg.pop("split", "val")), out=out, names=cfg.pop("names", None))

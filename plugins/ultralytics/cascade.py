@@ -1,4 +1,4 @@
-"""Ultralytics plugin: a TinySaver cascade of ultralytics YOLO models, with ultralytics' own habits.
+"""``YOLOCascade``: a TinySaver cascade of ultralytics YOLO models, with ultralytics' own habits.
 
 ``predict`` returns ordinary ultralytics ``Results``; ``val`` returns ultralytics' ``DetMetrics``
 (mAP50-95, mAP50, precision, recall computed by ultralytics' metric code), each with what the
@@ -26,7 +26,8 @@ keeps, so the two modes route alike only with the same ``conf``.
 
 Letterbox policy: a stage's answer on an image never depends on the other images of its batch.
 ``predict``: every image is letterboxed on its own to the smallest stride-multiple rectangle (what
-ultralytics does for an image alone; :mod:`tinysaver.plugins.yolo`), ``rect=False`` to the square.
+ultralytics does for an image alone; :mod:`tinysaver.plugins.ultralytics.model`), ``rect=False``
+to the square.
 ``val``: ultralytics' val dataset letterboxes each image to its own rectangle (the shape
 ultralytics' rectangular val gives a batch of one: long side ``imgsz``, padded up to a stride
 multiple plus half a stride), ``rect=False`` to the square; images of one shape are batched
@@ -53,10 +54,8 @@ from __future__ import annotations
 
 import math
 import tempfile
-from collections import OrderedDict
-from copy import deepcopy
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -65,139 +64,14 @@ from tinysaver.detection import DEFAULT_MAX_DETS, DetRecord, save_det_record
 from tinysaver.errors import TinySaverError
 from tinysaver.io import write_json
 from tinysaver.routing import Stage, route, take
-from tinysaver.thresholds import check_thresholds
+from tinysaver.thresholds import ThresholdsMixin
 
-from .yolo import YOLOModel, prepare_offline
-
-prepare_offline()
-
-Names = Union[str, Sequence[str], Mapping[int, str], None]
+from .coco import Names, image_ids_for, record_names, resolve_names, yolo_to_coco
+from .model import YOLOModel
+from .val import StageVal
 
 
-def coco_names() -> Dict[int, str]:
-    """COCO's 80 class names in YOLO's order, from the dataset file ultralytics ships (offline)."""
-    from ultralytics.utils import ROOT, YAML
-
-    return {int(k): str(v) for k, v in YAML.load(ROOT / "cfg" / "datasets" / "coco.yaml")["names"].items()}
-
-
-def _resolve_names(names: Names) -> Optional[Dict[int, str]]:
-    if names is None:
-        return None
-    if isinstance(names, str):
-        if names != "coco":
-            raise TinySaverError(f"names must be 'coco', a list or a dict of class names, got {names!r}")
-        return coco_names()
-    if isinstance(names, Mapping):
-        return {int(k): str(v) for k, v in names.items()}
-    return {i: str(n) for i, n in enumerate(names)}
-
-
-def image_ids_for(files: Sequence[str]) -> np.ndarray:
-    """COCO image ids of a split's image files: the file stems when they are all distinct integers
-    (COCO's own ``000000397133.jpg``), else 1, 2, … in sorted path order. :func:`yolo_to_coco` and
-    the records of :meth:`YOLOCascade.val` both use this, so they always agree."""
-    stems = [Path(f).stem for f in files]
-    if all(s.isdigit() for s in stems) and len({int(s) for s in stems}) == len(stems):
-        return np.array([int(s) for s in stems], dtype=np.int64)
-    rank = {f: i + 1 for i, f in enumerate(sorted(files))}
-    return np.array([rank[f] for f in files], dtype=np.int64)
-
-
-class _Recorder:
-    """Stands in for a validator's ``DetMetrics``: keeps the per-image statistics ultralytics'
-    ``update_metrics`` computes, in order, so the cascade can pick the answering stage's."""
-
-    def __init__(self) -> None:
-        self.stats: List[dict] = []
-
-    def update_stats(self, stat: dict) -> None:
-        self.stats.append(stat)
-
-
-class _StageVal:
-    """One stage's ultralytics validator, set up as ``YOLO.val`` sets it up, run image by image.
-
-    The set-up mirrors ``BaseValidator.__call__`` (model in ``AutoBackend``, dataset, metrics); the
-    per-image work is the validator's own ``preprocess``/``postprocess``/``update_metrics``.
-    """
-
-    def __init__(self, stage: YOLOModel, args: Dict[str, Any], save_dir: Path) -> None:
-        import torch
-        from ultralytics.data.utils import check_det_dataset
-        from ultralytics.nn.autobackend import AutoBackend
-        from ultralytics.utils import callbacks
-        from ultralytics.utils.checks import check_imgsz
-        from ultralytics.utils.torch_utils import select_device, unwrap_model
-
-        yolo = stage.yolo
-        v = yolo._smart_load("validator")(args={**yolo.overrides, **args, "mode": "val"}, save_dir=save_dir,
-                                          _callbacks=callbacks.get_default_callbacks())
-        v.training = False
-        model = AutoBackend(model=deepcopy(yolo.model), device=select_device(v.args.device, verbose=False),
-                            dnn=v.args.dnn, data=v.args.data, fp16=v.args.quantize == 16,
-                            channels_last=v.args.channels_last, end2end=v.args.nms is False)
-        v.device = model.device
-        v.args.quantize = 16 if model.fp16 else None
-        check_imgsz(v.args.imgsz, stride=model.stride, min_dim=2)
-        v.data = check_det_dataset(v.args.data, split=v.args.split)
-        if v.device.type in {"cpu", "mps"}:
-            v.args.workers = 0
-        v.stride, v.names = model.stride, model.names
-        # batch 1 for the dataset: with rect=True each image gets its own rectangle (the policy)
-        v.dataloader = v.get_dataloader(v.data.get(v.args.split), 1 if v.args.rect else v.args.batch)
-        model.eval()
-        v.init_metrics(unwrap_model(model))
-        self.validator, self.model, self.stage = v, model, stage
-        self.metrics = v.metrics  # the real DetMetrics (names set): stage 0's collects the cascade's
-        self.recorder = _Recorder()
-        v.metrics = self.recorder
-        self._torch = torch
-
-    @property
-    def dataset(self) -> Any:
-        return self.validator.dataloader.dataset
-
-    def shape_of(self, index: int) -> Tuple[int, int]:
-        """``(h, w)`` image ``index`` is letterboxed to (without loading it): its own rectangle, or
-        the square."""
-        ds = self.dataset
-        if ds.rect:
-            h, w = ds.batch_shapes[ds.batch[index]]
-            return int(h), int(w)
-        return ds.imgsz, ds.imgsz
-
-    def run(self, indices: Sequence[int], boxes: bool = False) -> List[dict]:
-        """The stage on dataset images ``indices``: per image, its kept scores, ultralytics' metric
-        statistics, the letterboxed shape it ran at and (``boxes``) its detections in original
-        image coordinates."""
-        v, items = self.validator, [self.dataset[int(i)] for i in indices]
-        out: List[Optional[dict]] = [None] * len(items)
-        groups: Dict[Tuple[int, ...], List[int]] = OrderedDict()
-        for row, item in enumerate(items):
-            groups.setdefault(tuple(item["img"].shape), []).append(row)
-        for shape, rows in groups.items():
-            batch = v.preprocess(self.dataset.collate_fn([items[r] for r in rows]))
-            with self._torch.inference_mode():
-                preds = v.postprocess(self.model(batch["img"], augment=False))
-            scaled = [v.scale_preds(p, v._prepare_batch(si, batch)) for si, p in enumerate(preds)] if boxes else None
-            self.recorder.stats.clear()
-            v.update_metrics(preds, batch)
-            for si, row in enumerate(rows):
-                pred = preds[si]
-                if (int(shape[1]), int(shape[2])) != self.shape_of(indices[row]):  # the cost is counted at shape_of
-                    raise TinySaverError(f"{batch['im_file'][si]}: letterboxed to {shape[1:]}, expected "
-                                         f"{self.shape_of(indices[row])}")
-                out[row] = {"scores": pred["conf"].cpu().numpy().astype(np.float64), "stat": self.recorder.stats[si],
-                            "im_file": batch["im_file"][si]}
-                if boxes:
-                    out[row]["dets"] = (scaled[si]["bboxes"].cpu().numpy().astype(np.float32),
-                                        pred["conf"].cpu().numpy().astype(np.float32),
-                                        pred["cls"].cpu().numpy().astype(np.int64))
-        return out  # type: ignore[return-value]
-
-
-class YOLOCascade:
+class YOLOCascade(ThresholdsMixin):
     """Ultralytics YOLO models in order of cost, answering per image (TinySaver for ultralytics).
 
     Args:
@@ -233,7 +107,7 @@ class YOLOCascade:
         if len(counts) != 1:
             raise TinySaverError(f"the models predict different numbers of classes {sorted(counts)}: a cascade "
                                  "needs one class list")
-        self.names = _resolve_names(names) or dict(self.stages[0].yolo.names)
+        self.names = resolve_names(names) or dict(self.stages[0].yolo.names)
         if len(self.names) != counts.pop():
             raise TinySaverError(f"names: {len(self.names)} names for models with {len(self.stages[0].yolo.names)} classes")
         if threshold is not None and thresholds is not None:
@@ -244,12 +118,8 @@ class YOLOCascade:
 
     # --- settings --------------------------------------------------------------------------------
     @property
-    def thresholds(self) -> List[float]:
-        return list(self._thresholds)
-
-    @thresholds.setter
-    def thresholds(self, values: Sequence[float]) -> None:
-        self._thresholds = check_thresholds(values, len(self.stages))
+    def num_stages(self) -> int:
+        return len(self.stages)
 
     @property
     def stage_names(self) -> List[str]:
@@ -295,7 +165,7 @@ class YOLOCascade:
                                 confidence=lambda results: self._image_confidence(
                                     [r.boxes.conf.cpu().numpy() for r in results]),
                                 threshold=t, name=name)
-                          for s, t, name in zip(self.stages, [*self._thresholds, math.inf], self.stage_names)]
+                          for s, t, name in zip(self.stages, [*self.thresholds, math.inf], self.stage_names)]
                 routed = route(stages, [chunk] * len(stages), gather=take)
                 shapes = [img.shape[:2] for img in chunk]
                 costs = np.stack([s.image_gflops(shapes, rect=rect) for s in self.stages])  # [N, B]
@@ -349,10 +219,10 @@ class YOLOCascade:
             raise TinySaverError(f"{data}: not a dataset .yaml file" if Path(data).exists()
                                  else f"{data}: dataset file not found")
         with tempfile.TemporaryDirectory(prefix="tinysaver-yolo-val-") as save_dir:  # ultralytics wants one
-            vals = [_StageVal(stage, {**args, "imgsz": stage.imgsz}, Path(save_dir)) for stage in self.stages]
+            vals = [StageVal(stage, {**args, "imgsz": stage.imgsz}, Path(save_dir)) for stage in self.stages]
             return self._val(vals, data, split, batch, records, verbose, progress)
 
-    def _val(self, vals: List[_StageVal], data: str, split: str, batch: int, records: Optional[str], verbose: bool,
+    def _val(self, vals: List[StageVal], data: str, split: str, batch: int, records: Optional[str], verbose: bool,
              progress: bool) -> Any:
         from tqdm import tqdm
 
@@ -365,7 +235,7 @@ class YOLOCascade:
         costs = np.array([[v.stage.gflops_at(*v.shape_of(i)) for i in range(n)] for v in vals])
         dets: List[List[Any]] = [[None] * n for _ in self.stages]
         metrics = vals[0].metrics
-        thresholds = [*self._thresholds, math.inf]
+        thresholds = [*self.thresholds, math.inf]
         bar = tqdm(total=n, desc="tinysaver yolo val", unit="image", disable=not progress)
         for start in range(0, n, batch):
             indices = np.arange(start, min(start + batch, n))
@@ -416,7 +286,7 @@ class YOLOCascade:
         cascade (mean over images of the costs of the stages each image reached)."""
         n_stages, n = costs.shape
         reached = np.arange(n_stages)[:, None] <= stage_of[None, :]
-        return {"stages": self.stage_names, "thresholds": [t if math.isfinite(t) else "inf" for t in self._thresholds],
+        return {"stages": self.stage_names, "thresholds": [t if math.isfinite(t) else "inf" for t in self.thresholds],
                 "confidence": self.confidence_name, "min_score": self.min_score, "images": int(n),
                 "answered": [float(np.mean(stage_of == k)) for k in range(n_stages)],
                 "stage_gflops": [float(c.mean()) for c in costs],
@@ -460,12 +330,6 @@ def check_ultralytics_args(mode: str, args: Mapping[str, Any]) -> None:
         raise TinySaverError(" ".join(str(exc).split())[:200]) from None
 
 
-def record_names(n: int) -> List[str]:
-    """File names of a cascade's detection records: ``saver``/``base`` for two stages, ``stage0``…
-    otherwise (as ``tools/test.py --dump-records``)."""
-    return ["saver", "base"] if n == 2 else [f"stage{k}" for k in range(n)]
-
-
 def cascade_summary_text(summary: Mapping[str, Any]) -> str:
     """The lines ``val`` prints after ultralytics' table."""
     lines = [f"TinySaver {' → '.join(summary['stages'])}  thresholds {', '.join(map(str, summary['thresholds']))}  "
@@ -477,55 +341,4 @@ def cascade_summary_text(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def yolo_to_coco(data: str, split: str = "val", out: Optional[str] = None, names: Names = None) -> Dict[str, Any]:
-    """A YOLO dataset split's labels as a COCO annotation file (for ``det-tradeoff``).
-
-    Images: ``id`` from :func:`image_ids_for`, ``file_name`` relative to the dataset's image folder,
-    ``width``/``height`` as ultralytics reads them (EXIF-corrected). Boxes: the label's normalised
-    ``cx cy w h`` times the image size, as ``[x, y, w, h]``; ``area`` = box area (YOLO labels have no
-    masks); ``iscrowd`` 0. Categories: ``id`` = class index + 1, named from the dataset (or ``names``).
-
-    Args:
-        data: The dataset ``.yaml``.
-        split: The split to convert.
-        out: Write the JSON here (atomically), if given.
-        names: Class names overriding the dataset's.
-
-    Returns:
-        The COCO dictionary.
-    """
-    from ultralytics.cfg import get_cfg
-    from ultralytics.data import build_yolo_dataset
-    from ultralytics.data.utils import check_det_dataset
-
-    if not Path(data).is_file():
-        raise TinySaverError(f"{data}: dataset file not found")
-    info = check_det_dataset(str(data), split=split)
-    if not info.get(split):
-        raise TinySaverError(f"{data}: no split {split!r}")
-    # labels only (rect=False keeps each label's image shape); the images are not decoded
-    dataset = build_yolo_dataset(get_cfg(overrides={"data": str(data), "rect": False}), info[split], 1, info,
-                                 mode="val", stride=32)
-    class_names = _resolve_names(names) or dict(info["names"])
-    files = list(dataset.im_files)
-    ids = image_ids_for(files)
-    root = Path(files[0]).parent if files else Path(".")
-    images, annotations = [], []
-    for image_id, label in sorted(zip(ids.tolist(), dataset.labels), key=lambda x: x[0]):
-        h, w = (int(v) for v in label["shape"])
-        path = Path(label["im_file"])
-        images.append({"id": int(image_id), "file_name": str(path.relative_to(root)) if path.is_relative_to(root)
-                       else path.name, "width": w, "height": h})
-        boxes = np.asarray(label["bboxes"], dtype=np.float64).reshape(-1, 4)
-        for cls, (cx, cy, bw, bh) in zip(np.asarray(label["cls"]).reshape(-1).tolist(), boxes.tolist()):
-            x, y, ww, hh = (cx - bw / 2) * w, (cy - bh / 2) * h, bw * w, bh * h
-            annotations.append({"id": len(annotations) + 1, "image_id": int(image_id), "category_id": int(cls) + 1,
-                                "bbox": [x, y, ww, hh], "area": ww * hh, "iscrowd": 0})
-    coco = {"images": images, "annotations": annotations,
-            "categories": [{"id": int(k) + 1, "name": n} for k, n in sorted(class_names.items())]}
-    if out:
-        write_json(out, coco)
-    return coco
-
-
-__all__ = ["YOLOCascade", "yolo_to_coco", "image_ids_for", "coco_names", "cascade_summary_text"]
+__all__ = ["YOLOCascade", "check_ultralytics_args", "cascade_summary_text"]
