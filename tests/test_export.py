@@ -23,7 +23,7 @@ import torch
 
 from tinysaver import Cascade, TinySaverError
 from tinysaver.confidence import build_confidence
-from tinysaver.export import export_cascade
+from tinysaver.runtime.export import export_cascade
 from tinysaver.runtime import OnnxCascade, preprocess_image
 
 from .helpers import ROOT

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from tinysaver import Cascade
-from tinysaver.export import export_cascade
+from tinysaver.runtime.export import export_cascade
 
 from .helpers import ROOT
 from .test_export import FMNIST_PREPROCESS, gap_threshold

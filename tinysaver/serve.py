@@ -79,8 +79,11 @@ import numpy as np
 from . import __version__
 from .errors import TinySaverError
 from .routing import Stage, route
-from .runtime import (StageModel, check_batch, make_session, parse_thresholds, preprocess_image, read_manifest,
-                      stage_specs)
+from .runtime.backends import make_session
+from .runtime.cascade import StageModel, check_batch
+from .runtime.manifest import read_manifest, stage_specs
+from .runtime.preprocess import preprocess_image
+from .thresholds import check_thresholds as parse_thresholds
 
 #: what a sample sent between stages looks like
 ARRAYS, IMAGES = "arrays", "images"
@@ -494,7 +497,7 @@ def decode_to_array(data: bytes, what: str, max_pixels: Optional[int] = None,
         max_pixels: Refused from its header beyond that many pixels (what the request has left).
         request_pixels: The request's limit, for the message.
     """
-    from .runtime import decode_image
+    from .runtime.preprocess import decode_image
 
     limit = f"max_request_pixels ({request_pixels or max_pixels} decoded pixels per request)"
     img = decode_image(data, what, max_pixels=max_pixels, limit=limit)

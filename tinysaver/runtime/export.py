@@ -37,11 +37,12 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .confidence import CONFIDENCES
-from .errors import TinySaverError
-from .io import atomic_open, write_json
-from .runtime import FORMAT, MANIFEST, VERSION
-from .thresholds import threshold_to_json
+from ..confidence import CONFIDENCES
+from ..errors import TinySaverError
+from ..io import atomic_open, write_json
+from ..thresholds import threshold_to_json
+from .backends import get_backend
+from .manifest import FORMAT, MANIFEST, VERSION
 
 #: ONNX opset of the exported graphs (onnxruntime >= 1.14 runs it)
 DEFAULT_OPSET = 17
@@ -168,7 +169,7 @@ def _preprocess_of(cfg: Mapping[str, Any], name: str) -> Dict[str, Any]:
 
 
 def _count_gmacs(model: Any, input_size: Sequence[int]) -> float:
-    from .complexity import count_gmacs
+    from ..complexity import count_gmacs
 
     return count_gmacs(model, input_size)
 
@@ -194,19 +195,11 @@ def _export_stage(model: Any, input_size: Sequence[int], opset: int, name: str) 
     want = model(check)
     if not isinstance(want, torch.Tensor) or want.ndim != 2:
         raise TinySaverError(f"{name}: the model must return logits [batch, classes], got {type(want).__name__}")
-    got = _ort_session(graph).run([OUTPUT], {INPUT: check.numpy()})[0]
+    got = get_backend("onnxruntime").session(graph).run([OUTPUT], {INPUT: check.numpy()})[0]
     err = float(np.abs(got - want.numpy()).max())
     if not err <= EXPORT_ATOL:
         raise TinySaverError(f"{name}: onnxruntime logits differ from PyTorch's by {err:.3g} (> {EXPORT_ATOL})")
     return graph, int(want.shape[1])
-
-
-def _ort_session(graph: bytes) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
 
 # --- the cascade as one graph ---------------------------------------------------------------------
