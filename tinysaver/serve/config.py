@@ -32,6 +32,10 @@ class StageOptions:
         providers: onnxruntime execution providers (default CPU).
         backend: The runtime backend of the stage's session (:mod:`tinysaver.runtime.backends`;
             None: onnxruntime).
+        health_check_period_s: How often Ray Serve checks each replica (Ray's default is 10 s; a
+            dead replica is replaced sooner with a shorter period).
+        graceful_shutdown_timeout_s: How long a replica being removed may finish its requests
+            (Ray's default is 20 s; ``tinysaver serve`` must end within 30 s of a signal).
     """
 
     num_replicas: int = 1
@@ -45,6 +49,8 @@ class StageOptions:
     threads: Optional[int] = 1
     providers: Optional[List[str]] = None
     backend: Optional[str] = None
+    health_check_period_s: float = 2.0
+    graceful_shutdown_timeout_s: float = 5.0
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], where: str) -> "StageOptions":
@@ -63,6 +69,55 @@ class StageOptions:
 
 
 @dataclass
+class IngressOptions:
+    """How the HTTP ingress is deployed (the deployment that reads, parses and decodes requests and
+    calls the first stage; it runs no model).
+
+    Args:
+        num_replicas: Replicas of the ingress.
+        ray_actor_options: Resources of each replica.
+        max_ongoing_requests: Requests an ingress replica holds at once: uploads plus requests
+            waiting for their answers (Ray Serve back-pressure beyond it).
+        max_queued_requests: Requests waiting beyond that before new ones get 503 (-1: no limit).
+        max_concurrent_uploads: Request bodies being received at once per replica; beyond it a
+            request gets 503 at once. Bounded apart from inference, which the stages'
+            ``max_ongoing_requests`` bound: slow uploads never hold a stage's slot.
+        body_timeout_s: A body not received within this many seconds of the request reaching the
+            ingress gets 408 (a stalled client holds an upload slot no longer than this).
+        decode_threads: Threads that parse and decode bodies off the event loop (None: the
+            replica's ``num_cpus``, at least 1).
+        retry_timeout_s: How long a request whose stage replica died is retried (inference is
+            idempotent) before it gets 503.
+        health_check_period_s, graceful_shutdown_timeout_s: As for a stage.
+    """
+
+    num_replicas: int = 1
+    # half a CPU: it runs no model, and a small cluster keeps room for the stages
+    ray_actor_options: Dict[str, Any] = field(default_factory=lambda: {"num_cpus": 0.5})
+    max_ongoing_requests: int = 1024
+    max_queued_requests: int = -1
+    max_concurrent_uploads: int = 512
+    body_timeout_s: float = 10.0
+    decode_threads: Optional[int] = None
+    retry_timeout_s: float = 60.0
+    health_check_period_s: float = 2.0
+    graceful_shutdown_timeout_s: float = 5.0
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], where: str) -> "IngressOptions":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise TinySaverError(f"{where}: unknown option {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        opts = cls(**values)
+        if min(int(opts.num_replicas), int(opts.max_ongoing_requests), int(opts.max_concurrent_uploads)) < 1:
+            raise TinySaverError(f"{where}: num_replicas, max_ongoing_requests and max_concurrent_uploads must be >= 1")
+        if not (float(opts.body_timeout_s) > 0 and float(opts.retry_timeout_s) >= 0):
+            raise TinySaverError(f"{where}: body_timeout_s must be > 0 and retry_timeout_s >= 0")
+        return opts
+
+
+@dataclass
 class ServeConfig:
     """A cascade application: which export, thresholds, request limits, per-stage deployment."""
 
@@ -75,13 +130,14 @@ class ServeConfig:
     #: decoded pixels of a request's images in all (64 Mpx: ~200 MB in RGB; photos of 4 MB hold far fewer)
     max_request_pixels: int = 64 * 1024 * 1024
     base_only: bool = False
+    ingress: IngressOptions = field(default_factory=IngressOptions)
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any], where: str = "serve config") -> "ServeConfig":
         """Parses and checks a config (a YAML mapping, or ``serve run``'s ``key=value`` strings)."""
         known = {"export_dir", "thresholds", "max_request_bytes", "max_samples_per_request", "max_request_pixels",
                  "base_only",
-                 "stage_defaults", "stages"}
+                 "stage_defaults", "stages", "ingress"}
         unknown = sorted(set(config) - known)
         if unknown:
             raise TinySaverError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
@@ -106,7 +162,8 @@ class ServeConfig:
                    max_request_bytes=int(config.get("max_request_bytes", cls.max_request_bytes)),
                    max_samples_per_request=int(config.get("max_samples_per_request", cls.max_samples_per_request)),
                    max_request_pixels=int(config.get("max_request_pixels", cls.max_request_pixels)),
-                   base_only=as_bool(config.get("base_only", False)))
+                   base_only=as_bool(config.get("base_only", False)),
+                   ingress=IngressOptions.from_dict(dict(config.get("ingress") or {}), f"{where}: ingress"))
 
 
 def as_bool(value: Any) -> bool:
@@ -150,4 +207,4 @@ def load_config(path: str | Path) -> Dict[str, Any]:
     return {"args": data, "http_options": {}, "name": "tinysaver", "route_prefix": "/"}
 
 
-__all__ = ["StageOptions", "ServeConfig", "as_bool", "load_config"]
+__all__ = ["StageOptions", "IngressOptions", "ServeConfig", "as_bool", "load_config"]

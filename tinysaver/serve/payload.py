@@ -3,10 +3,12 @@ arrays or decoded uint8 images, every problem a one-line :class:`~tinysaver.erro
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import io
 import json
+import math
 from typing import Any, List, Optional, Sequence
 
 import numpy as np
@@ -23,15 +25,56 @@ def take(kind: str, data: Any, rows: np.ndarray) -> Any:
     return data[rows] if kind == ARRAYS else [data[i] for i in rows]
 
 
-async def read_body(request: Any, limit: int) -> bytes:
+class RequestError(TinySaverError):
+    """A request the server refuses, with its HTTP status (400 unless said otherwise)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+#: deepest JSON nesting a body may have (``{"inputs": [B][C][H][W]}`` is 5 deep)
+MAX_JSON_DEPTH = 32
+#: an over-long body is still read (and dropped) up to this many bytes before the 413 is sent, so
+#: a client that sends its whole body before reading the answer (urllib) reads the 413 instead of
+#: a connection reset; a longer one is answered at once and its connection closed
+DRAIN_BYTES = 64 * 1024 * 1024
+
+
+async def read_body(request: Any, limit: int, timeout_s: Optional[float] = None,
+                    drain_bytes: int = DRAIN_BYTES) -> bytes:
+    """The request body, at most ``limit`` bytes, received within ``timeout_s`` seconds.
+
+    Raises:
+        RequestError: 413 for a body over ``limit`` (declared or counted; the rest of the body is
+            read and dropped first, up to ``drain_bytes``), 408 for a body not received in time.
+    """
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise TinySaverError(f"payload of {declared} bytes exceeds max_request_bytes ({limit})")
+    declared = int(declared) if declared is not None and declared.isdigit() else None
+    over = declared is not None and declared > limit
     body = bytearray()
-    async for part in request.stream():
-        body += part
-        if len(body) > limit:
-            raise TinySaverError(f"payload exceeds max_request_bytes ({limit})")
+    received = 0
+
+    async def receive() -> None:
+        nonlocal received
+        async for part in request.stream():
+            received += len(part)
+            if over or received > limit:
+                if received > drain_bytes:
+                    return
+                continue  # dropped: read only so that the client gets to read the answer
+            body.extend(part)
+
+    if over and declared > drain_bytes:
+        raise RequestError(f"payload of {declared} bytes exceeds max_request_bytes ({limit})", 413)
+    try:
+        await asyncio.wait_for(receive(), timeout_s)
+    except asyncio.TimeoutError:
+        raise RequestError(f"request body not received within {timeout_s:g} s (body_timeout_s)", 408) from None
+    if over:
+        raise RequestError(f"payload of {declared} bytes exceeds max_request_bytes ({limit})", 413)
+    if received > limit:
+        raise RequestError(f"payload exceeds max_request_bytes ({limit})", 413)
     return bytes(body)
 
 
@@ -56,9 +99,12 @@ def _parse_payload(content_type: str, body: bytes, max_samples: Optional[int], m
     if not body:
         raise TinySaverError("empty request body")
     if ctype == "application/json":
+        depth = json_depth(body)
+        if depth > MAX_JSON_DEPTH:
+            raise TinySaverError(f"JSON nested {depth} deep (at most {MAX_JSON_DEPTH})")
         try:
             payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise TinySaverError(f"malformed JSON ({type(exc).__name__})") from None
         if not isinstance(payload, dict) or len({"inputs", "images"} & set(payload)) != 1:
             raise TinySaverError('JSON body must be {"inputs": [...]} or {"images": ["<base64>", ...]}')
@@ -71,28 +117,70 @@ def _parse_payload(content_type: str, body: bytes, max_samples: Optional[int], m
             raise TinySaverError(f"{len(images)} samples in one request (max_samples_per_request is {max_samples})")
         return IMAGES, _decode_all([_b64(img, i) for i, img in enumerate(images)], max_pixels)
     if ctype in ("application/x-npy", "application/octet-stream"):
-        try:
-            array = np.load(io.BytesIO(body), allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise TinySaverError(f"body is not a .npy array ({type(exc).__name__})") from None
-        return ARRAYS, _as_batch(array)
+        return ARRAYS, _as_batch(parse_npy(body, max_samples))
     if ctype.startswith("image/"):
         return IMAGES, [decode_to_array(body, "image", max_pixels)]
     raise TinySaverError(f"unsupported content type {ctype or 'none'!r} (use application/json, "
                          f"application/x-npy or image/*)")
 
 
+def json_depth(body: bytes) -> int:
+    """Deepest bracket nesting of a JSON text, counted on its bytes before it is parsed (brackets
+    inside strings count too: exact for this API, whose strings are base64)."""
+    b = np.frombuffer(body, dtype=np.uint8)
+    opens = (b == ord("[")) | (b == ord("{"))
+    brackets = opens | (b == ord("]")) | (b == ord("}"))
+    steps = np.where(opens[brackets], 1, -1).astype(np.int32)
+    return int(np.cumsum(steps).max(initial=0))
+
+
+def parse_npy(body: bytes, max_samples: Optional[int] = None) -> np.ndarray:
+    """A ``.npy`` body as an array viewing ``body``, its header checked against the body's length,
+    ``max_samples`` and the dtype policy before anything is allocated (a header can claim 10^12
+    samples in 100 bytes)."""
+    stream = io.BytesIO(body)
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    try:
+        version = np.lib.format.read_magic(stream)
+        shape, fortran, dtype = readers[version](stream)
+    except KeyError:
+        raise TinySaverError(f"body is a .npy of version {version[0]}.{version[1]} (1.0 and 2.0 are read)") from None
+    except Exception as exc:  # whatever the header parser raises on a malformed header (ValueError, TokenError, ...)
+        raise TinySaverError(f"body is not a .npy array ({type(exc).__name__})") from None
+    check_dtype(dtype)
+    if len(shape) not in (3, 4):
+        raise TinySaverError(f"inputs: shape {list(shape)} (expected [batch, C, H, W] or [C, H, W])")
+    if max_samples is not None and len(shape) == 4 and shape[0] > max_samples:
+        raise TinySaverError(f"{shape[0]} samples in one request (max_samples_per_request is {max_samples})")
+    count = math.prod(shape)
+    data = len(body) - stream.tell()
+    if count * dtype.itemsize != data:
+        raise TinySaverError(f".npy header says {list(shape)} {dtype} ({count * dtype.itemsize} bytes), the body "
+                             f"holds {data} bytes of data")
+    array = np.frombuffer(body, dtype=dtype, count=count, offset=stream.tell())
+    return array.reshape(shape, order="F" if fortran else "C")
+
+
+def check_dtype(dtype: np.dtype) -> None:
+    """The dtype policy: float32, or float64 (narrowed to float32, as every model sees it); any
+    other dtype (float16, integers, strings, objects) is refused."""
+    if dtype.kind != "f" or dtype.itemsize not in (4, 8):
+        raise TinySaverError(f"inputs: dtype {dtype} (expected float32; float64 is narrowed to float32)")
+
+
 def _json_array(value: Any) -> np.ndarray:
     try:
-        array = np.asarray(value, dtype=np.float32)
+        array = np.asarray(value)
     except (ValueError, TypeError):
         raise TinySaverError('"inputs" must be a rectangular nested list of numbers') from None
-    return array
+    if array.dtype.kind not in "fiu":  # numbers only: strings, booleans, null, ragged lists are refused
+        raise TinySaverError('"inputs" must be a rectangular nested list of numbers'
+                             f"{' (got strings)' if array.dtype.kind in 'US' else ''}")
+    return array.astype(np.float32)
 
 
 def _as_batch(array: np.ndarray) -> np.ndarray:
-    if array.dtype.kind != "f":
-        raise TinySaverError(f"inputs: dtype {array.dtype} (expected float32)")
+    check_dtype(array.dtype)
     if array.ndim == 3:
         array = array[None]
     if array.ndim != 4 or len(array) == 0:
@@ -136,4 +224,5 @@ def decode_to_array(data: bytes, what: str, max_pixels: Optional[int] = None,
     return np.asarray(img, dtype=np.uint8)
 
 
-__all__ = ["ARRAYS", "IMAGES", "take", "read_body", "parse_payload", "decode_to_array"]
+__all__ = ["ARRAYS", "IMAGES", "MAX_JSON_DEPTH", "DRAIN_BYTES", "RequestError", "take", "read_body", "parse_payload",
+           "parse_npy", "check_dtype", "json_depth", "decode_to_array"]

@@ -1,6 +1,6 @@
 """One stage of the cascade as a Ray Serve deployment (:func:`stage_deployment`): batching across
-requests (``@serve.batch``), the routing of each batch, the call to the next stage, and HTTP on the
-front stage.
+requests (``@serve.batch``), the routing of each batch, and the call to the next stage (sent again
+if its replica died). HTTP is the ingress's (:mod:`tinysaver.serve.ingress`).
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -21,7 +21,11 @@ from ..runtime.cascade import StageModel, check_batch
 from ..runtime.manifest import preprocess_key, read_manifest, stage_specs
 from ..runtime.preprocess import preprocess_image
 from .config import StageOptions
-from .payload import ARRAYS, parse_payload, read_body, take
+from .payload import ARRAYS, take
+from .retry import call_with_retry
+
+#: how long a stage waits for the next one's /health report before calling it down
+INFO_TIMEOUT_S = 2.0
 
 
 class NextDeployment:
@@ -52,7 +56,7 @@ def stage_deployment() -> Any:
         """One stage of the cascade; the front stage (index 0) also speaks HTTP."""
 
         def __init__(self, export_dir: str, index: int, n_stages: int, options: Dict[str, Any],
-                     limits: Dict[str, int], next_stage: Any = None) -> None:
+                     limits: Dict[str, int], next_stage: Any = None, retry_timeout_s: float = 60.0) -> None:
             manifest = read_manifest(export_dir)
             self.specs = stage_specs(manifest)
             self.index, self.n_stages = index, n_stages
@@ -69,6 +73,10 @@ def stage_deployment() -> Any:
             self.replica = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
             self.batches = self.samples = 0  # model runs and the samples they held (for /health)
             self.calls_to_next = 0
+            self.retries = 0  # calls to the next stage sent again after its replica died
+            self.retry_timeout_s = float(retry_timeout_s)
+            # Images are preprocessed here (a resize of a large image takes a while), off the event loop.
+            self._prep = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stage{index}-prep")
             # One model thread: the event loop keeps decoding, batching and forwarding while it runs.
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stage{index}")
             self._shared_input = len({(s.input_size, preprocess_key(s.preprocess)) for s in self.specs}) == 1
@@ -92,7 +100,8 @@ def stage_deployment() -> Any:
             Returns:
                 ``logits`` ``[B, C]``, ``stage`` ``[B]``, ``confidence`` ``[B]`` for these samples.
             """
-            x = self._inputs(kind, data)
+            x = self._inputs(kind, data) if kind == ARRAYS else \
+                await asyncio.get_running_loop().run_in_executor(self._prep, self._inputs, kind, data)
             if self.cross_request:
                 step = self.max_batch_size  # a large request goes in pieces a batch can hold
                 parts = await asyncio.gather(*(self._piece(x[i:i + step], kind, data[i:i + step])
@@ -112,7 +121,11 @@ def stage_deployment() -> Any:
 
         async def _call_next(self, kind: str, data: Any) -> Dict[str, np.ndarray]:
             self.calls_to_next += 1
-            return await self.next.answer.remote(kind, data)
+            return await call_with_retry(lambda: self.next.answer.remote(kind, data), self.retry_timeout_s,
+                                         f"stage {self.specs[self.index + 1].name}", on_retry=self._count_retry)
+
+        def _count_retry(self, exc: BaseException) -> None:
+            self.retries += 1
 
         async def _finish(self, logits: np.ndarray, conf: np.ndarray, exits: np.ndarray,
                           pending: Optional[tuple]) -> Dict[str, np.ndarray]:
@@ -132,8 +145,18 @@ def stage_deployment() -> Any:
             me = {"name": self.spec.name, "threshold": "inf" if math.isinf(self.threshold) else self.threshold,
                   "max_batch_size": self.max_batch_size, "cross_request_batching": self.cross_request,
                   "replica": self.replica, "batches": self.batches, "samples": self.samples,
-                  "calls_to_next": self.calls_to_next}
-            return [me, *((await self.next.info.remote()) if self.next is not None else [])]
+                  "calls_to_next": self.calls_to_next, "retries": self.retries, "status": "up"}
+            if self.next is None:
+                return [me]
+
+            async def ask() -> List[Dict[str, Any]]:
+                return await self.next.info.remote()
+
+            try:
+                return [me, *(await asyncio.wait_for(ask(), INFO_TIMEOUT_S))]
+            except Exception:  # its replica is dead, restarting, or not answering
+                return [me, *({"name": s.name, "status": "down" if k == 0 else "unknown"}
+                              for k, s in enumerate(self.specs[self.index + 1:]))]
 
         def _inputs(self, kind: str, data: Any) -> np.ndarray:
             if kind == ARRAYS:
@@ -186,38 +209,7 @@ def stage_deployment() -> Any:
             return (np.array(run.outputs, dtype=np.float32), np.asarray(run.confidence, dtype=np.float64),
                     np.asarray(run.exits, dtype=bool))
 
-        # --- HTTP (front stage) -----------------------------------------------------------------
-        async def __call__(self, request: Any) -> Any:
-            from starlette.responses import JSONResponse
-
-            # the path below the application's route prefix (Ray Serve sets it as the ASGI root_path)
-            path, root = request.url.path.rstrip("/"), request.scope.get("root_path", "").rstrip("/")
-            path = path[len(root):] if root and path.startswith(root) else path
-            try:
-                if path == "/health" and request.method == "GET":
-                    return JSONResponse({"status": "ok", "stages": await self.info()})
-                if path == "/predict" and request.method == "POST":
-                    kind, data = await self._parse(request)
-                    out = await self.answer(kind, data)
-                    return JSONResponse(self._to_json(out))
-                return JSONResponse({"error": "use POST .../predict or GET .../health"}, status_code=404)
-            except TinySaverError as exc:
-                return JSONResponse({"error": str(exc).splitlines()[0]}, status_code=400)
-
-        async def _parse(self, request: Any) -> tuple:
-            body = await read_body(request, self.limits["max_request_bytes"])
-            return parse_payload(request.headers.get("content-type", ""), body,
-                                 max_samples=self.limits["max_samples_per_request"],
-                                 max_pixels=self.limits.get("max_request_pixels"))
-
-        def _to_json(self, out: Mapping[str, np.ndarray]) -> Dict[str, Any]:
-            names = [s.name for s in self.specs]
-            stage = out["stage"].tolist()
-            return {"class": out["logits"].argmax(axis=1).tolist(), "stage": stage,
-                    "stage_name": [names[k] for k in stage], "confidence": out["confidence"].tolist(),
-                    "logits": out["logits"].tolist()}
-
     return CascadeStage
 
 
-__all__ = ["NextDeployment", "stage_deployment"]
+__all__ = ["INFO_TIMEOUT_S", "NextDeployment", "stage_deployment"]
