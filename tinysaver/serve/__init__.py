@@ -1,7 +1,9 @@
 """Serve an exported cascade (:mod:`tinysaver.runtime.export`) on Ray Serve, one deployment per stage.
 
-The front stage is the HTTP ingress: it decodes each request, answers the samples it is sure about
-and sends the others to the next stage's deployment. Every stage runs its model through
+An HTTP ingress deployment reads each request (its own upload slots and body deadline), parses and
+decodes it in a thread pool and calls the first stage, which answers the samples it is sure about
+and sends the others to the next stage's deployment; a call whose replica died is sent again
+(inference is idempotent). Every stage runs its model through
 ``@serve.batch``, so the samples that reach it from *different* requests (and from every replica
 of the stage before) form one batch: the escalated 30 % of 32 single-sample requests is one batch
 of ~10 at the base, not ten batches of one, and it leaves the front stage in one call. Each stage has its own replicas, resources
@@ -23,16 +25,21 @@ HTTP API (``route_prefix`` + ...):
   "logits": [[...]]}``, one entry per sample in request order.
 - ``GET /health``: every stage's name, threshold, batching, and for the replica that answered: its
   id, how many model runs (``batches``) over how many ``samples`` it made, and its
-  ``calls_to_next`` (calls carrying escalated samples to the next stage).
+  ``calls_to_next`` (calls carrying escalated samples to the next stage), ``retries`` and
+  ``status`` (``up``; a stage that does not answer is ``down``, the whole ``status`` then
+  ``degraded`` instead of ``ok``), and the ingress replica's id, uploads in progress and retries.
 
-A bad request (wrong shape or dtype, undecodable image, payload over ``max_request_bytes``, more
-than ``max_samples_per_request`` samples, images of more than ``max_request_pixels`` pixels in all,
-an image more than 100 times longer than wide, malformed JSON) is answered 400 ``{"error": "<one
-line>"}``; the replica keeps serving. The pixel limit is read from each image's header before it
+A bad request (wrong shape or dtype, undecodable image, more than ``max_samples_per_request``
+samples, images of more than ``max_request_pixels`` pixels in all, an image more than 100 times
+longer than wide, malformed JSON or JSON nested over 32 deep, a ``.npy`` header that does not
+match its body) is answered 400 ``{"error": "<one line>"}``, a body over ``max_request_bytes`` 413
+(after the rest of it is read, so every client reads the answer), a body not received within
+``body_timeout_s`` 408; the replica keeps serving. Dtypes: float32, float64 (narrowed to
+float32); nothing else is converted. The pixel limit is read from each image's header before it
 is decoded: a compressed image is small on the wire and large in memory (100 kB of PNG can hold
 10,000 x 10,000 pixels). Overload is Ray Serve's back-pressure: a request beyond a
 deployment's ``max_ongoing_requests`` waits in its queue, beyond ``max_queued_requests`` it gets
-503.
+503; more than ``ingress.max_concurrent_uploads`` bodies being received at once also get 503.
 
 The thresholds are each stage's ``user_config``: redeploying with new thresholds (``serve.run(build_app(config))``
 again, ``tinysaver serve`` noticing its config file changed) calls ``reconfigure`` on the running
@@ -48,14 +55,16 @@ Config (the ``args`` of a Ray Serve application, see ``configs/serve/fmnist_casc
     max_samples_per_request: 256
     max_request_pixels: 67108864          # decoded pixels of a request's images, in all
     base_only: false                    # serve the last stage alone (the reference of a benchmark)
+    ingress: {max_concurrent_uploads: 512, body_timeout_s: 10, retry_timeout_s: 60, decode_threads: null}
     stage_defaults: {max_batch_size: 32, batch_wait_timeout_s: 0.005, threads: 1}
     stages:                             # optional, one entry per stage, over stage_defaults
       - {num_replicas: 2, ray_actor_options: {num_cpus: 1}}
       - {num_replicas: 1, ray_actor_options: {num_gpus: 1}, providers: [CUDAExecutionProvider]}
 
-Modules: :mod:`~tinysaver.serve.config` (the config and each stage's options),
-:mod:`~tinysaver.serve.payload` (request bodies), :mod:`~tinysaver.serve.stage` (a stage as a
-deployment), :mod:`~tinysaver.serve.app` (:func:`build_app`).
+Modules: :mod:`~tinysaver.serve.config` (the config, each stage's and the ingress's options),
+:mod:`~tinysaver.serve.payload` (request bodies), :mod:`~tinysaver.serve.ingress` (HTTP),
+:mod:`~tinysaver.serve.stage` (a stage as a deployment), :mod:`~tinysaver.serve.retry` (calls that
+survive a replica's death), :mod:`~tinysaver.serve.app` (:func:`build_app`).
 
 May import: the core (errors, routing, thresholds) and :mod:`tinysaver.runtime` (sessions only
 through :mod:`tinysaver.runtime.backends`); Ray and starlette inside functions only, so importing

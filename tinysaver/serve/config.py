@@ -85,15 +85,15 @@ class IngressOptions:
         body_timeout_s: A body not received within this many seconds of the request reaching the
             ingress gets 408 (a stalled client holds an upload slot no longer than this).
         decode_threads: Threads that parse and decode bodies off the event loop (None: the
-            replica's ``num_cpus``, at least 1).
+            replica's ``num_cpus``, at least 1: one core's worth of decoding by default).
         retry_timeout_s: How long a request whose stage replica died is retried (inference is
             idempotent) before it gets 503.
         health_check_period_s, graceful_shutdown_timeout_s: As for a stage.
     """
 
     num_replicas: int = 1
-    # half a CPU: it runs no model, and a small cluster keeps room for the stages
-    ray_actor_options: Dict[str, Any] = field(default_factory=lambda: {"num_cpus": 0.5})
+    # no CPU reserved (as Ray Serve's own proxy): it runs no model, and the stages keep the cores
+    ray_actor_options: Dict[str, Any] = field(default_factory=lambda: {"num_cpus": 0})
     max_ongoing_requests: int = 1024
     max_queued_requests: int = -1
     max_concurrent_uploads: int = 512

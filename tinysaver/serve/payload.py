@@ -79,22 +79,25 @@ async def read_body(request: Any, limit: int, timeout_s: Optional[float] = None,
 
 
 def parse_payload(content_type: str, body: bytes, max_samples: Optional[int] = None,
-                  max_pixels: Optional[int] = None) -> tuple:
+                  max_pixels: Optional[int] = None, pil: bool = False) -> tuple:
     """``(kind, data)`` of a request body: float32 arrays or decoded uint8 images (one-line errors).
 
     Args:
+        pil: Images as PIL images (``L`` or ``RGB``) instead of uint8 arrays (spares two copies of
+            a large image when it is preprocessed right away).
         max_samples: Most samples (array rows or images) in one body; checked before any image is
             decoded.
         max_pixels: Most decoded pixels of the body's images in all, checked on each image's header
             before it is decoded.
     """
-    kind, data = _parse_payload(content_type, body, max_samples, max_pixels)
+    kind, data = _parse_payload(content_type, body, max_samples, max_pixels, pil)
     if max_samples is not None and len(data) > max_samples:
         raise TinySaverError(f"{len(data)} samples in one request (max_samples_per_request is {max_samples})")
     return kind, data
 
 
-def _parse_payload(content_type: str, body: bytes, max_samples: Optional[int], max_pixels: Optional[int]) -> tuple:
+def _parse_payload(content_type: str, body: bytes, max_samples: Optional[int], max_pixels: Optional[int],
+                   pil: bool) -> tuple:
     ctype = content_type.split(";")[0].strip().lower()
     if not body:
         raise TinySaverError("empty request body")
@@ -115,11 +118,11 @@ def _parse_payload(content_type: str, body: bytes, max_samples: Optional[int], m
             raise TinySaverError('"images" must be a non-empty list of base64 strings')
         if max_samples is not None and len(images) > max_samples:
             raise TinySaverError(f"{len(images)} samples in one request (max_samples_per_request is {max_samples})")
-        return IMAGES, _decode_all([_b64(img, i) for i, img in enumerate(images)], max_pixels)
+        return IMAGES, _decode_all([_b64(img, i) for i, img in enumerate(images)], max_pixels, pil)
     if ctype in ("application/x-npy", "application/octet-stream"):
         return ARRAYS, _as_batch(parse_npy(body, max_samples))
     if ctype.startswith("image/"):
-        return IMAGES, [decode_to_array(body, "image", max_pixels)]
+        return IMAGES, [(decode_pil if pil else decode_to_array)(body, "image", max_pixels)]
     raise TinySaverError(f"unsupported content type {ctype or 'none'!r} (use application/json, "
                          f"application/x-npy or image/*)")
 
@@ -197,21 +200,22 @@ def _b64(value: Any, i: int) -> bytes:
         raise TinySaverError(f"image {i}: not valid base64") from None
 
 
-def _decode_all(encoded: Sequence[bytes], max_pixels: Optional[int]) -> List[np.ndarray]:
+def _decode_all(encoded: Sequence[bytes], max_pixels: Optional[int], pil: bool = False) -> List[Any]:
     """Decodes a request's images; each is refused from its header when the request's pixels would
     pass ``max_pixels`` with it."""
-    out: List[np.ndarray] = []
+    out: List[Any] = []
     used = 0
     for i, data in enumerate(encoded):
         left = None if max_pixels is None else max_pixels - used
-        out.append(decode_to_array(data, f"image {i}", left, max_pixels))
-        used += out[-1].shape[0] * out[-1].shape[1]
+        img = decode_pil(data, f"image {i}", left, max_pixels)
+        used += img.width * img.height
+        out.append(img if pil else np.asarray(img, dtype=np.uint8))
     return out
 
 
-def decode_to_array(data: bytes, what: str, max_pixels: Optional[int] = None,
-                    request_pixels: Optional[int] = None) -> np.ndarray:
-    """An encoded image as uint8 ``[H, W]`` (grayscale) or ``[H, W, 3]``: what travels between stages.
+def decode_pil(data: bytes, what: str, max_pixels: Optional[int] = None,
+               request_pixels: Optional[int] = None) -> Any:
+    """An encoded image as a PIL image of mode ``L`` or ``RGB``.
 
     Args:
         max_pixels: Refused from its header beyond that many pixels (what the request has left).
@@ -219,10 +223,15 @@ def decode_to_array(data: bytes, what: str, max_pixels: Optional[int] = None,
     """
     limit = f"max_request_pixels ({request_pixels or max_pixels} decoded pixels per request)"
     img = decode_image(data, what, max_pixels=max_pixels, limit=limit)
-    if img.mode not in ("L", "RGB"):
-        img = img.convert("RGB")
-    return np.asarray(img, dtype=np.uint8)
+    return img if img.mode in ("L", "RGB") else img.convert("RGB")
+
+
+def decode_to_array(data: bytes, what: str, max_pixels: Optional[int] = None,
+                    request_pixels: Optional[int] = None) -> np.ndarray:
+    """An encoded image as uint8 ``[H, W]`` (grayscale) or ``[H, W, 3]``: what travels between stages
+    (arguments as :func:`decode_pil`)."""
+    return np.asarray(decode_pil(data, what, max_pixels, request_pixels), dtype=np.uint8)
 
 
 __all__ = ["ARRAYS", "IMAGES", "MAX_JSON_DEPTH", "DRAIN_BYTES", "RequestError", "take", "read_body", "parse_payload",
-           "parse_npy", "check_dtype", "json_depth", "decode_to_array"]
+           "parse_npy", "check_dtype", "json_depth", "decode_pil", "decode_to_array"]
