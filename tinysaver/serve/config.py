@@ -84,7 +84,8 @@ class IngressOptions:
             ``max_ongoing_requests`` bound: slow uploads never hold a stage's slot.
         body_timeout_s: A body not received within this many seconds of the request reaching the
             ingress gets 408 (a stalled client holds an upload slot no longer than this).
-        decode_threads: Threads that parse and decode bodies off the event loop (None: the
+        decode_threads: Workers that parse bodies off the event loop: threads for arrays, and
+            processes of lower CPU priority that decode and preprocess images (None: the
             replica's ``num_cpus``, at least 1: one core's worth of decoding by default).
         retry_timeout_s: How long a request whose stage replica died is retried (inference is
             idempotent) before it gets 503.
