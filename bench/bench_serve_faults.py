@@ -25,6 +25,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -295,6 +296,7 @@ def main() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+        shutil.rmtree(tmp, ignore_errors=True)
     log = [ln for ln in err.splitlines() if ln.startswith("tinysaver serve:")]
     result = {"rows": rows, "serve_log": log, "clients": args.clients, "num_cpus": args.num_cpus,
               "load_average_end": [round(v, 2) for v in os.getloadavg()], "config": "configs/serve/fmnist_cascade.yaml"}
