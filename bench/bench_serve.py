@@ -69,7 +69,7 @@ def export_pair(pair: str, args: argparse.Namespace, out: Path) -> Dict[str, Any
     import torch
 
     from tinysaver import Cascade
-    from tinysaver.export import export_cascade
+    from tinysaver.runtime.export import export_cascade
     from tinysaver.plugins.timm import create_classifier, data_config
 
     torch.set_grad_enabled(False)

@@ -23,7 +23,7 @@ import torch
 
 from tinysaver import Cascade, TinySaverError
 from tinysaver.confidence import build_confidence
-from tinysaver.export import export_cascade
+from tinysaver.runtime.export import export_cascade
 from tinysaver.runtime import OnnxCascade, preprocess_image
 
 from .helpers import ROOT
@@ -328,3 +328,35 @@ def test_a_stage_model_can_run_a_batch_in_slices(small_export, inputs):
     x = inputs[:10]
     assert sliced(x).shape == whole(x).shape == (10, 10)
     assert np.abs(sliced(x) - whole(x)).max() <= 1e-5
+
+
+def test_a_registered_backend_builds_every_session(small_export, inputs):
+    """The runtime seam: a backend registered by name (here one that wraps onnxruntime and counts)
+    builds every session OnnxCascade runs; nothing else changes."""
+    from tinysaver.runtime.backends import BACKENDS, OnnxRuntimeBackend
+
+    built = []
+
+    class Counting(OnnxRuntimeBackend):
+        name = "counting_test_backend"
+
+        def session(self, graph, **options):
+            built.append(str(graph))
+            return super().session(graph, **options)
+
+    BACKENDS.register(Counting.name)(Counting)
+    try:
+        out = OnnxCascade(small_export, backend=Counting.name)(inputs[:8])
+        want = OnnxCascade(small_export)(inputs[:8])
+    finally:
+        del BACKENDS._items[Counting.name]
+    assert [p.rsplit("/", 1)[-1] for p in built] == [s.file for s in out_specs(small_export)]
+    np.testing.assert_array_equal(out.logits, want.logits)
+    with pytest.raises(TinySaverError, match="unknown runtime backend 'nope'"):
+        OnnxCascade(small_export, backend="nope")
+
+
+def out_specs(directory):
+    from tinysaver.runtime import read_manifest, stage_specs
+
+    return stage_specs(read_manifest(directory))

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from tinysaver import Cascade
-from tinysaver.export import export_cascade
+from tinysaver.runtime.export import export_cascade
 
 from .helpers import ROOT
 from .test_export import FMNIST_PREPROCESS, gap_threshold
@@ -114,6 +114,13 @@ def _npy(x: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _npy_header(shape, descr="<f4") -> bytes:
+    """A .npy header claiming ``shape``, without the data."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
 def _post_npy(url, x):
     r = requests.post(f"{url}/predict", data=_npy(x), headers={"content-type": "application/x-npy"}, timeout=120)
     return r.status_code, r.json()
@@ -194,10 +201,21 @@ def test_multi_sample_json_and_images_equal_arrays(server, models, data):
      "image: 1100x1000 pixels would pass max_request_pixels (1000000 decoded pixels per request)"),
     (dict(json={"images": [base64.b64encode(_png(600, 600)).decode()] * 3}), "image 2: 600x600 pixels would pass"),
     (dict(data=_png(20_000, 1), headers={"content-type": "image/png"}), "more than 100 times longer than wide"),
+    # hostile shapes: refused before they cost memory or a stack (each was a 500)
+    (dict(data=b"[" * 100_000 + b"]" * 100_000, headers={"content-type": "application/json"}),
+     "JSON nested 100000 deep (at most 32)"),
+    (dict(data=_npy_header((10**12, 1, 28, 28)) + b"\0" * 64, headers={"content-type": "application/x-npy"}),
+     "1000000000000 samples in one request"),
+    (dict(data=_npy_header((8, 1, 28, 28)) + b"\0" * 64, headers={"content-type": "application/x-npy"}),
+     ".npy header says [8, 1, 28, 28] float32 (25088 bytes), the body holds 64 bytes"),
+    # the dtype policy: float32 (float64 narrowed), nothing else converted silently
+    (dict(data=_npy(np.zeros((1, 1, 28, 28), np.float16)), headers={"content-type": "application/x-npy"}),
+     "dtype float16"),
+    (dict(json={"inputs": [[["0.5"] * 28] * 28]}), "rectangular nested list of numbers (got strings)"),
 ])
 def test_bad_requests_get_400_with_one_line_and_the_server_keeps_serving(server, data, kwargs, reason):
     r = requests.post(f"{server['url']}/predict", timeout=120, **kwargs)
-    assert r.status_code == 400
+    assert r.status_code == (413 if "max_request_bytes" in reason else 400)
     error = r.json()["error"]
     assert reason in error and "\n" not in error
     code, answer = _post_npy(server["url"], data[1][:1])
@@ -361,3 +379,182 @@ def test_cli_serve_applies_a_changed_config_to_the_running_replicas(server, tmp_
             proc.kill()
             out, err = proc.communicate()
             print(out, err[-3000:])
+
+
+def test_an_over_long_body_gets_a_413_that_urllib_reads(server):
+    """urllib sends the whole body before it reads the answer: the server reads (and drops) the rest
+    of an over-long body before answering, so the client reads the 413 instead of a reset."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"{server['url']}/predict", data=b"0" * 5_000_000,
+                                     headers={"content-type": "application/x-npy"})
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request, timeout=60)
+    assert info.value.code == 413
+    assert "exceeds max_request_bytes (300000)" in json.loads(info.value.read())["error"]
+
+
+def _slow_upload(port: int, path: str) -> socket.socket:
+    """A client that sends the headers and 100 of the 10,000 body bytes it announces, then stalls."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-npy\r\n"
+                 "Content-Length: 10000\r\n\r\n".encode() + b"0" * 100)
+    return sock
+
+
+def test_stalled_uploads_are_bounded_and_timed_out_apart_from_inference(server, data):
+    """Uploads have their own slots (max_concurrent_uploads) and deadline (body_timeout_s): stalled
+    clients get 408, one beyond the bound 503 at once, and the stages keep answering meanwhile."""
+    import time
+
+    from ray import serve
+
+    from tinysaver.serve import build_app
+
+    guard = {**server["config"], "ingress": {"ray_actor_options": {"num_cpus": 0.25}, "max_concurrent_uploads": 3,
+                                             "body_timeout_s": 2.0}}
+    serve.run(build_app(guard), name="guard", route_prefix="/guard")
+    try:
+        url = f"{server['url']}/guard"
+        assert _post_npy(url, data[1][:1])[0] == 200
+        stalled = [_slow_upload(server["port"], "/guard/predict") for _ in range(3)]
+        time.sleep(0.5)
+        start = time.monotonic()
+        code, answer = _post_npy(url, data[1][:1])
+        assert code == 503 and "max_concurrent_uploads is 3" in answer["error"]
+        assert _post_npy(server["url"], data[1][:1])[0] == 200  # the other application is untouched
+        for sock in stalled:
+            answer = b""
+            while b"}" not in answer:  # the status line and headers, then the JSON body
+                part = sock.recv(4096)
+                if not part:
+                    break
+                answer += part
+            assert answer.startswith(b"HTTP/1.1 408"), answer
+            assert b"not received within 2 s" in answer
+            sock.close()
+        assert time.monotonic() - start < 10
+        assert _post_npy(url, data[1][:1])[0] == 200  # slots free again
+    finally:
+        serve.delete("guard")
+
+
+def test_a_killed_stage_replica_loses_no_request(server, data):
+    """kill -9 of the base replica, then of the saver replica, under 4 clients: every request is
+    answered 200 (calls to a dead replica are sent again) and each stage is back."""
+    import signal
+    import threading
+    import time
+
+    url, x = server["url"], data[1]
+    codes, health = [], []
+    stop = threading.Event()
+
+    def client(i):
+        while not stop.is_set():
+            codes.append(_post_npy(url, x[i:i + 1])[0])
+
+    def replicas():
+        return [s["replica"] for s in requests.get(f"{url}/health", timeout=60).json()["stages"]]
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for k in (1, 0):
+            before = replicas()
+            os.kill(int(before[k].split("-")[0]), signal.SIGKILL)
+            end = time.monotonic() + 60
+            while time.monotonic() < end:
+                body = requests.get(f"{url}/health", timeout=60).json()
+                health.append(body["status"])
+                if body["status"] == "ok" and body["stages"][k]["replica"] != before[k]:
+                    break
+                time.sleep(0.2)
+            else:
+                raise AssertionError(f"stage {k} not back within 60 s")
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert len(codes) > 20 and set(codes) == {200}, sorted(set(codes))
+
+
+def test_health_says_degraded_while_a_stage_does_not_answer(server):
+    """The ingress's /health with a first stage whose replica is gone: "degraded", the stage "down"
+    (the kill above usually recovers before a health call sees it)."""
+    import asyncio
+
+    from starlette.requests import Request
+
+    from tinysaver.serve.ingress import ingress_deployment
+
+    class Dead:
+        class info:
+            @staticmethod
+            def remote():
+                from ray.exceptions import ActorDiedError
+
+                async def fail():
+                    raise ActorDiedError()
+                return fail()
+
+    ingress = ingress_deployment()(str(server["export_dir"]), 0, {}, {"max_request_bytes": 10,
+                                                                      "max_samples_per_request": 1}, Dead())
+    scope = {"type": "http", "method": "GET", "path": "/health", "root_path": "", "headers": [], "query_string": b""}
+    answer = json.loads(asyncio.run(ingress(Request(scope))).body)
+    assert answer["status"] == "degraded"
+    assert answer["stages"] == [{"name": "fmnist_cnn_s", "status": "down"}, {"name": "fmnist_cnn_l", "status": "unknown"}]
+
+
+def test_cli_serve_ends_within_30_s_of_sigterm_under_load(server, tmp_path):
+    """SIGTERM under load: `tinysaver serve` removes its application and ends within 30 s."""
+    import signal
+    import threading
+    import time
+
+    import ray
+
+    config = tmp_path / "term.yaml"
+    config.write_text(json.dumps({"applications": [{
+        "name": "term", "route_prefix": "/term", "import_path": "tinysaver.serve:build_app",
+        "args": {"export_dir": str(server["export_dir"]), "ingress": {"ray_actor_options": {"num_cpus": 0.25}},
+                 "stage_defaults": {"ray_actor_options": {"num_cpus": 0.25}}}}]}))
+    address = ray.get_runtime_context().gcs_address
+    proc = subprocess.Popen([sys.executable, "-m", "tinysaver.cli", "serve", str(config), "--address", address,
+                             "--port", str(server["port"])],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    stop = threading.Event()
+    body = _npy(np.zeros((8, 1, 28, 28), np.float32))
+
+    def client():
+        while not stop.is_set():
+            try:
+                requests.post(f"{server['url']}/term/predict", data=body, timeout=30,
+                              headers={"content-type": "application/x-npy"})
+            except requests.RequestException:
+                pass
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    try:
+        assert "serving term" in proc.stdout.readline()
+        for t in threads:
+            t.start()
+        time.sleep(2.0)
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        took = time.monotonic() - start
+        assert proc.returncode == 0 and took < 30, (took, err[-2000:])
+        from ray import serve
+
+        assert "term" not in serve.status().applications
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()

@@ -48,7 +48,6 @@ sys.path.insert(0, str(ROOT / "tools"))
 import train_esn  # noqa: E402  (tools/train_esn.py: caches, datasets, record writing)
 
 from tinysaver.analysis import PAPER_DROPS, ChainPoint, Plan, plan_chains  # noqa: E402
-from tinysaver.models.complexity import count_gmacs  # noqa: E402
 from tinysaver.esn import ExitSequenceNetwork  # noqa: E402
 from tinysaver.esn.evaluation import (live_vs_simulation, measure_esn_speed, plain_records, stage_names,  # noqa: E402
                                       stage_records)

@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="one threshold per stage but the last ('inf': nothing exits there)")
     p.add_argument("--out", required=True, metavar="DIR", help="export directory (created; export files replaced)")
     p.add_argument("--confidence", default="max_softmax", help="registered confidence function")
-    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: tinysaver.export.DEFAULT_OPSET)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: tinysaver.runtime.export.DEFAULT_OPSET)")
     p.add_argument("--single-graph", action="store_true",
                    help="also write cascade_single.onnx: the cascade as one graph, routing inside")
 
@@ -35,12 +35,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..confidence import build_confidence
     from ..errors import TinySaverError
-    from ..export import DEFAULT_OPSET, export_cascade
     from ..io import check_outputs
     from ..models.cascade import Cascade
     from ..pipeline import ModelSpec
     from ..registry import classifier_source
-    from ..runtime import parse_thresholds
+    from ..runtime.export import DEFAULT_OPSET, export_cascade
+    from ..thresholds import check_thresholds
 
     specs = [ModelSpec.parse(text) for text in args.stages]
     if len(specs) < 2:
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         raise TinySaverError(f"--stages: {', '.join(map(repr, twice))} appear(s) more than once with the same weights "
                              f"(a second run of a model answers nothing new and is paid again)")
     try:
-        thresholds = parse_thresholds(args.thresholds, len(specs))
+        thresholds = check_thresholds(args.thresholds, len(specs))
     except TinySaverError as exc:
         raise TinySaverError(f"--thresholds {' '.join(args.thresholds)}: {exc}") from None
     confidence = build_confidence(args.confidence)

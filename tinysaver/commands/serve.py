@@ -8,6 +8,12 @@ the end), deploys the cascade and serves it until interrupted: POST <prefix>/pre
 the running replicas (Ray Serve user_config: no restart, queues kept). --check deploys, calls
 /health, answers one request and exits.
 
+SIGINT or SIGTERM ends it within 30 s at any load: the replicas get graceful_shutdown_timeout_s
+(5 s by default) to finish their requests, then the application is removed (and the local Ray
+instance stopped); past 30 s it exits with status 1. While it runs it prints a line whenever a
+deployment's replicas stop running (a crash, Ray's memory monitor) and when they are back, and
+the lines in which Ray's memory monitor reports killing workers.
+
 The same file works with Ray's own CLI: `serve run configs/serve/fmnist_cascade.yaml`.
 
 Example (after the `tinysaver export` example wrote outputs/exported/fmnist_s_l):
@@ -26,11 +32,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
     p.add_argument("--check", action="store_true", help="deploy, call /health and /predict once, shut down")
     p.add_argument("--poll-s", type=float, default=1.0, help="how often CONFIG is checked for changes (seconds)")
+    p.add_argument("--object-store-mb", type=int, default=1024,
+                   help="object store of the local Ray instance, in MiB (default 1024; Ray's own default is 30%% "
+                        "of the machine's memory)")
+
+
+#: the most seconds `tinysaver serve` takes to end after SIGINT/SIGTERM (then it exits anyway)
+SHUTDOWN_S = 30.0
+#: HTTP options of the config file passed on to Ray Serve's proxy (besides host and port)
+PROXY_OPTIONS = ("request_timeout_s", "keep_alive_timeout_s")
 
 
 def run(args: argparse.Namespace) -> int:
     import json
     import os
+    import signal
     import sys
     import time
 
@@ -41,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     if args.port is not None and not 0 < args.port < 65536:
         raise TinySaverError(f"--port must be in 1..65535, got {args.port}")
     at_least(args.num_cpus, 1, "--num-cpus")
+    at_least(args.object_store_mb, 100, "--object-store-mb")
     if not args.poll_s > 0:
         raise TinySaverError(f"--poll-s must be > 0 seconds, got {args.poll_s}")
     mtime = os.stat(args.config).st_mtime if os.path.exists(args.config) else None  # before reading: no edit missed
@@ -54,20 +71,27 @@ def run(args: argparse.Namespace) -> int:
     if args.port:
         http["port"] = args.port
     if args.address:
-        ray.init(address=args.address, include_dashboard=False, log_to_driver=False)
+        context = ray.init(address=args.address, include_dashboard=False, log_to_driver=False)
     else:  # a local instance talks over the loopback only
-        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+        context = ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False,
+                           _node_ip_address="127.0.0.1", object_store_memory=args.object_store_mb * 1024 * 1024)
+    # SIGTERM (a service manager, `kill`) ends it like Ctrl-C: the application is removed (set after
+    # ray.init, whose own handler exits with status 15)
+    signal.signal(signal.SIGTERM, _interrupt)
     name = loaded["name"]
     try:
-        serve.start(http_options={"host": http["host"], "port": http["port"]})
+        serve.start(http_options={"host": http["host"], "port": http["port"],
+                                  **{k: http[k] for k in PROXY_OPTIONS if k in http}})
         prefix = loaded["route_prefix"]
         serve.run(build_app(loaded["args"]), name=name, route_prefix=prefix)
         url = f"http://{http['host']}:{http['port']}{prefix.rstrip('/')}"
         print(f"serving {name}: POST {url}/predict, GET {url}/health", flush=True)
         if args.check:
             return _check(url, ServeConfig.from_dict(loaded["args"], args.config))
+        watch = ReplicaWatch(name, getattr(context, "address_info", {}).get("session_dir"))
         while True:  # until Ctrl-C
             time.sleep(args.poll_s)
+            watch.poll()
             now = os.stat(args.config).st_mtime
             if now != mtime:
                 mtime = now
@@ -81,11 +105,89 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        if args.address:  # a shared cluster: remove this application only
+        _shut_down(name, bool(args.address))
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _shut_down(name: str, shared: bool) -> None:
+    """Removes the application (a shared cluster) or stops Serve and the local Ray instance, within
+    :data:`SHUTDOWN_S` whatever the load; further signals are ignored meanwhile."""
+    import os
+    import signal
+    import sys
+    import threading
+
+    import ray
+    from ray import serve
+
+    def give_up():
+        print(f"tinysaver serve: shutdown took over {SHUTDOWN_S:g} s; exiting", file=sys.stderr, flush=True)
+        os._exit(1)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    timer = threading.Timer(SHUTDOWN_S, give_up)
+    timer.daemon = True
+    timer.start()
+    try:
+        if shared:  # a shared cluster: remove this application only
             serve.delete(name)
         else:
             serve.shutdown()
         ray.shutdown()
+    finally:
+        timer.cancel()
+
+
+class ReplicaWatch:
+    """Prints a line when a deployment of the application has fewer replicas running than before
+    (a crash, Ray's memory monitor), when it is back, and each report of Ray's memory monitor
+    killing workers in this node's raylet log."""
+
+    def __init__(self, name: str, session_dir=None) -> None:
+        import os
+
+        self.name = name
+        self.running: dict = {}
+        self.log = os.path.join(session_dir, "logs", "raylet.out") if session_dir else None
+        self.offset = os.path.getsize(self.log) if self.log and os.path.exists(self.log) else 0
+        self.poll()
+
+    def poll(self) -> None:
+        import sys
+
+        from ray import serve
+
+        try:
+            app = serve.status().applications.get(self.name)
+        except Exception as exc:  # the controller itself is gone (restarting)
+            print(f"tinysaver serve: Ray Serve's controller does not answer ({type(exc).__name__})",
+                  file=sys.stderr, flush=True)
+            return
+        for dep, status in (app.deployments.items() if app else []):
+            running = int(status.replica_states.get("RUNNING", 0))
+            before = self.running.get(dep)
+            self.running[dep] = running
+            if before is not None and running != before:
+                message = " ".join(str(status.message or "").split())[:300]
+                print(f"tinysaver serve: deployment {dep}: {running} replica(s) running (was {before}), "
+                      f"{getattr(status.status, 'value', status.status)}{': ' + message if message else ''}", file=sys.stderr, flush=True)
+        for line in self._memory_kills():
+            print(f"tinysaver serve: Ray's memory monitor: {line}", file=sys.stderr, flush=True)
+
+    def _memory_kills(self) -> list:
+        import os
+
+        if not self.log or not os.path.exists(self.log):
+            return []
+        with open(self.log, "rb") as f:
+            f.seek(self.offset)
+            text = f.read().decode(errors="replace")
+            self.offset = f.tell()
+        return [" ".join(line.split())[:400] for line in text.splitlines() if "low on memory" in line]
 
 
 def read_config(path: str) -> dict:

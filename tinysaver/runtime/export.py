@@ -1,4 +1,4 @@
-"""Export a live :class:`~tinysaver.cascade.Cascade` for serving: one ONNX graph per stage plus
+"""Export a live :class:`~tinysaver.models.cascade.Cascade` for serving: one ONNX graph per stage plus
 ``cascade.json``, run by :class:`tinysaver.runtime.OnnxCascade` (onnxruntime, no PyTorch).
 
 Why one graph per stage: the routing (which samples go on, gathered into one batch) is data, not
@@ -37,11 +37,12 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .confidence import CONFIDENCES
-from .errors import TinySaverError
-from .io import atomic_open, write_json
-from .runtime import FORMAT, MANIFEST, VERSION
-from .thresholds import threshold_to_json
+from ..confidence import CONFIDENCES
+from ..errors import TinySaverError
+from ..io import atomic_open, write_json
+from ..thresholds import threshold_to_json
+from .backends import get_backend
+from .manifest import FORMAT, MANIFEST, VERSION
 
 #: ONNX opset of the exported graphs (onnxruntime >= 1.14 runs it)
 DEFAULT_OPSET = 17
@@ -60,7 +61,7 @@ def export_cascade(cascade: Any, out_dir: str | Path, *, names: Optional[Sequenc
     """Writes ``cascade`` as ONNX stage graphs and ``cascade.json`` into ``out_dir``.
 
     Args:
-        cascade: A :class:`tinysaver.cascade.Cascade` (any device/dtype: it is exported from a
+        cascade: A :class:`tinysaver.models.cascade.Cascade` (any device/dtype: it is exported from a
             float32 CPU copy). Its confidence functions must be registered ones (the runtime
             rebuilds them by name) and it must not carry per-stage torch ``preprocess`` callables
             (the preprocessing is the data config's).
@@ -168,7 +169,7 @@ def _preprocess_of(cfg: Mapping[str, Any], name: str) -> Dict[str, Any]:
 
 
 def _count_gmacs(model: Any, input_size: Sequence[int]) -> float:
-    from .models.complexity import count_gmacs
+    from ..models.complexity import count_gmacs
 
     return count_gmacs(model, input_size)
 
@@ -194,19 +195,11 @@ def _export_stage(model: Any, input_size: Sequence[int], opset: int, name: str) 
     want = model(check)
     if not isinstance(want, torch.Tensor) or want.ndim != 2:
         raise TinySaverError(f"{name}: the model must return logits [batch, classes], got {type(want).__name__}")
-    got = _ort_session(graph).run([OUTPUT], {INPUT: check.numpy()})[0]
+    got = get_backend("onnxruntime").session(graph).run([OUTPUT], {INPUT: check.numpy()})[0]
     err = float(np.abs(got - want.numpy()).max())
     if not err <= EXPORT_ATOL:
         raise TinySaverError(f"{name}: onnxruntime logits differ from PyTorch's by {err:.3g} (> {EXPORT_ATOL})")
     return graph, int(want.shape[1])
-
-
-def _ort_session(graph: bytes) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
 
 # --- the cascade as one graph ---------------------------------------------------------------------

@@ -1,0 +1,74 @@
+"""``cascade.json``, the manifest of an export directory (:mod:`tinysaver.runtime.export`): its
+format, its checks (format, version, one threshold per stage but the last, every stage file present
+with its sha256) and each stage's entry as a :class:`StageSpec`.
+
+Numpy-free and torch-free: the exporter, the runtime and the server all read it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, NamedTuple
+
+from ..errors import TinySaverError
+
+MANIFEST = "cascade.json"
+FORMAT, VERSION = "tinysaver-onnx-cascade", 1
+
+
+class StageSpec(NamedTuple):
+    """One stage of ``cascade.json``."""
+
+    name: str
+    file: str
+    input_size: tuple
+    preprocess: Dict[str, Any]
+    confidence: str
+    gmacs: float
+    num_classes: int
+
+
+def read_manifest(directory: str | Path) -> Dict[str, Any]:
+    """``cascade.json`` of an export directory, checked (format, version, one threshold per stage
+    but the last, every stage file present with its sha256)."""
+    directory = Path(directory)
+    path = directory / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise TinySaverError(f"{path}: not found (write it with `tinysaver export`)") from None
+    except ValueError as exc:
+        raise TinySaverError(f"{path}: not JSON ({exc})") from None
+    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        raise TinySaverError(f"{path}: not a {FORMAT} v{VERSION} manifest")
+    stages = manifest.get("stages") or []
+    if len(stages) < 2 or len(manifest.get("thresholds", [])) != len(stages) - 1:
+        raise TinySaverError(f"{path}: needs >= 2 stages and one threshold per stage but the last")
+    for stage in stages:
+        check_file(directory, stage["file"], stage["sha256"])
+    return manifest
+
+
+def check_file(directory: Path, file: str, sha256: str) -> None:
+    """Refuses a stage file that is missing or whose sha256 is not the manifest's."""
+    path = directory / file
+    if not path.is_file():
+        raise TinySaverError(f"{path}: stage graph missing")
+    if hashlib.sha256(path.read_bytes()).hexdigest() != sha256:
+        raise TinySaverError(f"{path}: sha256 differs from {MANIFEST} (file changed after export)")
+
+
+def stage_specs(manifest: Mapping[str, Any]) -> List[StageSpec]:
+    return [StageSpec(name=s["name"], file=s["file"], input_size=tuple(s["preprocess"]["input_size"]),
+                      preprocess=dict(s["preprocess"]), confidence=s["confidence"], gmacs=float(s["gmacs"]),
+                      num_classes=int(s["num_classes"])) for s in manifest["stages"]]
+
+
+def preprocess_key(p: Mapping[str, Any]) -> tuple:
+    """A hashable key of a stage's preprocessing: stages with equal keys take the same input."""
+    return tuple((k, json.dumps(p[k], sort_keys=True)) for k in sorted(p))
+
+
+__all__ = ["MANIFEST", "FORMAT", "VERSION", "StageSpec", "read_manifest", "check_file", "stage_specs",
+           "preprocess_key"]

@@ -1,0 +1,174 @@
+"""The HTTP ingress (:func:`ingress_deployment`): reads each body under its own limits, parses and
+decodes it in a thread pool, calls the first stage (again if its replica died) and answers.
+
+It runs no model. Separating it from the first stage keeps three things apart: slow uploads (an
+upload slot, :class:`~tinysaver.serve.config.IngressOptions` ``max_concurrent_uploads``, for at
+most ``body_timeout_s``) from inference capacity (the stages' ``max_ongoing_requests``); decoding
+(threads) from the event loop that routes every other request; and a dead stage replica from a
+lost request (the call is retried).
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from ..errors import TinySaverError
+from ..runtime.cascade import check_batch
+from ..runtime.manifest import preprocess_key, read_manifest, stage_specs
+from ..runtime.preprocess import preprocess_image
+from .config import IngressOptions
+from .payload import ARRAYS, IMAGES, RequestError, parse_payload, read_body
+from .retry import call_with_retry, cause_of
+
+#: how long /health waits for the stages' own report before calling them down
+HEALTH_TIMEOUT_S = 3.0
+#: how much lower the decode threads' CPU priority is than the replica's (niceness, capped at 19):
+#: on a busy machine the cores go to routing and inference first, and a client sending huge images
+#: waits instead of slowing everyone (Ray starts its workers at niceness 15; decoding then runs at 19)
+DECODE_NICE = 10
+
+
+def lower_priority() -> None:
+    """Lowers the calling process's CPU priority by :data:`DECODE_NICE` (niceness at most 19)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, min(19, os.getpriority(os.PRIO_PROCESS, 0) + DECODE_NICE))
+    except (AttributeError, OSError):  # no priorities here: decoding runs at normal priority
+        pass
+
+
+def decode_body(content_type: str, body: bytes, limits: Mapping[str, int], preprocess: Optional[Mapping[str, Any]],
+                input_size: Sequence[int]) -> tuple:
+    """``(kind, data)`` a stage takes from a request body: parsed, decoded and, with ``preprocess``
+    (every stage preprocesses alike), preprocessed into one float32 batch."""
+    kind, data = parse_payload(content_type, body, max_samples=limits["max_samples_per_request"],
+                               max_pixels=limits.get("max_request_pixels"), pil=preprocess is not None)
+    if kind == ARRAYS:
+        return ARRAYS, check_batch(data, input_size)
+    if preprocess is not None:  # one preprocessing serves every stage: send the small float32 batch
+        return ARRAYS, np.stack([preprocess_image(img, preprocess) for img in data])
+    return IMAGES, data
+
+
+def carries_images(content_type: str, body: bytes) -> bool:
+    """Whether a body holds encoded images (decoded in the decode processes, not a thread)."""
+    ctype = content_type.split(";")[0].strip().lower()
+    return ctype.startswith("image/") or (ctype == "application/json" and b'"images"' in body)
+
+
+def decode_threads(options: IngressOptions) -> int:
+    """Decode threads of an ingress replica: ``decode_threads``, else its ``num_cpus`` (at least 1)."""
+    if options.decode_threads:
+        return int(options.decode_threads)
+    return max(1, int(float(options.ray_actor_options.get("num_cpus", 1) or 1)))
+
+
+def ingress_deployment() -> Any:
+    """The ingress class (built on first use, so importing this module does not import Ray)."""
+
+    class CascadeIngress:
+        """HTTP in front of the first stage."""
+
+        def __init__(self, export_dir: str, first_index: int, options: Dict[str, Any], limits: Dict[str, int],
+                     first_stage: Any) -> None:
+            self.specs = stage_specs(read_manifest(export_dir))
+            self.first_index = first_index
+            self.options = IngressOptions(**options)
+            self.limits = limits
+            self.first = first_stage
+            self.replica = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            self.uploads = 0  # bodies being received now
+            self.retries = 0  # calls sent again after a replica died
+            served = self.specs[first_index:]
+            self._shared = len({(s.input_size, preprocess_key(s.preprocess)) for s in served}) == 1
+            # Arrays are parsed in a thread; images are decoded and preprocessed in processes of
+            # lower priority (a 64-megapixel decode in this process slowed every other request
+            # 10-fold on 2 cores), when what comes back is the small preprocessed batch.
+            self._parser = ThreadPoolExecutor(max_workers=decode_threads(self.options), thread_name_prefix="parse")
+            self._decoder = None
+            if self._shared:
+                import multiprocessing
+
+                self._decoder = ProcessPoolExecutor(max_workers=decode_threads(self.options),
+                                                    mp_context=multiprocessing.get_context("spawn"),
+                                                    initializer=lower_priority)
+
+        async def __call__(self, request: Any) -> Any:
+            from ray.serve.exceptions import BackPressureError
+            from starlette.responses import JSONResponse
+
+            # the path below the application's route prefix (Ray Serve sets it as the ASGI root_path)
+            path, root = request.url.path.rstrip("/"), request.scope.get("root_path", "").rstrip("/")
+            path = path[len(root):] if root and path.startswith(root) else path
+            try:
+                if path == "/health" and request.method == "GET":
+                    stages = await self.info()
+                    status = "degraded" if any(s.get("status") == "down" for s in stages) else "ok"
+                    return JSONResponse({"status": status, "stages": stages, "ingress": {
+                        "replica": self.replica, "uploads": self.uploads, "retries": self.retries}})
+                if path == "/predict" and request.method == "POST":
+                    kind, data = await self._parse(request)
+                    out = await call_with_retry(lambda: self.first.answer.remote(kind, data),
+                                                self.options.retry_timeout_s, f"stage {self.specs[self.first_index].name}",
+                                                on_retry=self._count_retry)
+                    return JSONResponse(self._to_json(out))
+                return JSONResponse({"error": "use POST .../predict or GET .../health"}, status_code=404)
+            except BackPressureError as exc:  # a stage's queue is full (max_queued_requests)
+                return JSONResponse({"error": f"overloaded: {' '.join(str(cause_of(exc)).split())[:200]}"},
+                                    status_code=503)
+            except TinySaverError as exc:
+                exc = cause_of(exc)  # raised by a stage: its own message, not Ray's traceback
+                headers = {"connection": "close"} if getattr(exc, "status", 400) == 413 else None
+                return JSONResponse({"error": str(exc).splitlines()[0]}, status_code=getattr(exc, "status", 400),
+                                    headers=headers)
+
+        def _count_retry(self, exc: BaseException) -> None:
+            self.retries += 1
+
+        async def _parse(self, request: Any) -> tuple:
+            if self.uploads >= self.options.max_concurrent_uploads:
+                raise RequestError(f"too many uploads in progress (max_concurrent_uploads is "
+                                   f"{self.options.max_concurrent_uploads})", 503)
+            self.uploads += 1
+            try:
+                body = await read_body(request, self.limits["max_request_bytes"], self.options.body_timeout_s)
+            finally:
+                self.uploads -= 1
+            ctype = request.headers.get("content-type", "")
+            spec = self.specs[self.first_index]
+            images = carries_images(ctype, body)
+            if not images and not self._shared:
+                raise TinySaverError("the stages take different inputs (" + ", ".join(
+                    str(list(s.input_size)) for s in self.specs) + "): send images")
+            pool = self._decoder if images and self._decoder is not None else self._parser
+            return await asyncio.get_running_loop().run_in_executor(
+                pool, decode_body, ctype, body, self.limits, spec.preprocess if self._shared else None,
+                spec.input_size)
+
+        async def info(self) -> List[Dict[str, Any]]:
+            """The stages' reports (each marked up or down) for /health."""
+            async def ask() -> List[Dict[str, Any]]:
+                return await self.first.info.remote()
+
+            try:
+                return await asyncio.wait_for(ask(), HEALTH_TIMEOUT_S)
+            except Exception:  # its replica is dead, restarting, or not answering
+                return [{"name": s.name, "status": "down" if k == 0 else "unknown"}
+                        for k, s in enumerate(self.specs[self.first_index:])]
+
+        def _to_json(self, out: Mapping[str, np.ndarray]) -> Dict[str, Any]:
+            names = [s.name for s in self.specs]
+            stage = out["stage"].tolist()
+            return {"class": out["logits"].argmax(axis=1).tolist(), "stage": stage,
+                    "stage_name": [names[k] for k in stage], "confidence": out["confidence"].tolist(),
+                    "logits": out["logits"].tolist()}
+
+    return CascadeIngress
+
+
+__all__ = ["HEALTH_TIMEOUT_S", "DECODE_NICE", "lower_priority", "decode_body", "carries_images", "decode_threads",
+           "ingress_deployment"]
