@@ -1,10 +1,17 @@
 """The dependency rule: the core (tinysaver/) names no plugin; plugins register into the core's
-registries, found through the package's entry points."""
+registries, found through the package's entry points.
+
+The layout's rules (README, "Layout"): each package imports only the layers below it, no import
+circle (imports inside functions count), the analysis and the core never import torch or
+matplotlib, matplotlib only in report/, no module over the size limit, no private name crossing a
+module boundary."""
 from __future__ import annotations
 
 import ast
 import sys
+from collections import defaultdict
 from pathlib import Path
+from typing import Dict, Iterator, List, Set, Tuple
 
 import pytest
 
@@ -140,3 +147,222 @@ def test_unknown_names_list_what_is_known():
 
     with pytest.raises(TinySaverError, match="unknown stage type 'nope' \\(known: .*mmdet.*yolo"):
         STAGES.get("nope")
+
+
+# --- the layout ------------------------------------------------------------------------------
+
+#: the repository folders and the package names they install as
+SOURCES = {"tinysaver": ROOT / "tinysaver", "tinysaver.plugins": ROOT / "plugins"}
+MAX_LINES = 450
+
+#: layer of each top-level part of tinysaver/ -> the parts it may import (besides itself)
+CORE = {"errors", "io", "registry", "thresholds", "confidence", "records", "routing"}
+MAY_IMPORT: Dict[str, Set[str]] = {
+    "core": set(),
+    "analysis": {"core"},
+    "detection": {"core", "analysis"},
+    "report": {"core", "analysis", "detection"},
+    "models": {"core"},
+    "esn": {"core", "analysis", "models"},
+    "runtime": {"core", "models"},
+    "serve": {"core", "runtime", "package"},  # the package: its __version__
+    "pipeline": {"core", "analysis", "detection", "report", "models"},
+    "commands": {"package", "core", "analysis", "detection", "report", "models", "esn", "runtime", "serve", "pipeline"},
+    "cli": {"core", "commands", "package"},
+    "package": {"core", "analysis"},  # tinysaver/__init__.py (the torch layer only lazily)
+    "plugins": {"core", "analysis", "detection", "models", "plugins"},
+}
+NUMPY_ONLY = ("core", "analysis", "detection")
+
+
+def modules() -> Iterator[Tuple[str, Path]]:
+    for package, folder in SOURCES.items():
+        for path in sorted(folder.rglob("*.py")):
+            parts = path.relative_to(folder).with_suffix("").parts
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            yield ".".join((package, *parts)), path
+
+
+def layer(module: str) -> str:
+    if module.startswith("tinysaver.plugins"):
+        return "plugins"
+    parts = module.split(".")
+    if len(parts) == 1:
+        return "package"
+    return "core" if parts[1] in CORE else parts[1]
+
+
+def imports(module: str, path: Path) -> Iterator[Tuple[int, str]]:
+    """Every module ``module`` imports, at any depth of the file (functions included)."""
+    is_package = path.name == "__init__.py"
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                package = module.split(".") if is_package else module.split(".")[:-1]
+                package = package[:len(package) - (node.level - 1)]
+                base = ".".join(package + ([base] if base else []))
+            names = [f"{base}.{alias.name}" for alias in node.names]
+            # `from . import plots` imports the submodule (its package is imported anyway, as the
+            # parent of every module in it); `from .x import name` imports module x.
+            if not all(name in KNOWN for name in names):
+                yield node.lineno, base
+            for name in names:
+                yield node.lineno, name
+
+
+KNOWN = dict(modules())
+
+
+def resolve(name: str) -> str | None:
+    """The project module ``name`` refers to (a name imported from a module is that module)."""
+    while name and name not in KNOWN:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def graph() -> Dict[str, Set[str]]:
+    edges: Dict[str, Set[str]] = defaultdict(set)
+    for module, path in KNOWN.items():
+        for _, name in imports(module, path):
+            target = resolve(name)
+            if target and target != module:
+                edges[module].add(target)
+    return edges
+
+
+def test_each_layer_imports_only_the_layers_below_it():
+    offenders = []
+    for module, path in KNOWN.items():
+        mine = layer(module)
+        for line, name in imports(module, path):
+            target = resolve(name)
+            if target is None:
+                continue
+            theirs = layer(target)
+            if theirs != mine and theirs not in MAY_IMPORT[mine]:
+                offenders.append(f"{path.relative_to(ROOT)}:{line} ({mine}) imports {target} ({theirs})")
+    assert sorted(set(offenders)) == []
+
+
+def test_no_import_circle_counting_imports_inside_functions():
+    edges = graph()
+    index: Dict[str, int] = {}
+    low: Dict[str, int] = {}
+    stack: List[str] = []
+    on_stack: Set[str] = set()
+    circles = []
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in edges.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for v in sorted(KNOWN):
+        if v not in index:
+            visit(v)
+    assert circles == []
+
+
+def top_level_imports(module: str, path: Path) -> Iterator[Tuple[int, str]]:
+    """The imports a module runs when it is imported (not those inside functions)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    lines = {n.lineno for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))}
+    lines |= {n.lineno for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
+              and any(n in ast.walk(stmt) for stmt in tree.body if isinstance(stmt, (ast.If, ast.Try)))}
+    return ((line, name) for line, name in imports(module, path) if line in lines)
+
+
+@pytest.mark.parametrize("forbidden", ["torch", "matplotlib", "onnxruntime", "ray"])
+def test_the_core_the_analysis_and_detection_never_import_a_heavy_framework(forbidden):
+    # Routing and confidences accept torch tensors, importing torch only when handed one; the
+    # analysis never touches it, not even inside a function.
+    offenders = [f"{path.relative_to(ROOT)}:{line} imports {name}"
+                 for module, path in KNOWN.items() if layer(module) in NUMPY_ONLY
+                 for line, name in (imports(module, path) if layer(module) == "analysis"
+                                    else top_level_imports(module, path))
+                 if name.split(".")[0] == forbidden]
+    assert offenders == []
+
+
+def test_matplotlib_is_imported_only_in_report():
+    offenders = [f"{path.relative_to(ROOT)}:{line}" for module, path in KNOWN.items()
+                 if not module.startswith("tinysaver.plugins") and layer(module) != "report"
+                 for line, name in imports(module, path) if name.split(".")[0] == "matplotlib"]
+    assert offenders == []
+
+
+def test_importing_the_analysis_api_loads_neither_torch_nor_matplotlib():
+    import subprocess
+    import sys
+
+    code = ("import sys, tinysaver, tinysaver.analysis, tinysaver.detection, tinysaver.records; "
+            "print(sorted(m for m in ('torch', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_no_module_is_over_the_size_limit():
+    sizes = {str(path.relative_to(ROOT)): len(path.read_text().splitlines()) for path in KNOWN.values()}
+    assert {p: n for p, n in sizes.items() if n > MAX_LINES} == {}
+
+
+def _bound_modules(module: str, path: Path, tree: ast.AST) -> Dict[str, str]:
+    """Local names bound to project modules (``import tinysaver.x as y``, ``from . import x``)."""
+    out = {}
+    is_package = path.name == "__init__.py"
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.asname and alias.name in KNOWN:
+                    out[alias.asname] = alias.name
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                package = module.split(".") if is_package else module.split(".")[:-1]
+                package = package[:len(package) - (node.level - 1)]
+                base = ".".join(package + ([base] if base else []))
+            for alias in node.names:
+                if f"{base}.{alias.name}" in KNOWN:
+                    out[alias.asname or alias.name] = f"{base}.{alias.name}"
+    return out
+
+
+def _is_private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def test_no_private_name_crosses_a_module_boundary():
+    offenders = []
+    for module, path in KNOWN.items():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.level or resolve(node.module or "")):
+                offenders += [f"{path.relative_to(ROOT)}:{node.lineno} imports {a.name}"
+                              for a in node.names if _is_private(a.name)]
+        bound = _bound_modules(module, path, tree)
+        offenders += [f"{path.relative_to(ROOT)}:{node.lineno} uses {node.value.id}.{node.attr}"
+                      for node in ast.walk(tree)
+                      if isinstance(node, ast.Attribute) and _is_private(node.attr)
+                      and isinstance(node.value, ast.Name) and node.value.id in bound]
+    assert offenders == []

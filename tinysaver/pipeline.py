@@ -30,7 +30,7 @@ from .models.complexity import count_gmacs
 from .models.numerics import Numerics
 from .models.recording import (SeededItems, default_record_path, model_fingerprint, record_predictions,
                                recording_settings)
-from .models.speed import measure_cascade_speed, speed_table
+from .models.speed import CascadeSpeed, measure_cascade_speed, speed_table
 from .report.plan import plan_markdown, plot_plan
 from .records import Record, load_record
 from .registry import DEFAULT_CLASSIFIER_SOURCE, classifier_source
@@ -372,15 +372,6 @@ def plan_records(base: Union[Record, str, os.PathLike], pool: Sequence[Union[Rec
 
     Returns:
         :meth:`tinysaver.analysis.Plan.to_json` plus ``"markdown"`` (the table of :func:`tinysaver.report.plan.plan_markdown`).
-
-    Examples:
-        >>> folder = "outputs/fashion_mnist/records"
-        >>> section = plan_records(f"{folder}/fmnist_cnn_l_test.npz",
-        ...                        [f"{folder}/fmnist_cnn_{m}_test.npz" for m in ("xxs", "xs", "s", "m")],
-        ...                        f"{folder}/fmnist_cnn_l_holdout.npz",
-        ...                        [f"{folder}/fmnist_cnn_{m}_holdout.npz" for m in ("xxs", "xs", "s", "m")]
-        ...                        )  # doctest: +SKIP
-        >>> section["required"]["0.5"]["stages"], section["certified"]["0.5"]["thresholds"]  # doctest: +SKIP
     """
     def load(r):
         return r if isinstance(r, Record) else load_record(r)
@@ -444,8 +435,6 @@ def _summary_markdown(summary: Dict[str, Any], selection_md: str, tradeoff_md: s
                   f"{lc['simulated_exit_ratio']:.4f}; {lc['routing_mismatches']} routing and "
                   f"{lc['prediction_mismatches']} prediction mismatches over {lc['samples']} samples.", ""]
     if "speed" in summary:
-        from .models.speed import CascadeSpeed
-
         parts += ["## Measured speed (base alone vs cascade)", "",
                   speed_table([CascadeSpeed(**r) for r in summary["speed"]])]
     return "\n".join(parts)
