@@ -18,6 +18,8 @@ or detection, the task from the config).
 One decode per image: the pipeline decodes each image once (a PIL image, as torchvision's loader
 gives it); every stage applies its own eval transform (its data config) inside the model, to the
 images that reach it only.
+
+May import: the core, :mod:`tinysaver.models`, other plugins (datasets, imagenet), mmengine, torch.
 """
 from .datasets import FashionMNISTDataset, ImageNetFolderDataset, LoadClassImage, PackClassInputs
 from .metric import TinySaverClsMetric

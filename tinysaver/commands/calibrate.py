@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 
+from ._outputs import finish
 from ._records import CostedRecords, add_cost_arguments
 
 
@@ -37,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..analysis import calibrate_records, check_target
     from ..errors import TinySaverError
-    from ..io import check_outputs, write_json, write_text
+    from ..io import check_outputs
     from ..report.plan import calibration_markdown
     from ._checks import distinct_models
 
@@ -56,9 +57,4 @@ def run(args: argparse.Namespace) -> int:
     distinct_models(records, "--stages" if args.stages else "--saver/--base")
     result = calibrate_records(records, args.drop, args.delta, args.method, args.seed)
     text = calibration_markdown(result)
-    if args.json:
-        write_json(args.json, result.to_json())
-    if args.markdown:
-        write_text(args.markdown, text)
-    print(text, end="")
-    return 0
+    return finish(args, json_data=result.to_json(), markdown=text)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 
+from ._outputs import finish
 from ._records import CostedRecords, add_cost_arguments
 
 
@@ -30,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..analysis import chain_from_records
     from ..errors import TinySaverError
-    from ..io import check_outputs, write_json, write_text
+    from ..io import check_outputs
     from ..report.plan import chain_markdown
     from ._checks import distinct_models
 
@@ -47,9 +48,4 @@ def run(args: argparse.Namespace) -> int:
     distinct_models(records, "--stages")
     point = chain_from_records(records, args.thresholds)
     table = chain_markdown(point)
-    if args.json:
-        write_json(args.json, point.to_json())
-    if args.markdown:
-        write_text(args.markdown, table)
-    print(table, end="")
-    return 0
+    return finish(args, json_data=point.to_json(), markdown=table)

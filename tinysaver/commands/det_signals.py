@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 
+from ._outputs import finish
 from ._records import add_det_cost_arguments, load_costed_det_record
 
 
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from ..report.detection import plot_signals, signals_markdown
     from ..errors import TinySaverError
     from ._checks import check_png
-    from ..io import check_outputs, write_json, write_text
+    from ..io import check_outputs
 
     if args.max_points < 0 or args.max_points == 1:
         raise TinySaverError(f"--max-points must be 0 (all) or at least 2, got {args.max_points}")
@@ -56,11 +57,4 @@ def run(args: argparse.Namespace) -> int:
     panel = signal_panel(args.ann, saver, base, args.signals,
                          oracle=args.oracle, min_score=args.min_score, max_points=args.max_points or None)
     table = signals_markdown(panel)
-    if args.json:
-        write_json(args.json, panel)
-    if args.markdown:
-        write_text(args.markdown, table)
-    if args.plot:
-        plot_signals(panel, args.plot)
-    print(table, end="")
-    return 0
+    return finish(args, json_data=panel, markdown=table, plot=lambda path: plot_signals(panel, path))

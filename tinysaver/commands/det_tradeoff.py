@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 
+from ._outputs import finish
 from ._records import add_det_cost_arguments, load_costed_det_record
 
 
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from ..detection import det_tradeoff, detection_confidence
     from ..report.detection import det_tradeoff_markdown, plot_det_tradeoff
     from ._checks import check_png
-    from ..io import check_outputs, write_json, write_text
+    from ..io import check_outputs
 
     grid = parse_thresholds(args.thresholds)
     detection_confidence(args.confidence, args.min_score)  # a known detection confidence, a score floor in [0, 1]
@@ -82,11 +83,4 @@ def run(args: argparse.Namespace) -> int:
     result = det_tradeoff(args.ann, saver, base, grid,
                           confidence=args.confidence, min_score=args.min_score)
     table = det_tradeoff_markdown(result)
-    if args.json:
-        write_json(args.json, result)
-    if args.markdown:
-        write_text(args.markdown, table)
-    if args.plot:
-        plot_det_tradeoff(result, args.plot)
-    print(table, end="")
-    return 0
+    return finish(args, json_data=result, markdown=table, plot=lambda path: plot_det_tradeoff(result, path))

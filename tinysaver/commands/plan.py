@@ -26,6 +26,7 @@ import argparse
 import math
 
 from ..analysis import PAPER_DROPS
+from ._outputs import finish
 from ._records import CostedRecords, add_cost_arguments
 
 
@@ -66,7 +67,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..analysis import MAX_CELLS, plan_chains
-    from ..io import check_outputs, write_json, write_text
+    from ..io import check_outputs
     from ..report.plan import plan_markdown, plot_plan
     from ._checks import MAX_DRAWS, at_most, check_drops, check_png
 
@@ -88,12 +89,4 @@ def run(args: argparse.Namespace) -> int:
                          sweep=args.sweep,
                          certify=args.certify, certify_method=args.certify_method)
     table = plan_markdown(result)
-    # Everything is computed before the first file is written.
-    if args.json:
-        write_json(args.json, result.to_json())
-    if args.markdown:
-        write_text(args.markdown, table)
-    if args.plot:
-        plot_plan(result, args.plot)
-    print(table, end="")
-    return 0
+    return finish(args, json_data=result.to_json(), markdown=table, plot=lambda path: plot_plan(result, path))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 
+from ._outputs import finish
 from ._records import CostedRecords, add_cost_arguments
 
 
@@ -25,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..analysis import rank_savers
-    from ..io import check_outputs, write_json, write_text
+    from ..io import check_outputs
     from ..report import selection_console, selection_markdown
 
     check_outputs({"--json": args.json, "--markdown": args.markdown}, inputs=[args.base, *args.saver])
@@ -35,9 +36,5 @@ def run(args: argparse.Namespace) -> int:
     ranking = rank_savers(base, savers)
     split = base.split_name("selection")
     table = selection_markdown(base.name, ranking, split=split)
-    if args.json:
-        write_json(args.json, [s.to_json() for s in ranking])
-    if args.markdown:
-        write_text(args.markdown, table)
-    print(selection_console(base.name, ranking, split=split), end="")
-    return 0
+    return finish(args, json_data=[s.to_json() for s in ranking], markdown=table,
+                  console=selection_console(base.name, ranking, split=split))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 
+from ._outputs import finish
 from ._records import CostedRecords, add_cost_arguments
 
 
@@ -43,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..analysis import ExitCurve, tradeoff
     from ..errors import TinySaverError
-    from ..io import check_outputs, write_json, write_text
+    from ..io import check_outputs
     from ..report import curve_table, plot_tradeoff, tradeoff_console, tradeoff_markdown, write_csv
     from ._checks import MAX_DRAWS, at_most, check_drops, check_png
 
@@ -79,14 +80,6 @@ def run(args: argparse.Namespace) -> int:
             if cell is not None:
                 cell.ci = intervals.get(drop)
     table = tradeoff_markdown([result])
-    # Everything is computed before the first file is written.
-    if args.json:
-        write_json(args.json, result.to_json())
-    if args.markdown:
-        write_text(args.markdown, table)
-    if args.curve_csv:
-        write_csv(args.curve_csv, curve_table(curve))
-    if args.plot:
-        plot_tradeoff(curve, result, args.plot)
-    print(tradeoff_console([result]), end="")
-    return 0
+    return finish(args, json_data=result.to_json(), markdown=table, console=tradeoff_console([result]),
+                  extra={"curve_csv": lambda path: write_csv(path, curve_table(curve))},
+                  plot=lambda path: plot_tradeoff(curve, result, path))
