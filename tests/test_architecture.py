@@ -193,19 +193,24 @@ def layer(module: str) -> str:
     return "core" if parts[1] in CORE else parts[1]
 
 
+def import_base(module: str, path: Path, node: ast.ImportFrom) -> str:
+    """The absolute module a ``from ... import`` statement reads from (relative ones resolved)."""
+    base = node.module or ""
+    if not node.level:
+        return base
+    package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+    package = package[:len(package) - (node.level - 1)]
+    return ".".join(package + ([base] if base else []))
+
+
 def imports(module: str, path: Path) -> Iterator[Tuple[int, str]]:
     """Every module ``module`` imports, at any depth of the file (functions included)."""
-    is_package = path.name == "__init__.py"
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 yield node.lineno, alias.name
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                package = module.split(".") if is_package else module.split(".")[:-1]
-                package = package[:len(package) - (node.level - 1)]
-                base = ".".join(package + ([base] if base else []))
+            base = import_base(module, path, node)
             names = [f"{base}.{alias.name}" for alias in node.names]
             # `from . import plots` imports the submodule (its package is imported anyway, as the
             # parent of every module in it); `from .x import name` imports module x.
@@ -330,18 +335,13 @@ def test_no_module_is_over_the_size_limit():
 def _bound_modules(module: str, path: Path, tree: ast.AST) -> Dict[str, str]:
     """Local names bound to project modules (``import tinysaver.x as y``, ``from . import x``)."""
     out = {}
-    is_package = path.name == "__init__.py"
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.asname and alias.name in KNOWN:
                     out[alias.asname] = alias.name
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                package = module.split(".") if is_package else module.split(".")[:-1]
-                package = package[:len(package) - (node.level - 1)]
-                base = ".".join(package + ([base] if base else []))
+            base = import_base(module, path, node)
             for alias in node.names:
                 if f"{base}.{alias.name}" in KNOWN:
                     out[alias.asname or alias.name] = f"{base}.{alias.name}"

@@ -12,6 +12,15 @@ from ..runtime.manifest import read_manifest
 from ..thresholds import check_thresholds
 
 
+def known_options(cls: type, values: Mapping[str, Any], where: str) -> Any:
+    """``cls(**values)`` for a dataclass of options; an unknown key is one line listing the known."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise TinySaverError(f"{where}: unknown option {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    return cls(**values)
+
+
 @dataclass
 class StageOptions:
     """How one stage is deployed.
@@ -54,11 +63,7 @@ class StageOptions:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], where: str) -> "StageOptions":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise TinySaverError(f"{where}: unknown option {unknown[0]!r} (known: {', '.join(sorted(known))})")
-        opts = cls(**values)
+        opts = known_options(cls, values, where)
         if int(opts.max_batch_size) < 1 or int(opts.num_replicas) < 1:
             raise TinySaverError(f"{where}: max_batch_size and num_replicas must be >= 1")
         if opts.model_batch_size is not None and int(opts.model_batch_size) < 1:
@@ -106,11 +111,7 @@ class IngressOptions:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], where: str) -> "IngressOptions":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise TinySaverError(f"{where}: unknown option {unknown[0]!r} (known: {', '.join(sorted(known))})")
-        opts = cls(**values)
+        opts = known_options(cls, values, where)
         if min(int(opts.num_replicas), int(opts.max_ongoing_requests), int(opts.max_concurrent_uploads)) < 1:
             raise TinySaverError(f"{where}: num_replicas, max_ongoing_requests and max_concurrent_uploads must be >= 1")
         if not (float(opts.body_timeout_s) > 0 and float(opts.retry_timeout_s) >= 0):
