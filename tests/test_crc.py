@@ -338,3 +338,16 @@ def test_ltt_wsr_agrees_with_rcps_reference():
         compared += 1
         rejected += ours
     assert compared >= 55 and 5 <= rejected <= compared - 5
+
+
+def test_exit_share_family_goes_from_the_base_alone_to_the_end():
+    rng = np.random.default_rng(11)
+    confs = [rng.random(1000), np.round(rng.random(1000), 1), rng.random(1000)]
+    end = np.array([0.8, 0.5, np.inf])
+    fam = crc.exit_share_family(confs, end, 16)
+    assert fam.shape == (16, 3)
+    assert (np.diff(fam[:, :2], axis=0) <= 0).all()           # thresholds only go down
+    assert np.isinf(fam[:, 2]).all() and (fam[-1] == end)[:2].all()
+    shares = (confs[0][None, :] >= fam[:, :1]).mean(axis=1)
+    assert shares[0] == pytest.approx((confs[0] >= 0.8).mean() / 16, abs=2e-3)
+    assert crc.exit_share_family(confs, np.full(3, np.inf), 4).shape == (4, 3)

@@ -192,6 +192,37 @@ def crc_pair_threshold(conf, saver_correct, base_correct, drop: float,
     return CRCPair(float(conf_desc[end]), len(group_end), k, n, float(loss_sums[k - 1]) / n, (end + 1) / n)
 
 
+def exit_share_family(confs, end, num: int = 64) -> np.ndarray:
+    """A path from the base alone to the configuration ``end``: every stage's exit share scaled.
+
+    Configuration ``j`` (of ``num``, most conservative first) lets each stage of ``end`` exit the
+    ``(j + 1) / num`` fraction of the samples (of ``confs``) that it lets exit at ``end``; the last is
+    ``end`` itself. Every threshold only goes down along the path. Plan it on data other than the
+    samples CRC runs on (``confs`` from the planning half).
+
+    Args:
+        confs: Per stage before the base, its confidences on the planning samples.
+        end: ``[S]`` thresholds of the configuration to approach (``inf``: the stage is not used).
+        num: Configurations on the path.
+
+    Returns:
+        ``[num, S]`` thresholds.
+    """
+    end = np.asarray(end, dtype=np.float64)
+    if num < 1:
+        raise TinySaverError(f"a path needs >= 1 configuration, got {num}")
+    out = np.full((num, end.shape[0]), np.inf)
+    for k, t in enumerate(end):
+        if not np.isfinite(t):
+            continue
+        desc = np.sort(np.asarray(confs[k], dtype=np.float64))[::-1]
+        exits = int(np.count_nonzero(desc >= t))
+        counts = (np.arange(1, num + 1) * exits) // num          # samples exiting at each configuration
+        out[counts > 0, k] = desc[counts[counts > 0] - 1]
+        out[-1, k] = t
+    return out
+
+
 AnswerColumns = Union[np.ndarray, Callable[[slice], np.ndarray]]
 
 
