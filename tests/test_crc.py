@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 import pytest
 
-from tinysaver import crc
+from tinysaver.analysis import crc
 from tinysaver.errors import TinySaverError
 
 DRAWS = 1000
@@ -267,7 +267,7 @@ def test_path_agrees_with_mapie_crc():
 
 
 def _ltt_fixed_sequence():
-    from tinysaver.calibrate import fixed_sequence
+    from tinysaver.analysis.bounds import fixed_sequence
     return fixed_sequence
 
 
@@ -351,3 +351,132 @@ def test_exit_share_family_goes_from_the_base_alone_to_the_end():
     shares = (confs[0][None, :] >= fam[:, :1]).mean(axis=1)
     assert shares[0] == pytest.approx((confs[0] >= 0.8).mean() / 16, abs=2e-3)
     assert crc.exit_share_family(confs, np.full(3, np.inf), 4).shape == (4, 3)
+
+
+# --- on records: the pair, a chain by data splitting, the planner, the CLI ---------------------------
+
+def _stage_population(size=60_000, seed=12):
+    """Two savers and a base as ChainStages over a finite population (nested correctness)."""
+    from tinysaver.analysis import ChainStage
+
+    rng = np.random.default_rng(seed)
+    c1, c2, u = rng.random(size), rng.random(size), rng.random(size)
+    base = u < 0.92
+    s2 = u < 0.92 * (0.6 + 0.4 * c2)
+    s1 = u < 0.92 * (0.4 + 0.6 * c1) * (0.6 + 0.4 * c2)
+    return [ChainStage("a", 0.1, c1, s1.astype(float)), ChainStage("m", 0.4, c2, s2.astype(float)),
+            ChainStage("B", 2.0, np.ones(size), base.astype(float))]
+
+
+def test_chain_by_data_splitting_keeps_the_expected_drop():
+    from tinysaver.analysis import ChainStage, crc_calibrate_chain, simulate_chain
+
+    pop = _stage_population()
+    rng = np.random.default_rng(13)
+    n, drop, draws = 600, 4.0, 200
+    chosen = []
+    for d in range(draws):
+        idx = rng.integers(0, pop[0].num_samples, n)
+        cal = crc_calibrate_chain([ChainStage(s.name, s.gmacs, s.conf[idx], s.correct[idx]) for s in pop], drop,
+                                  seed=d, family=32)
+        assert cal.guarantee == "expected" and cal.extra["split"]["test"] == n - n // 2
+        chosen.append(cal.thresholds)
+    ev = simulate_chain(pop, np.array(chosen))
+    drops = pop[-1].correct.mean() - ev.acc
+    ok, mean, se = _within_target(drops, drop / 100)
+    assert ok, (mean, se)
+    assert np.median(1 - ev.answered[:, -1]) > 0.3        # most draws let many samples exit
+
+
+def test_pair_and_chain_json_and_the_ltt_json_say_which_guarantee():
+    from tinysaver.analysis import calibrate_pair, crc_calibrate_pair
+
+    pop = _stage_population(5000)
+    a, b = pop[0], pop[-1]
+    cal = crc_calibrate_pair(a.conf, a.correct, b.correct, 2.0, names=("a", "B"))
+    data = cal.to_json()
+    assert data["guarantee"] == "expected" and data["method"] == "crc" and "delta" not in data
+    assert data["configurations_admitted"] > 0 and "averaged over" in data["promise"]
+    assert 0 < data["calib_exit_ratio"] < 1 and data["calib_loss"] <= 0.02
+    ltt = calibrate_pair(a.conf, a.correct, b.correct, 2.0, 0.1).to_json()
+    assert ltt["guarantee"] == "high-probability" and ltt["delta"] == 0.1 and "hypotheses_rejected" in ltt
+    assert ltt["promise"].startswith("with probability >= 0.9")
+    with pytest.raises(TinySaverError, match="too few"):
+        crc_calibrate_pair(a.conf[:50], a.correct[:50], b.correct[:50], 1.0)
+    assert math.isinf(crc_calibrate_pair(a.conf, a.correct, b.correct, 0.0).thresholds[0])
+
+
+def test_plan_certifies_both_kinds(make_record, tmp_path, capsys):
+    import json
+
+    from tinysaver.analysis import plan_chains
+    from tinysaver.cli import main
+    from tinysaver.report.plan import plan_markdown
+    from tests.test_descent import _ladder_pool
+
+    pool, base = _ladder_pool(1200, 5, savers=3)
+    cpool, cbase = _ladder_pool(1200, 6, savers=3)
+    plan = plan_chains(base, pool, calib_base=cbase, calib_pool=cpool, max_stages=4, drops=[2.0, 0.1, 0.0],
+                       certify=0.1, certify_expected=True, pair_grid=32, progress=False)
+    expected = plan.extra["certified_expected"]
+    assert set(expected) == {"2.0", "0.1", "0.0"} and set(plan.extra["certified"]) == set(expected)
+    assert expected["2.0"]["guarantee"] == "expected" and len(expected["2.0"]["stages"]) > 1
+    for drop in ("0.1", "0.0"):            # 600 test-half samples cannot certify 0.1 pt (needs 999); 0 never
+        assert expected[drop]["stages"] == ["base"] and "why" in expected[drop]
+    md = plan_markdown(plan)
+    assert "Certified (Learn then Test" in md and "Certified on average (conformal risk control" in md
+
+    def write(rec, filename):
+        return str(make_record(rec.name, rec.conf, rec.pred, rec.label, gmacs=rec.gmacs, filename=filename))
+
+    args = ["plan", "--base", write(base, "base_test.npz"), "--pool", *[write(r, f"{r.name}_t.npz") for r in pool],
+            "--calib-base", write(cbase, "base_cal.npz"), "--calib-pool",
+            *[write(r, f"{r.name}_c.npz") for r in cpool], "--max-stages", "3", "--pair-grid", "32"]
+    out = tmp_path / "plan.json"
+    assert main(args + ["--drops", "2", "--certify-method", "crc", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert "certified" not in data and data["certified_expected"]["2.0"]["method"] == "crc"
+    assert main(args + ["--drops", "2", "--certify", "0.1", "--certify-method", "wsr", "crc", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["certified"]["2.0"]["guarantee"] == "high-probability" and "certified_expected" in data
+    capsys.readouterr()
+    for extra, message in [(["--drops", "2", "--certify", "0.1", "--certify-method", "crc"], "takes none"),
+                           (["--drops", "2", "--certify", "0.1", "--certify-method", "wsr", "bernstein"], "one"),
+                           (["--drops", "0.05", "--certify-method", "crc"], "too few")]:
+        assert main(args + extra) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_calibrate_cli_expected(make_record, tmp_path, capsys):
+    import json
+
+    from tinysaver.cli import main
+
+    pop = _stage_population(3000)
+    label = np.zeros(3000, dtype=np.int64)
+    paths = [str(make_record(s.name, s.conf, np.where(s.correct > 0, label, label + 1), label, gmacs=s.gmacs))
+             for s in pop]
+    a, m, b = paths
+    out = tmp_path / "cal.json"
+    assert main(["calibrate", "--saver", a, "--base", b, "--drop", "2", "--guarantee", "expected",
+                 "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "conformal risk control" in text and "Averaged over the draw" in text
+    data = json.loads(out.read_text())
+    assert data["guarantee"] == "expected" and 0 < data["calib_exit_ratio"] < 1
+    assert main(["calibrate", "--stages", a, m, b, "--drop", "2", "--guarantee", "expected",
+                 "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert len(data["thresholds"]) == 2 and data["split"]["test"] == 1500
+    assert main(["calibrate", "--saver", a, "--base", b, "--drop", "1", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["guarantee"] == "high-probability"
+    capsys.readouterr()
+    for argv, message in [(["--drop", "100"], "[0, 100)"), (["--drop", "-1"], "[0, 100)"),
+                          (["--drop", "1", "--delta", "0.1"], "--delta"), (["--drop", "1", "--method", "wsr"], "--method"),
+                          (["--drop", "0.01"], "too few")]:
+        assert main(["calibrate", "--saver", a, "--base", b, "--guarantee", "expected", *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert main(["calibrate", "--saver", a, "--base", b, "--guarantee", "expected", "--drop", "0"]) == 0
+    assert "nothing exits" in capsys.readouterr().out

@@ -97,6 +97,8 @@ class PipelineConfig:
     plan_max_stages: Optional[int] = None
     #: δ of the Learn-then-Test certification of each planned chain (None: none)
     plan_certify: Optional[float] = 0.1
+    #: also a conformal-risk-control choice per drop (the expected drop within the target)
+    plan_certify_expected: bool = False
     #: the drop whose planned chain runs live against its simulation
     plan_live_drop: float = 0.5
 
@@ -392,14 +394,16 @@ def plan_records(base: Union[Record, str, os.PathLike], pool: Sequence[Union[Rec
 def _plan_section(cfg: PipelineConfig, models: _Models, records: Dict[str, Dict[str, Record]],
                   out: Path) -> tuple:
     """Chains of the whole pool (any length) vs the best pair vs the oracle, honest mode: chosen on
-    the first calibration split, measured on the report split, certified by Learn-then-Test; the
+    the first calibration split, measured on the report split, certified by Learn-then-Test (and,
+    with :attr:`PipelineConfig.plan_certify_expected`, by conformal risk control); the
     chain chosen at :attr:`PipelineConfig.plan_live_drop` runs live and is checked against its
     simulation. Writes ``plan.json``, ``plan.md``, ``plan.png``."""
     rep, calib = records[_key(cfg.report_split)], records[_key(cfg.calib_splits[0])]
     pool = sorted(cfg.savers, key=lambda s: rep[s.name].gmacs)  # chains run cheapest first
     section = plan_records(rep[cfg.base.name], [rep[s.name] for s in pool], calib[cfg.base.name],
                            [calib[s.name] for s in pool], max_stages=cfg.plan_max_stages,
-                           certify=cfg.plan_certify, plot=out / "plan.png")
+                           certify=cfg.plan_certify, plot=out / "plan.png",
+                           **({"certify_expected": True} if cfg.plan_certify_expected else {}))
     md = section.pop("markdown")
     chosen = section["required"].get(repr(float(cfg.plan_live_drop)))
     if cfg.live_check and chosen and len(chosen["stages"]) > 1:

@@ -7,7 +7,9 @@ curve, r_match, ΔC, the Tables 1/5 row, saver ranking), N-stage chains of saver
 every threshold combination at once; :mod:`~tinysaver.analysis.search` and
 :mod:`~tinysaver.analysis.descent`: the planner's search; :mod:`~tinysaver.analysis.plan`: its
 answer and the oracle), thresholds with a guarantee (:mod:`~tinysaver.analysis.bounds`,
-:mod:`~tinysaver.analysis.calibrate`: Learn then Test) and bootstrap intervals
+:mod:`~tinysaver.analysis.calibrate`: Learn then Test, a high-probability guarantee;
+:mod:`~tinysaver.analysis.crc` and :mod:`~tinysaver.analysis.crc_calibrate`: conformal risk
+control, a guarantee on the expected drop) and bootstrap intervals
 (:mod:`~tinysaver.analysis.bootstrap`). Tables and plots of these results are :mod:`tinysaver.report`'s.
 
 May import: the tinysaver core modules :mod:`tinysaver.errors`, :mod:`tinysaver.io`,
@@ -15,8 +17,9 @@ May import: the tinysaver core modules :mod:`tinysaver.errors`, :mod:`tinysaver.
 (and tqdm for progress bars). Never torch, matplotlib, :mod:`tinysaver.report`,
 :mod:`tinysaver.runtime` or a plugin, not even inside a function.
 
-Modules, lowest first: ``pools`` and ``pair``; ``stages``; ``tables``; ``descent``; ``search``;
-``bounds``; ``calibrate``; ``bootstrap``; ``plan``. Each imports only modules before it.
+Modules, lowest first: ``crc`` (the conformal risk control rule on arrays), ``pools`` and
+``pair``; ``stages``; ``tables``; ``descent``; ``search``; ``bounds``; ``calibrate``;
+``crc_calibrate``; ``bootstrap``; ``plan``. Each imports only modules before it.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from .bootstrap import bootstrap_chain_ci, tradeoff_ci
 from .bounds import METHODS, check_target, fixed_sequence
 from .calibrate import (PATH_CELLS, Calibration, calibrate_chain, calibrate_pair, calibrate_records, certify_plan,
                         ltt_pair_threshold)
+from .crc_calibrate import crc_calibrate_chain, crc_calibrate_pair, crc_calibrate_records, crc_certify_plan
 from .descent import DEFAULT_PAIR_GRID, ChainDescent, DescentResult
 from .pair import (COUNT_TOL, PAPER_DROPS, ExitCurve, MatchPoint, OperatingPoint, SaverScore, Tradeoff,
                    cheapest_within_drop, exit_curve, match_point, max_performance_index, meets_drop, rank_savers,
@@ -56,4 +60,5 @@ __all__ = [
     # calibration and intervals
     "METHODS", "PATH_CELLS", "check_target", "fixed_sequence", "Calibration", "ltt_pair_threshold",
     "calibrate_pair", "calibrate_chain", "certify_plan", "calibrate_records", "bootstrap_chain_ci", "tradeoff_ci",
+    "crc_calibrate_pair", "crc_calibrate_chain", "crc_certify_plan", "crc_calibrate_records",
 ]

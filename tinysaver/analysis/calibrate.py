@@ -72,6 +72,7 @@ from ..errors import TinySaverError
 from ..records import Record
 from ..thresholds import threshold_to_json
 from .bounds import METHODS, check_target, fixed_sequence
+from .crc import promise as crc_promise
 from .pair import COUNT_TOL
 from .search import DEFAULT_EXACT_CELLS, DEFAULT_GRID, search_chains, search_plan, search_tables
 from .stages import ChainStage, answering_stage, check_chain_records, simulate_chain
@@ -90,7 +91,7 @@ class Calibration:
     stages: List[str]
     thresholds: List[float]
     drop: float
-    delta: float
+    delta: Optional[float]
     method: str
     samples: int
     calib_acc: float
@@ -102,6 +103,18 @@ class Calibration:
     rejected: int
     procedure: str
     extra: Dict[str, object] = field(default_factory=dict)
+    #: ``"high-probability"`` (Learn then Test: ``delta`` applies) or ``"expected"`` (conformal risk
+    #: control, :mod:`tinysaver.analysis.crc_calibrate`: no ``delta``; ``tested``/``rejected`` count
+    #: the configurations on its path and those the rule admits).
+    guarantee: str = "high-probability"
+
+    def promise(self) -> str:
+        """What is guaranteed, in one sentence."""
+        if self.guarantee == "expected":
+            return crc_promise(self.drop)
+        return (f"with probability >= {1 - self.delta:g} over the calibration draw, the expected accuracy drop vs "
+                f"the base on new i.i.d. data is <= {self.drop:g} points (a finite test set adds its own sampling "
+                "noise)")
 
     def to_json(self) -> Dict[str, object]:
         out: Dict[str, object] = {"stages": self.stages}
@@ -112,16 +125,19 @@ class Calibration:
         out.update(drop=self.drop, delta=self.delta, method=self.method, samples=self.samples,
                    calib_exit_ratio=self.calib_exit_ratio, calib_acc=self.calib_acc,
                    calib_base_acc=self.calib_base_acc, calib_answered=self.calib_answered,
-                   calib_gmacs=self.calib_gmacs, hypotheses_tested=self.tested,
-                   hypotheses_rejected=self.rejected, procedure=self.procedure,
-                   guarantee=f"with probability >= {1 - self.delta:g} over the calibration draw, the expected "
-                             f"accuracy drop vs the base on new i.i.d. data is <= {self.drop:g} points (a finite "
-                             f"test set adds its own sampling noise)")
+                   calib_gmacs=self.calib_gmacs)
+        if self.guarantee == "expected":
+            del out["delta"]
+            out.update(configurations_tested=self.tested, configurations_admitted=self.rejected)
+        else:
+            out.update(hypotheses_tested=self.tested, hypotheses_rejected=self.rejected)
+        out.update(procedure=self.procedure, guarantee=self.guarantee, promise=self.promise())
         out.update(self.extra)
         return out
 
 
-def _describe(stages: Sequence[ChainStage], t: np.ndarray, **kw) -> Dict[str, object]:
+def describe(stages: Sequence[ChainStage], t: np.ndarray, **kw) -> Dict[str, object]:
+    """The calibration-split fields of a :class:`Calibration` for thresholds ``t`` ``[1, K-1]``."""
     ev = simulate_chain(stages, t)
     return dict(calib_acc=float(ev.acc[0]), calib_answered=ev.answered[0].tolist(),
                 calib_exit_ratio=float(1.0 - ev.answered[0, -1]), calib_gmacs=float(ev.gmacs[0]),
@@ -192,12 +208,12 @@ def calibrate_pair(conf, saver_correct, base_correct, drop: float, delta: float,
     return Calibration(stages=list(names), thresholds=[t], drop=drop, delta=delta, method=method,
                        tested=tested, rejected=rejected,
                        procedure="Learn then Test, fixed-sequence from the most confident threshold down",
-                       **_describe(stages, np.array([t])))
+                       **describe(stages, np.array([t])))
 
 
 # --- N stages ---------------------------------------------------------------------------------------
 
-def _split_halves(stages: Sequence[ChainStage], seed: int) -> Tuple[List[ChainStage], List[ChainStage]]:
+def split_halves(stages: Sequence[ChainStage], seed: int) -> Tuple[List[ChainStage], List[ChainStage]]:
     """The calibration samples split at random into a search half (in sample order) and a test
     half (in its random order, which the wsr bound's betting runs through)."""
     n = stages[0].num_samples
@@ -220,7 +236,7 @@ def calibrate_chain(stages: Sequence[ChainStage], drop: float, delta: float, met
                               (s.name, b.name))
     if len(stages) < 2:
         raise TinySaverError("a chain to calibrate needs at least one saver before the base")
-    search_half, test_half = _split_halves(stages, seed)
+    search_half, test_half = split_halves(stages, seed)
     n_search, n_test = search_half[0].num_samples, test_half[0].num_samples
     # a long chain's table on grids of `grid` values would not fit: coarser grids for its path
     savers = len(stages) - 1
@@ -247,7 +263,7 @@ def calibrate_chain(stages: Sequence[ChainStage], drop: float, delta: float, met
         procedure="Learn then Test with data splitting: half the calibration set orders the chain's Pareto "
                   "front (most to least expensive), the other half tests along it with fixed-sequence testing",
         extra={"split": {"search": n_search, "test": n_test, "seed": seed, "search_mode": search.mode}},
-        **_describe(stages, t[None, :]))
+        **describe(stages, t[None, :]))
 
 
 def certify_plan(calib: Sequence[ChainStage], report: Optional[Sequence[ChainStage]], drops: Sequence[float],
@@ -304,7 +320,7 @@ def certify_plan(calib: Sequence[ChainStage], report: Optional[Sequence[ChainSta
         check_target(d, delta, method)
     if ladder < 1:
         raise TinySaverError(f"the certification ladder needs >= 1 step, got {ladder}")
-    search_half, test_half = _split_halves(calib, seed)
+    search_half, test_half = split_halves(calib, seed)
     n_search, n_test = search_half[0].num_samples, test_half[0].num_samples
     savers = len(calib) - 1
     tables = search_tables(search_half, max_stages, grid=grid, max_exact_cells=max_exact_cells, progress=False)
@@ -357,7 +373,7 @@ def certify_plan(calib: Sequence[ChainStage], report: Optional[Sequence[ChainSta
             procedure="Learn then Test with data splitting: half the calibration set runs the planner at targets "
                       "from 0 to the drop (the path, most to least expensive), the other half tests along it "
                       "with fixed-sequence testing",
-            extra=extra, **_describe([calib[k] for k in chain], t[None, :]))
+            extra=extra, **describe([calib[k] for k in chain], t[None, :]))
     return out
 
 

@@ -18,6 +18,7 @@ from ..records import Record
 from ..thresholds import check_thresholds, threshold_to_json
 from .bootstrap import bootstrap_chain_ci
 from .calibrate import certify_plan
+from .crc_calibrate import crc_certify_plan
 from .pair import COUNT_TOL, PAPER_DROPS
 from .pools import check_calibration, check_pool, split_pool
 from .search import DEFAULT_EXACT_CELLS, DEFAULT_GRID, ChainSearch, Choice, Merged, search_plan
@@ -195,7 +196,7 @@ def plan_chains(base: Record, pool: Sequence[Record], *, max_stages: int = 3,
                 calib_pool: Optional[Sequence[Record]] = None, ci: Optional[float] = None,
                 draws: int = 1000, seed: int = 0, descent: bool = True, starts: int = 2,
                 pair_grid: Optional[int] = None, sweep: int = 16, certify: Optional[float] = None,
-                certify_method: str = "wsr",
+                certify_method: str = "wsr", certify_expected: bool = False,
                 progress: Optional[bool] = None) -> Plan:
     """The cheapest chain of savers in front of ``base`` for each allowed accuracy drop.
 
@@ -230,6 +231,10 @@ def plan_chains(base: Record, pool: Sequence[Record], *, max_stages: int = 3,
             :func:`tinysaver.analysis.calibrate.certify_plan`): thresholds whose drop on new data is within
             the target with probability >= 1 − δ, reported as ``certified``.
         certify_method: Upper-bound method of the certification (see :mod:`tinysaver.analysis.calibrate`).
+        certify_expected: Also (or, with ``certify=None``, only) a conformal-risk-control choice per
+            drop (calibrated mode only; :func:`tinysaver.analysis.crc_calibrate.crc_certify_plan`):
+            thresholds whose drop on new data is within the target on average over the calibration
+            draw, reported as ``certified_expected``.
         progress: Progress bars (None: only on a terminal).
 
     Returns:
@@ -246,6 +251,8 @@ def plan_chains(base: Record, pool: Sequence[Record], *, max_stages: int = 3,
         raise TinySaverError("--ci needs the calibrated mode (--calib-base and --calib-pool)")
     if certify is not None and calib_base is None:
         raise TinySaverError("--certify needs the calibrated mode (--calib-base and --calib-pool)")
+    if certify_expected and calib_base is None:
+        raise TinySaverError("--certify-method crc needs the calibrated mode (--calib-base and --calib-pool)")
     if ci is not None and not 0 < ci < 1:
         raise TinySaverError(f"--ci must be a level in (0, 1), e.g. 0.95, got {ci}")
     if grid < 2:
@@ -321,6 +328,11 @@ def plan_chains(base: Record, pool: Sequence[Record], *, max_stages: int = 3,
                                  method=certify_method, seed=seed, grid=grid, max_exact_cells=max_exact_cells,
                                  descent=descent, pair_grid=pair_grid, sweep=sweep)
         extra["certified"] = {repr(d): c.to_json() for d, c in certified.items()}
+    if certify_expected:
+        expected = crc_certify_plan(calib, report, [d for d in drops if d >= 0], max_stages=max_stages, seed=seed,
+                                    grid=grid, max_exact_cells=max_exact_cells, descent=descent,
+                                    pair_grid=pair_grid, sweep=sweep)
+        extra["certified_expected"] = {repr(d): c.to_json() for d, c in expected.items()}
     info = planned.info()
     info["searched_on"] = "calibration" if calib else "report"
     info["descent_by_drop"] = {repr(d): (c.descent if c is not None else None) for d, c in planned.choices.items()

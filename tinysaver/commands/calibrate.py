@@ -8,6 +8,11 @@ Ramdas betting bound), bernstein (Maurer & Pontil empirical Bernstein) or hoeffd
 et al.). For a chain (--stages S1 S2 B) half the records order the chain's configurations and the
 other half tests them (data splitting). See tinysaver/analysis/calibrate.py for the references.
 
+--guarantee expected instead: conformal risk control (Angelopoulos et al., 2022) on the loss
+1[base right and the answering stage wrong]: averaged over the draw of the calibration records, the
+accuracy drop vs the base on new data is <= --drop points (no delta, no method; it needs at least
+100/--drop - 1 records, and lets nothing exit at a drop of 0). See tinysaver/analysis/crc.py.
+
 Example:
   tinysaver calibrate --base outputs/fashion_mnist/records/fmnist_cnn_l_holdout.npz \\
       --saver outputs/fashion_mnist/records/fmnist_cnn_s_holdout.npz --drop 0.5 --delta 0.1 --json cal.json
@@ -26,9 +31,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stages", nargs="+", metavar="S.npz",
                    help="instead of --saver/--base: a chain by increasing cost, the base last")
     p.add_argument("--drop", type=float, required=True, metavar="PT", help="allowed accuracy drop (points)")
-    p.add_argument("--delta", type=float, default=0.1, help="allowed failure probability (default 0.1)")
-    p.add_argument("--method", default="wsr", choices=["wsr", "bernstein", "hoeffding-bentkus"],
-                   help="upper confidence bound of the drop (default wsr)")
+    p.add_argument("--guarantee", default="high-probability", choices=["high-probability", "expected"],
+                   help="high-probability: Learn then Test, the drop holds with probability >= 1 - delta (default); "
+                        "expected: conformal risk control, the drop holds on average over calibration draws")
+    p.add_argument("--delta", type=float, help="allowed failure probability (default 0.1; high-probability only)")
+    p.add_argument("--method", choices=["wsr", "bernstein", "hoeffding-bentkus"],
+                   help="upper confidence bound of the drop (default wsr; high-probability only)")
     p.add_argument("--seed", type=int, default=0, help="sample order (wsr) and data split (chains)")
     p.add_argument("--json", metavar="OUT.json", help="write the result as JSON")
     p.add_argument("--markdown", metavar="OUT.md", help="write the result as markdown")
@@ -36,7 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..analysis import calibrate_records, check_target
+    from ..analysis import calibrate_records, check_target, crc_calibrate_records
+    from ..analysis.crc import check_drop
     from ..errors import TinySaverError
     from ..io import check_outputs
     from ..report.plan import calibration_markdown
@@ -46,7 +55,20 @@ def run(args: argparse.Namespace) -> int:
         raise TinySaverError("give either --stages or --saver and --base, not both")
     if not args.stages and not (args.saver and args.base):
         raise TinySaverError("give --saver and --base (or a chain with --stages S1 S2 B)")
-    check_target(args.drop, args.delta, args.method)
+    expected = args.guarantee == "expected"
+    if expected:
+        given = [flag for flag, value in (("--delta", args.delta), ("--method", args.method)) if value is not None]
+        if given:
+            raise TinySaverError(f"{' and '.join(given)} belong to --guarantee high-probability (Learn then Test); "
+                                 "--guarantee expected has neither")
+        try:
+            check_drop(args.drop)
+        except TinySaverError as err:
+            raise TinySaverError(f"--drop: {err}") from None
+    else:
+        args.delta = 0.1 if args.delta is None else args.delta
+        args.method = args.method or "wsr"
+        check_target(args.drop, args.delta, args.method)
     paths = args.stages or [args.saver, args.base]
     if len(paths) < 2:
         raise TinySaverError("--stages needs at least one saver and the base")
@@ -55,6 +77,9 @@ def run(args: argparse.Namespace) -> int:
     records = loader.load_all(paths)
     loader.check_all_used()
     distinct_models(records, "--stages" if args.stages else "--saver/--base")
-    result = calibrate_records(records, args.drop, args.delta, args.method, args.seed)
+    if expected:
+        result = crc_calibrate_records(records, args.drop, args.seed)
+    else:
+        result = calibrate_records(records, args.drop, args.delta, args.method, args.seed)
     text = calibration_markdown(result)
     return finish(args, json_data=result.to_json(), markdown=text)

@@ -11,7 +11,9 @@ the Pareto front of accuracy vs expected GMACs, the cheapest chain within each d
 2-stage chain for comparison and the oracle (each sample answered by the cheapest model that gets
 it right). With --calib-base and --calib-pool every configuration is chosen on that split and
 measured on --base/--pool (the honest mode); --ci adds bootstrap intervals there, and --certify
-DELTA a Learn-then-Test choice per drop whose drop holds on new data with probability >= 1 - DELTA.
+DELTA a Learn-then-Test choice per drop whose drop holds on new data with probability >= 1 - DELTA;
+--certify-method crc (alone, or after the Learn-then-Test method, e.g. "wsr crc") a conformal-risk-
+control choice per drop whose drop holds on new data on average over calibration draws (no DELTA).
 
 Example:
   tinysaver plan --base outputs/fashion_mnist/records/fmnist_cnn_l_test.npz \\
@@ -53,8 +55,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--certify", type=float, metavar="DELTA",
                    help="calibrated mode: also a Learn-then-Test chain per drop that keeps it on new data with "
                         "probability >= 1 - DELTA, e.g. 0.1")
-    p.add_argument("--certify-method", default="wsr", choices=["wsr", "bernstein", "hoeffding-bentkus"],
-                   help="upper confidence bound of --certify (default wsr)")
+    p.add_argument("--certify-method", nargs="+", default=["wsr"], metavar="METHOD",
+                   choices=["wsr", "bernstein", "hoeffding-bentkus", "crc"],
+                   help="upper confidence bound of --certify: wsr (default), bernstein or hoeffding-bentkus; and/or "
+                        "crc: conformal risk control, the expected drop within each target (no --certify needed)")
     p.add_argument("--ci", type=float, metavar="LEVEL",
                    help="bootstrap intervals of the calibrated accuracy and GMACs, e.g. 0.95")
     p.add_argument("--draws", type=int, default=1000, help="bootstrap draws (default 1000)")
@@ -67,11 +71,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..analysis import MAX_CELLS, plan_chains
+    from ..errors import TinySaverError
     from ..io import check_outputs
     from ..report.plan import plan_markdown, plot_plan
     from ._checks import MAX_DRAWS, at_most, check_drops, check_png
 
     check_drops(args.drops)
+    ltt = [m for m in args.certify_method if m != "crc"]
+    expected = "crc" in args.certify_method
+    if len(set(ltt)) > 1:
+        raise TinySaverError(f"--certify-method takes one Learn-then-Test method (and/or crc), got {' '.join(ltt)}")
+    if args.certify is not None and not ltt:
+        raise TinySaverError("--certify DELTA is Learn then Test's; --certify-method crc alone takes none "
+                             "(give --certify-method wsr crc for both)")
     at_most(args.draws, MAX_DRAWS, "--draws")
     # a pair move fills a table of up to --pair-grid² cells: the same cap as one chain's table
     at_most(args.pair_grid, math.isqrt(MAX_CELLS), "--pair-grid", f" (a {math.isqrt(MAX_CELLS)}² table per pair move)")
@@ -87,6 +99,6 @@ def run(args: argparse.Namespace) -> int:
                          calib_base=calib_base, calib_pool=calib_pool, ci=args.ci, draws=args.draws,
                          seed=args.seed, descent=not args.no_descent, starts=args.starts, pair_grid=args.pair_grid,
                          sweep=args.sweep,
-                         certify=args.certify, certify_method=args.certify_method)
+                         certify=args.certify, certify_method=ltt[0] if ltt else "wsr", certify_expected=expected)
     table = plan_markdown(result)
     return finish(args, json_data=result.to_json(), markdown=table, plot=lambda path: plot_plan(result, path))

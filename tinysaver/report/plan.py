@@ -78,21 +78,21 @@ def plan_markdown(plan: Plan) -> str:
                       f"probability ≥ {1 - first['delta']:g} over the calibration draw, the expected drop on new "
                       "data from the calibration split's distribution is within the target (a finite split such as "
                       "the reported one adds its own sampling noise); chosen on the calibration split, measured on "
-                      "the reported split):", "",
-                  "| drop ≤ | chain | thresholds | acc. | calib. acc. | target | GMACs (vs base) |",
-                  "|---|---|---|---|---|---|---|"]
-        for drop, c in certified.items():
-            alone = len(c["stages"]) == 1
-            chain = " → ".join(c["stages"]) + (" (nothing could be certified: the base alone)" if alone else "")
-            t = c.get("thresholds", [c.get("threshold")])
-            t_text = ", ".join(_threshold(float(x)) for x in t) if not alone else "–"
-            lines.append(f"| {float(drop):g} pt | {chain} | {t_text} | {c['acc']:.2%} | {c['calib_acc']:.2%} | "
-                         f"{'kept' if c['meets_target'] else '✗ missed'} | "
-                         f"{c['gmacs']:.4g} ({pct(c['gmacs'], plan.base_gmacs)}) |")
+                      "the reported split):", ""]
+        lines += _certified_rows(certified, plan.base_gmacs)
+    expected = plan.extra.get("certified_expected")
+    if expected:
+        lines += ["", "Certified on average (conformal risk control on the loss 1[base right and the answering stage "
+                      "wrong]: for each drop, averaged over calibration draws, the drop on new data from the "
+                      "calibration split's distribution is within the target; one draw may land above it; chosen on "
+                      "the calibration split, measured on the reported split):", ""]
+        lines += _certified_rows(expected, plan.base_gmacs)
+    if certified or expected:
         gains = [d for d in plan.required if d < 0]
         if gains:
             lines += ["", f"Not certified: {', '.join(f'{d:g} pt' for d in gains)} (a negative drop asks for a gain "
-                          "over the base; Learn then Test here bounds a drop >= 0)."]
+                          "over the base; " + ("the certifications here bound" if expected else
+                                               "Learn then Test here bounds") + " a drop >= 0)."]
     o = plan.oracle
     lines += ["", f"Oracle (each sample answered by the cheapest model that gets it right): acc. {o.acc:.2%}, "
                   f"{o.gmacs:.4g} GMACs ({pct(o.gmacs, plan.base_gmacs)}). Pareto front: {len(plan.front)} "
@@ -107,6 +107,21 @@ def plan_markdown(plan: Plan) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _certified_rows(certified: Dict[str, Dict[str, object]], base_gmacs: float) -> list:
+    """The table of certified choices (JSON form, by drop) measured on the reported split."""
+    lines = ["| drop ≤ | chain | thresholds | acc. | calib. acc. | target | GMACs (vs base) |",
+             "|---|---|---|---|---|---|---|"]
+    for drop, c in certified.items():
+        alone = len(c["stages"]) == 1
+        chain = " → ".join(c["stages"]) + (" (nothing could be certified: the base alone)" if alone else "")
+        t = c.get("thresholds", [c.get("threshold")])
+        t_text = ", ".join(_threshold(float(x)) for x in t) if not alone else "–"
+        lines.append(f"| {float(drop):g} pt | {chain} | {t_text} | {c['acc']:.2%} | {c['calib_acc']:.2%} | "
+                     f"{'kept' if c['meets_target'] else '✗ missed'} | "
+                     f"{c['gmacs']:.4g} ({pct(c['gmacs'], base_gmacs)}) |")
+    return lines
+
+
 def chain_markdown(point: ChainPoint) -> str:
     """One chain at given thresholds as a one-row markdown table."""
     head = ["chain", "thresholds", "answered", "acc.", "GMACs"]
@@ -117,14 +132,23 @@ def chain_markdown(point: ChainPoint) -> str:
 def calibration_markdown(cal: Calibration) -> str:
     """A calibrated threshold with its guarantee, as a short markdown block."""
     t = ", ".join(_threshold(x) for x in cal.thresholds)
+    expected = cal.guarantee == "expected"
     if all(math.isinf(x) for x in cal.thresholds):
         t += (" — nothing exits: no threshold could be certified for this drop with these samples "
-              "(a larger drop, more calibration samples or a bigger δ may allow one)")
+              + ("(a larger drop or more calibration samples may allow one; a drop of 0 never does here)" if expected
+                 else "(a larger drop, more calibration samples or a bigger δ may allow one)"))
+    if expected:
+        method = "conformal risk control"
+        promise = (f"Averaged over the draw of the calibration set, the accuracy drop vs the base on new data from the "
+                   f"same distribution is ≤ {cal.drop:g} points (one draw may land above it; a finite test set adds "
+                   "its own sampling noise to what it measures). Loss: 1[base right and the answering stage wrong].")
+    else:
+        method = cal.method
+        promise = (f"With probability ≥ {1 - cal.delta:g} over the calibration draw, the expected accuracy drop vs "
+                   f"the base on new data from the same distribution is ≤ {cal.drop:g} points (a finite test set "
+                   "adds its own sampling noise to what it measures).")
     return (f"Calibrated {'threshold' if len(cal.thresholds) == 1 else 'thresholds'} for {' → '.join(cal.stages)}: "
-            f"**{t}** ({cal.method}, {cal.samples} calibration samples)\n\n"
-            f"With probability ≥ {1 - cal.delta:g} over the calibration draw, the expected accuracy drop vs the "
-            f"base on new data from the same distribution is ≤ {cal.drop:g} points (a finite test set adds its "
-            "own sampling noise to what it measures).\n\n"
+            f"**{t}** ({method}, {cal.samples} calibration samples)\n\n{promise}\n\n"
             "| calib. exit ratio | calib. acc. | calib. base acc. | calib. GMACs |\n|---|---|---|---|\n"
             f"| {cal.calib_exit_ratio:.1%} | {cal.calib_acc:.2%} | {cal.calib_base_acc:.2%} | {cal.calib_gmacs:.4g} |\n")
 

@@ -4,7 +4,7 @@
 drop versus the base on new data from the same distribution (i.i.d. with the calibration samples)
 is at most the target: ``E[acc_base − acc_cascade(t̂)] <= drop``, the expectation being over both
 the calibration draw and the new sample. This is weaker than Learn then Test's "with probability
-``>= 1 − δ``" (:mod:`tinysaver.calibrate`): a single calibration draw may land above the target, but
+``>= 1 − δ``" (:mod:`tinysaver.analysis.calibrate`): a single calibration draw may land above the target, but
 on average it does not; in exchange it lets samples exit at drops where Learn then Test certifies
 nothing.
 
@@ -65,7 +65,7 @@ from typing import Callable, Optional, Union
 
 import numpy as np
 
-from .errors import TinySaverError
+from ..errors import TinySaverError
 
 #: Upper bound ``B`` of the per-sample loss ``1[base right and the answering stage wrong]``.
 LOSS_BOUND = 1.0
