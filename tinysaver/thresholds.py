@@ -64,7 +64,8 @@ def threshold_to_json(t: float) -> Union[float, str]:
     t = float(t)
     if math.isnan(t):
         raise ThresholdError("a threshold is NaN")
-    return "inf" if math.isinf(t) and t > 0 else t
+    # JSON has no infinities: "inf" (nothing exits) and "-inf" (everything exits), read back by float()
+    return ("inf" if t > 0 else "-inf") if math.isinf(t) else t
 
 
 def threshold_from_json(value: Union[float, str, None]) -> float:
