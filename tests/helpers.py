@@ -45,3 +45,24 @@ def chain_record(name: str, gmacs: float, conf, right, label) -> Record:
 def chain_tuple(rec: Record) -> tuple:
     """A record as the brute-force reference (tests/brute_force_chain.py) takes it."""
     return rec.name, rec.gmacs, rec.conf.tolist(), rec.correct.astype(int).tolist()
+
+
+def wsr_ucb_reference(x, delta):
+    """Upper confidence bound of E[x] for x in [0, 1]: a line-by-line transcription of
+    ``WSR_mu_plus`` in the RCPS reference code (Bates et al. 2021, ``core/bounds.py``), solved with
+    scipy's brentq."""
+    from scipy.optimize import brentq
+
+    n = x.shape[0]
+    muhat = (np.cumsum(x) + 0.5) / (1 + np.arange(1, n + 1))
+    sigma2hat = (np.cumsum((x - muhat) ** 2) + 0.25) / (1 + np.arange(1, n + 1))
+    sigma2hat[1:] = sigma2hat[:-1]
+    sigma2hat[0] = 0.25
+    nu = np.minimum(np.sqrt(2 * np.log(1 / delta) / n / sigma2hat), 1)
+
+    def kn(mu):
+        return np.max(np.cumsum(np.log(1 - nu * (x - mu)))) + np.log(delta)
+
+    if kn(1) < 0:
+        return 1.0
+    return brentq(kn, 1e-10, 1 - 1e-10, maxiter=1000)

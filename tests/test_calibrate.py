@@ -14,6 +14,8 @@ from tinysaver.analysis import (ChainStage, calibrate_chain, calibrate_pair, fix
 from tinysaver.analysis.bounds import _binom_cdf
 from tinysaver.cli import main
 
+from .helpers import wsr_ucb_reference
+
 DELTA = 0.1
 
 
@@ -212,27 +214,6 @@ def test_certify_with_no_usable_saver_gives_the_base_alone(make_record, tmp_path
     assert "the base alone" in capsys.readouterr().out
 
 
-def _wsr_ucb_reference(x, delta):
-    """Upper confidence bound of E[x] for x in [0, 1]: a line-by-line transcription of
-    ``WSR_mu_plus`` in the RCPS reference code (Bates et al. 2021, ``core/bounds.py``), solved with
-    scipy's brentq."""
-    from scipy.optimize import brentq
-
-    n = x.shape[0]
-    muhat = (np.cumsum(x) + 0.5) / (1 + np.arange(1, n + 1))
-    sigma2hat = (np.cumsum((x - muhat) ** 2) + 0.25) / (1 + np.arange(1, n + 1))
-    sigma2hat[1:] = sigma2hat[:-1]
-    sigma2hat[0] = 0.25
-    nu = np.minimum(np.sqrt(2 * np.log(1 / delta) / n / sigma2hat), 1)
-
-    def kn(mu):
-        return np.max(np.cumsum(np.log(1 - nu * (x - mu)))) + np.log(delta)
-
-    if kn(1) < 0:
-        return 1.0
-    return brentq(kn, 1e-10, 1 - 1e-10, maxiter=1000)
-
-
 def test_bounds_equal_the_published_formulas():
     """Each test rejects ``E[L] > alpha`` exactly when the cited paper's bound says so, on losses in
     {-1, 0, 1} (computed independently here: scipy's binomial, the RCPS code's WSR bound)."""
@@ -256,7 +237,7 @@ def test_bounds_equal_the_published_formulas():
         h1 = (r * math.log(r / a) if r > 0 else 0.0) + ((1 - r) * math.log((1 - r) / (1 - a)) if r < 1 else 0.0)
         p_hb = min(math.exp(-n * h1), math.e * binom.cdf(math.ceil(n * x.mean() - 1e-9), n, a))
         expected = {"bernstein": 2 * ucb_x - 1 <= alpha, "hoeffding-bentkus": p_hb <= delta,
-                    "wsr": _wsr_ucb_reference(x, delta) < a}
+                    "wsr": wsr_ucb_reference(x, delta) < a}
         got = {"bernstein": _reject_bernstein(loss[None], alpha, delta)[0],
                "hoeffding-bentkus": _reject_hoeffding_bentkus(loss[None], alpha, delta)[0],
                "wsr": _reject_wsr(loss[None], alpha, delta)[0]}

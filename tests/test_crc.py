@@ -13,6 +13,8 @@ import pytest
 from tinysaver.analysis import crc
 from tinysaver.errors import TinySaverError
 
+from .helpers import wsr_ucb_reference
+
 DRAWS = 1000
 
 
@@ -304,25 +306,7 @@ def test_ltt_wsr_agrees_with_rcps_reference():
     """Our betting test against a port of the RCPS reference code (Bates et al., ``WSR_mu_plus``, an
     upper confidence bound found with brentq). MAPIE's ``wsr`` is not used: it adds the capital
     maxima of two halves of the samples, a different statistic."""
-    from scipy.optimize import brentq
-
     fixed_sequence = _ltt_fixed_sequence()
-
-    def wsr_mu_plus(x, delta):
-        n = x.shape[0]
-        i = np.arange(1, n + 1)
-        muhat = (np.cumsum(x) + 0.5) / (1 + i)
-        sigma2hat = (np.cumsum((x - muhat) ** 2) + 0.25) / (1 + i)
-        sigma2hat[1:] = sigma2hat[:-1]
-        sigma2hat[0] = 0.25
-        nu = np.minimum(np.sqrt(2 * np.log(1 / delta) / n / sigma2hat), 1)
-
-        def kn(mu):
-            return np.max(np.cumsum(np.log(1 - nu * (x - mu)))) + np.log(delta)
-
-        if kn(1) < 0:
-            return 1.0
-        return brentq(kn, 1e-10, 1 - 1e-10, maxiter=1000)
 
     rng = np.random.default_rng(10)
     compared = rejected = 0
@@ -330,7 +314,7 @@ def test_ltt_wsr_agrees_with_rcps_reference():
         n = int(rng.integers(200, 4000))
         loss = rng.choice([-1.0, 0.0, 1.0], n, p=rng.dirichlet([1, 8, 1]))
         alpha, delta = float(rng.uniform(0.0, 0.1)), 0.1
-        mu_plus = wsr_mu_plus((loss + 1) / 2, delta)
+        mu_plus = wsr_ucb_reference((loss + 1) / 2, delta)
         if abs(mu_plus - (alpha + 1) / 2) < 1e-7:
             continue
         ours = fixed_sequence(lambda sl: loss[None, :], 1, n, alpha, delta, "wsr") == 1

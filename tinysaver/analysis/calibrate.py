@@ -213,6 +213,16 @@ def calibrate_pair(conf, saver_correct, base_correct, drop: float, delta: float,
 
 # --- N stages ---------------------------------------------------------------------------------------
 
+def on_report(report: Sequence[ChainStage], chain: Sequence[int], thresholds: np.ndarray, drop: float
+              ) -> Dict[str, object]:
+    """What a certified configuration (stage indices ``chain`` into ``report``, their thresholds) did
+    on the reported split: accuracy, GMACs, share answered per stage and whether the drop held."""
+    ev = simulate_chain([report[k] for k in chain], np.asarray(thresholds)[None, :])
+    m = report[0].num_samples
+    return dict(acc=float(ev.acc[0]), gmacs=float(ev.gmacs[0]), answered=ev.answered[0].tolist(),
+                meets_target=bool(ev.acc[0] * m >= report[-1].correct.sum() - drop / 100.0 * m - COUNT_TOL))
+
+
 def split_halves(stages: Sequence[ChainStage], seed: int) -> Tuple[List[ChainStage], List[ChainStage]]:
     """The calibration samples split at random into a search half (in sample order) and a test
     half (in its random order, which the wsr bound's betting runs through)."""
@@ -363,10 +373,7 @@ def certify_plan(calib: Sequence[ChainStage], report: Optional[Sequence[ChainSta
             "path": [{"stages": [calib[k].name for k in range(savers) if np.isfinite(v[k])] + [calib[-1].name],
                       "thresholds": [float(x) for x in v[np.isfinite(v)]]} for v in path_arr]}
         if report is not None:
-            ev = simulate_chain([report[k] for k in chain], t[None, :])
-            m = report[0].num_samples
-            extra.update(acc=float(ev.acc[0]), gmacs=float(ev.gmacs[0]), answered=ev.answered[0].tolist(),
-                         meets_target=bool(ev.acc[0] * m >= report[-1].correct.sum() - d / 100.0 * m - COUNT_TOL))
+            extra.update(on_report(report, chain, t, d))
         out[d] = Calibration(
             stages=[calib[k].name for k in chain], thresholds=t.tolist(), drop=d, delta=delta, method=method,
             tested=len(path_arr), rejected=rejected,

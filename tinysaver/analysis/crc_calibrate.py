@@ -25,11 +25,10 @@ import numpy as np
 
 from ..errors import TinySaverError
 from ..records import Record
-from .calibrate import PATH_CELLS, Calibration, describe, split_halves
+from .calibrate import PATH_CELLS, Calibration, describe, on_report, split_halves
 from .crc import check_drop, check_samples, crc_pair_threshold, crc_path, exit_share_family, min_samples
-from .pair import COUNT_TOL
 from .search import DEFAULT_EXACT_CELLS, DEFAULT_GRID, search_chains, search_plan
-from .stages import ChainStage, answering_stage, check_chain_records, simulate_chain
+from .stages import ChainStage, answering_stage, check_chain_records
 from .tables import grid_cells, threshold_grid
 
 #: Configurations on a chain's path (base alone excluded).
@@ -181,10 +180,7 @@ def crc_certify_plan(calib: Sequence[ChainStage], report: Optional[Sequence[Chai
             extra["why"] = ("a drop of 0 cannot be certified: the new sample's loss counts 1/(n+1) > 0" if d == 0 else
                             f"the test half has {n_test} samples, a {d:g}-point drop needs at least {min_samples(d)}")
         if report is not None:
-            ev = simulate_chain([report[k] for k in chain], t[None, :])
-            m = report[0].num_samples
-            extra.update(acc=float(ev.acc[0]), gmacs=float(ev.gmacs[0]), answered=ev.answered[0].tolist(),
-                         meets_target=bool(ev.acc[0] * m >= report[-1].correct.sum() - d / 100.0 * m - COUNT_TOL))
+            extra.update(on_report(report, chain, t, d))
         out[d] = Calibration(
             stages=[calib[k].name for k in chain], thresholds=t.tolist(), drop=d, delta=None, method="crc",
             tested=len(path), rejected=r.admissible, guarantee="expected",
