@@ -328,11 +328,11 @@ def test_cli_serve_applies_a_changed_config_to_the_running_replicas(server, tmp_
 
     import ray
 
-    def write(threshold):
+    def write(threshold, actor_options=None):
         config.write_text(json.dumps({"applications": [{
             "name": "watch", "route_prefix": "/watch", "import_path": "tinysaver.serve:build_app",
             "args": {"export_dir": str(server["export_dir"]), "thresholds": [threshold],
-                     "stage_defaults": {"ray_actor_options": {"num_cpus": 0.25}}}}]}))
+                     "stage_defaults": {"ray_actor_options": actor_options or {"num_cpus": 0.25}}}}]}))
 
     def health():
         try:
@@ -358,7 +358,14 @@ def test_cli_serve_applies_a_changed_config_to_the_running_replicas(server, tmp_
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         before = wait_for(lambda s: s[0]["threshold"] == 0.5)
-        time.sleep(0.1)  # a new mtime, even on coarse file-system clocks
+        # an editor that replaces the file (gone for a moment), then an edit Ray Serve refuses: the
+        # server keeps serving what runs and says "not applied"
+        config.unlink()
+        time.sleep(1.0)
+        assert proc.poll() is None
+        write(0.6, {"num_cpus": -1})
+        time.sleep(1.5)
+        assert proc.poll() is None and health()[0]["threshold"] == 0.5
         write(0.75)
         after = wait_for(lambda s: s[0]["threshold"] == 0.75)
         assert [s["replica"] for s in after] == [s["replica"] for s in before]
@@ -370,6 +377,8 @@ def test_cli_serve_applies_a_changed_config_to_the_running_replicas(server, tmp_
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err[-2000:]
+        assert "not applied: " + str(config) + ": invalid serve config (ValueError: The quantity of resource num_cpus " \
+            "cannot be negative)" in err, err[-2000:]
         from ray import serve
 
         assert "watch" not in serve.status().applications  # removed from the shared cluster
@@ -423,6 +432,14 @@ def test_stalled_uploads_are_bounded_and_timed_out_apart_from_inference(server, 
         start = time.monotonic()
         code, answer = _post_npy(url, data[1][:1])
         assert code == 503 and "max_concurrent_uploads is 3" in answer["error"]
+        import urllib.error
+        import urllib.request
+
+        request = urllib.request.Request(f"{url}/predict", data=b"0" * 200_000,  # whole body first, then reads
+                                         headers={"content-type": "application/x-npy"})
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(request, timeout=60)
+        assert info.value.code == 503
         assert _post_npy(server["url"], data[1][:1])[0] == 200  # the other application is untouched
         for sock in stalled:
             answer = b""
@@ -558,3 +575,99 @@ def test_cli_serve_ends_within_30_s_of_sigterm_under_load(server, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+def test_a_client_leaving_does_not_cancel_the_call_its_batch_neighbours_wait_for():
+    """The escalated rows of one batch go on in one call shared by its requests: a request cancelled
+    (its client disconnected) must not cancel that call for the others."""
+    import asyncio
+
+    from tinysaver.serve.stage import merge_next
+
+    async def scenario():
+        release = asyncio.Event()
+
+        async def next_stage():
+            await release.wait()
+            return {"logits": np.ones((2, 3), np.float32), "stage": np.array([1, 1]), "confidence": np.array([.9, .8])}
+
+        call = asyncio.ensure_future(next_stage())
+        exits = np.array([False])
+        leaving = asyncio.ensure_future(merge_next(0, np.zeros((1, 3), np.float32), np.zeros(1), exits, (call, [0])))
+        staying = asyncio.ensure_future(merge_next(0, np.zeros((1, 3), np.float32), np.zeros(1), exits.copy(),
+                                                   (call, [1])))
+        await asyncio.sleep(0.01)
+        leaving.cancel()
+        await asyncio.sleep(0.01)
+        release.set()
+        return await staying, leaving.cancelled(), call.cancelled()
+
+    answer, left, call_cancelled = asyncio.run(scenario())
+    assert left and not call_cancelled
+    assert answer["stage"].tolist() == [1] and answer["confidence"].tolist() == [0.8]
+
+
+def test_inputs_that_overflow_the_model_get_a_422_not_a_500(server, data):
+    """Finite float32 inputs near the type's limit make the logits NaN; JSON cannot carry them."""
+    r = requests.post(f"{server['url']}/predict", data=_npy(np.full((2, 1, 28, 28), 3e38, np.float32)),
+                      headers={"content-type": "application/x-npy"}, timeout=120)
+    assert r.status_code == 422, r.text
+    assert "output is not finite for sample(s) 0, 1" in r.json()["error"]
+    assert _post_npy(server["url"], data[1][:1])[0] == 200
+
+
+def _ingress(server, first_stage, **limits):
+    from tinysaver.serve.ingress import ingress_deployment
+
+    return ingress_deployment()(str(server["export_dir"]), 0, {}, {"max_request_bytes": 1_000_000,
+                                                                   "max_samples_per_request": 8, **limits},
+                                first_stage)
+
+
+def _request(method: str, path: str, body: bytes = b"", content_type: str = "application/octet-stream"):
+    from starlette.requests import Request
+
+    async def receive():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    scope = {"type": "http", "method": method, "path": path, "root_path": "", "query_string": b"",
+             "headers": [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]}
+    return Request(scope, receive)
+
+
+def test_a_dead_decode_process_is_replaced_and_the_request_answered(server, data):
+    """A decode process killed (the OOM killer, a crash in an image library) breaks its whole pool:
+    the ingress replaces the pool and decodes the request on the new one."""
+    import asyncio
+
+    ingress = _ingress(server, None)
+    try:
+        with pytest.raises(Exception):
+            ingress._decoder.submit(os._exit, 1).result(timeout=60)  # the pool is now broken
+        kind, x = asyncio.run(ingress._parse(_request("POST", "/predict", _png(28, 28), "image/png")))
+        assert kind == "arrays" and x.shape == (1, 1, 28, 28) and ingress.decoder_restarts == 1
+        kind, x = asyncio.run(ingress._parse(_request("POST", "/predict", _png(28, 28), "image/png")))
+        assert x.shape == (1, 1, 28, 28) and ingress.decoder_restarts == 1
+    finally:
+        ingress.__del__()
+
+
+def test_an_unforeseen_failure_is_a_one_line_500_and_json(server):
+    import asyncio
+
+    class Broken:
+        class answer:
+            @staticmethod
+            def remote(kind, data):
+                async def fail():
+                    raise RuntimeError("something\nunexpected")
+                return fail()
+
+    ingress = _ingress(server, Broken())
+    try:
+        body = _npy(np.zeros((1, 1, 28, 28), np.float32))
+        response = asyncio.run(ingress(_request("POST", "/predict", body, "application/x-npy")))
+        assert response.status_code == 500
+        assert json.loads(response.body) == {"error": "internal error (RuntimeError: something unexpected)"}
+    finally:
+        ingress.__del__()

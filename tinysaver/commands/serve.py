@@ -92,15 +92,20 @@ def run(args: argparse.Namespace) -> int:
         while True:  # until Ctrl-C
             time.sleep(args.poll_s)
             watch.poll()
-            now = os.stat(args.config).st_mtime
+            try:
+                now = os.stat(args.config).st_mtime
+            except OSError:  # an editor replacing the file (gone for a moment), a moved file: keep serving
+                continue
             if now != mtime:
                 mtime = now
                 try:
                     loaded = read_config(args.config)
-                except TinySaverError as exc:  # a bad edit: keep serving what runs
-                    print(f"tinysaver serve: not applied: {exc}", file=sys.stderr, flush=True)
+                    serve.run(build_app(loaded["args"]), name=name, route_prefix=prefix)
+                except Exception as exc:  # a bad edit or a failed redeploy: keep serving, say why
+                    detail = " ".join(str(exc).split())[:300]  # a TinySaverError names the file already
+                    where = "" if isinstance(exc, TinySaverError) else f"{args.config}: redeploy failed: "
+                    print(f"tinysaver serve: not applied: {where}{detail}", file=sys.stderr, flush=True)
                     continue
-                serve.run(build_app(loaded["args"]), name=name, route_prefix=prefix)
                 print(f"{args.config}: applied {json.dumps(loaded['args'].get('thresholds'))}", flush=True)
     except KeyboardInterrupt:
         return 0
@@ -192,13 +197,15 @@ class ReplicaWatch:
 
 def read_config(path: str) -> dict:
     """The serve config file, loaded and checked (:func:`tinysaver.serve.load_config`,
-    :meth:`~tinysaver.serve.ServeConfig.from_dict`); any problem with it is one line naming it."""
+    :meth:`~tinysaver.serve.ServeConfig.from_dict`, and the application built, which runs Ray
+    Serve's checks of ``ray_actor_options``); any problem with it is one line naming it."""
     from ..errors import TinySaverError
-    from ..serve import ServeConfig, load_config
+    from ..serve import ServeConfig, build_app, load_config
 
     try:
         loaded = load_config(path)
         ServeConfig.from_dict(loaded["args"], path)
+        build_app(loaded["args"])  # Ray Serve's own checks of the deployment options (no cluster needed)
     except TinySaverError:
         raise
     except (OSError, UnicodeDecodeError) as exc:  # a folder, a binary file, no permission

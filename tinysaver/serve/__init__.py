@@ -55,7 +55,7 @@ Config (the ``args`` of a Ray Serve application, see ``configs/serve/fmnist_casc
     max_samples_per_request: 256
     max_request_pixels: 67108864          # decoded pixels of a request's images, in all
     base_only: false                    # serve the last stage alone (the reference of a benchmark)
-    ingress: {max_concurrent_uploads: 512, body_timeout_s: 10, retry_timeout_s: 60, decode_threads: null}
+    ingress: {max_concurrent_uploads: 512, body_timeout_s: 10, retry_timeout_s: 30, decode_threads: null}
     stage_defaults: {max_batch_size: 32, batch_wait_timeout_s: 0.005, threads: 1}
     stages:                             # optional, one entry per stage, over stage_defaults
       - {num_replicas: 2, ray_actor_options: {num_cpus: 1}}

@@ -93,7 +93,8 @@ class IngressOptions:
             processes of lower CPU priority that decode and preprocess images (None: the
             replica's ``num_cpus``, at least 1: one core's worth of decoding by default).
         retry_timeout_s: How long a request whose stage replica died is retried (inference is
-            idempotent) before it gets 503.
+            idempotent) before it gets 503; below the proxy's ``request_timeout_s`` (60 s in the
+            shipped config), so that the client reads this 503 rather than the proxy's 408.
         health_check_period_s, graceful_shutdown_timeout_s: As for a stage.
     """
 
@@ -105,7 +106,7 @@ class IngressOptions:
     max_concurrent_uploads: int = 512
     body_timeout_s: float = 10.0
     decode_threads: Optional[int] = None
-    retry_timeout_s: float = 60.0
+    retry_timeout_s: float = 30.0
     health_check_period_s: float = 2.0
     graceful_shutdown_timeout_s: float = 5.0
 

@@ -10,9 +10,11 @@ lost request (the call is retried).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import uuid
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
@@ -22,7 +24,7 @@ from ..runtime.cascade import check_batch
 from ..runtime.manifest import preprocess_key, read_manifest, stage_specs
 from ..runtime.preprocess import preprocess_image
 from .config import IngressOptions
-from .payload import ARRAYS, IMAGES, RequestError, parse_payload, read_body
+from .payload import ARRAYS, IMAGES, RequestError, discard_body, parse_payload, read_body
 from .retry import call_with_retry, cause_of
 
 #: how long /health waits for the stages' own report before calling them down
@@ -31,6 +33,11 @@ HEALTH_TIMEOUT_S = 3.0
 #: on a busy machine the cores go to routing and inference first, and a client sending huge images
 #: waits instead of slowing everyone (Ray starts its workers at niceness 15; decoding then runs at 19)
 DECODE_NICE = 10
+#: how long a request refused for want of an upload slot may take to send its body (read and
+#: dropped, so that clients which send the whole body before reading, like urllib, read the 503)
+REFUSED_BODY_S = 1.0
+
+logger = logging.getLogger("ray.serve")
 
 
 def lower_priority() -> None:
@@ -58,6 +65,12 @@ def carries_images(content_type: str, body: bytes) -> bool:
     """Whether a body holds encoded images (decoded in the decode processes, not a thread)."""
     ctype = content_type.split(";")[0].strip().lower()
     return ctype.startswith("image/") or (ctype == "application/json" and b'"images"' in body)
+
+
+def non_finite_rows(out: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Rows of an answer whose logits or confidence are not finite (JSON has no inf/NaN)."""
+    bad = ~np.isfinite(out["logits"]).all(axis=1) | ~np.isfinite(out["confidence"])
+    return np.flatnonzero(bad)
 
 
 def decode_threads(options: IngressOptions) -> int:
@@ -89,13 +102,20 @@ def ingress_deployment() -> Any:
             # lower priority (a 64-megapixel decode in this process slowed every other request
             # 10-fold on 2 cores), when what comes back is the small preprocessed batch.
             self._parser = ThreadPoolExecutor(max_workers=decode_threads(self.options), thread_name_prefix="parse")
-            self._decoder = None
-            if self._shared:
-                import multiprocessing
+            self._decoder = self._new_decoder() if self._shared else None
+            self.decoder_restarts = 0  # decode pools replaced after one of their processes died
 
-                self._decoder = ProcessPoolExecutor(max_workers=decode_threads(self.options),
-                                                    mp_context=multiprocessing.get_context("spawn"),
-                                                    initializer=lower_priority)
+        def _new_decoder(self) -> ProcessPoolExecutor:
+            import multiprocessing
+
+            return ProcessPoolExecutor(max_workers=decode_threads(self.options),
+                                       mp_context=multiprocessing.get_context("spawn"), initializer=lower_priority)
+
+        def __del__(self) -> None:
+            """Ray Serve calls this when the replica shuts down: the decode processes go with it."""
+            for pool in (getattr(self, "_decoder", None), getattr(self, "_parser", None)):
+                if pool is not None:
+                    pool.shutdown(wait=False, cancel_futures=True)
 
         async def __call__(self, request: Any) -> Any:
             from ray.serve.exceptions import BackPressureError
@@ -109,7 +129,8 @@ def ingress_deployment() -> Any:
                     stages = await self.info()
                     status = "degraded" if any(s.get("status") == "down" for s in stages) else "ok"
                     return JSONResponse({"status": status, "stages": stages, "ingress": {
-                        "replica": self.replica, "uploads": self.uploads, "retries": self.retries}})
+                        "replica": self.replica, "uploads": self.uploads, "retries": self.retries,
+                        "decoder_restarts": self.decoder_restarts}})
                 if path == "/predict" and request.method == "POST":
                     kind, data = await self._parse(request)
                     out = await call_with_retry(lambda: self.first.answer.remote(kind, data),
@@ -122,15 +143,22 @@ def ingress_deployment() -> Any:
                                     status_code=503)
             except TinySaverError as exc:
                 exc = cause_of(exc)  # raised by a stage: its own message, not Ray's traceback
-                headers = {"connection": "close"} if getattr(exc, "status", 400) == 413 else None
-                return JSONResponse({"error": str(exc).splitlines()[0]}, status_code=getattr(exc, "status", 400),
+                status = getattr(exc, "status", 400)
+                headers = {"connection": "close"} if status in (413, 503) else None
+                return JSONResponse({"error": (str(exc).splitlines() or [""])[0]}, status_code=status,
                                     headers=headers)
+            except Exception as exc:  # a bug or an unforeseen failure: one line, the details in the log
+                logger.exception("tinysaver ingress: %s %s failed", request.method, path)
+                detail = " ".join(str(cause_of(exc)).split())[:200]
+                return JSONResponse({"error": f"internal error ({type(cause_of(exc)).__name__}: {detail})"},
+                                    status_code=500)
 
         def _count_retry(self, exc: BaseException) -> None:
             self.retries += 1
 
         async def _parse(self, request: Any) -> tuple:
             if self.uploads >= self.options.max_concurrent_uploads:
+                await discard_body(request, self.limits["max_request_bytes"], REFUSED_BODY_S)
                 raise RequestError(f"too many uploads in progress (max_concurrent_uploads is "
                                    f"{self.options.max_concurrent_uploads})", 503)
             self.uploads += 1
@@ -144,10 +172,26 @@ def ingress_deployment() -> Any:
             if not images and not self._shared:
                 raise TinySaverError("the stages take different inputs (" + ", ".join(
                     str(list(s.input_size)) for s in self.specs) + "): send images")
-            pool = self._decoder if images and self._decoder is not None else self._parser
-            return await asyncio.get_running_loop().run_in_executor(
-                pool, decode_body, ctype, body, self.limits, spec.preprocess if self._shared else None,
-                spec.input_size)
+            args = (decode_body, ctype, body, self.limits, spec.preprocess if self._shared else None, spec.input_size)
+            if images and self._decoder is not None:
+                return await self._decode(*args)
+            return await asyncio.get_running_loop().run_in_executor(self._parser, *args)
+
+        async def _decode(self, *args: Any) -> tuple:
+            """Runs a decode in the process pool. A dead decode process (the kernel's OOM killer, a
+            crash in an image library) breaks the whole pool: it is replaced and the request tried
+            once more on the new one, then answered 503."""
+            for attempt in range(2):
+                pool = self._decoder
+                try:
+                    return await asyncio.get_running_loop().run_in_executor(pool, *args)
+                except BrokenProcessPool:
+                    if self._decoder is pool:  # the first request to see it replaces it
+                        pool.shutdown(wait=False, cancel_futures=True)
+                        self._decoder = self._new_decoder()
+                        self.decoder_restarts += 1
+                        logger.warning("tinysaver ingress: a decode process died; decode pool replaced")
+            raise RequestError("the image decoder died twice on this request (out of memory?); it was restarted", 503)
 
         async def info(self) -> List[Dict[str, Any]]:
             """The stages' reports (each marked up or down) for /health."""
@@ -161,6 +205,11 @@ def ingress_deployment() -> Any:
                         for k, s in enumerate(self.specs[self.first_index:])]
 
         def _to_json(self, out: Mapping[str, np.ndarray]) -> Dict[str, Any]:
+            bad = non_finite_rows(out)
+            if bad.size:  # finite but extreme inputs can overflow the model: say so instead of a 500
+                raise RequestError(f"the model's output is not finite for sample(s) "
+                                   f"{', '.join(map(str, bad[:10].tolist()))}{' ...' if bad.size > 10 else ''} "
+                                   f"(inputs far outside the range the model was trained on?)", 422)
             names = [s.name for s in self.specs]
             stage = out["stage"].tolist()
             return {"class": out["logits"].argmax(axis=1).tolist(), "stage": stage,
@@ -170,5 +219,5 @@ def ingress_deployment() -> Any:
     return CascadeIngress
 
 
-__all__ = ["HEALTH_TIMEOUT_S", "DECODE_NICE", "lower_priority", "decode_body", "carries_images", "decode_threads",
-           "ingress_deployment"]
+__all__ = ["HEALTH_TIMEOUT_S", "DECODE_NICE", "REFUSED_BODY_S", "lower_priority", "decode_body", "carries_images",
+           "non_finite_rows", "decode_threads", "ingress_deployment"]

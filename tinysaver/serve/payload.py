@@ -78,6 +78,23 @@ async def read_body(request: Any, limit: int, timeout_s: Optional[float] = None,
     return bytes(body)
 
 
+async def discard_body(request: Any, max_bytes: int, timeout_s: float) -> None:
+    """Reads and drops a request's body (at most ``max_bytes``, for at most ``timeout_s`` seconds)
+    before the request is refused: closing a connection with unread data resets it, and clients
+    that send the whole body before reading (urllib) then see a reset instead of the answer."""
+    async def drain() -> None:
+        received = 0
+        async for part in request.stream():
+            received += len(part)
+            if received > max_bytes:
+                return
+
+    try:
+        await asyncio.wait_for(drain(), timeout_s)
+    except Exception:  # too slow, or gone: refused anyway, and the answer is sent with connection: close
+        pass
+
+
 def parse_payload(content_type: str, body: bytes, max_samples: Optional[int] = None,
                   max_pixels: Optional[int] = None, pil: bool = False) -> tuple:
     """``(kind, data)`` of a request body: float32 arrays or decoded uint8 images (one-line errors).
@@ -233,5 +250,6 @@ def decode_to_array(data: bytes, what: str, max_pixels: Optional[int] = None,
     return np.asarray(decode_pil(data, what, max_pixels, request_pixels), dtype=np.uint8)
 
 
-__all__ = ["ARRAYS", "IMAGES", "MAX_JSON_DEPTH", "DRAIN_BYTES", "RequestError", "take", "read_body", "parse_payload",
+__all__ = ["ARRAYS", "IMAGES", "MAX_JSON_DEPTH", "DRAIN_BYTES", "RequestError", "take", "read_body", "discard_body",
+           "parse_payload",
            "parse_npy", "check_dtype", "json_depth", "decode_pil", "decode_to_array"]

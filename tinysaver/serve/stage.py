@@ -48,6 +48,31 @@ def _rows(items: Sequence[tuple]) -> int:
     return sum(len(x) for x, _, _ in items)
 
 
+async def merge_next(index: int, logits: np.ndarray, conf: np.ndarray, exits: np.ndarray,
+                     pending: Optional[tuple]) -> Dict[str, np.ndarray]:
+    """A stage's answers (``index`` for the rows that exit here), with the escalated rows' answers
+    from the next stages merged in.
+
+    Args:
+        pending: ``(call, rows)``: the call to the next deployment (an asyncio future) and which of
+            its answers are this request's escalated rows, or None (nothing escalated).
+
+    The call may be shared with other requests of the same batch, so it is awaited through
+    ``asyncio.shield``: a client that disconnects cancels its own request only, not the call the
+    other requests of its batch wait for (awaited bare, the cancellation would reach the shared
+    future and every request of the batch would fail).
+    """
+    stage = np.full(len(logits), index, dtype=np.int64)
+    if pending is not None:
+        call, rows = pending
+        down = await asyncio.shield(call)
+        escalated = np.flatnonzero(~exits)
+        logits[escalated] = down["logits"][rows]
+        stage[escalated] = down["stage"][rows]
+        conf[escalated] = down["confidence"][rows]
+    return {"logits": logits, "stage": stage, "confidence": conf}
+
+
 def stage_deployment() -> Any:
     """The deployment class (built on first use, so importing this module does not import Ray)."""
     from ray import serve
@@ -56,7 +81,7 @@ def stage_deployment() -> Any:
         """One stage of the cascade; the front stage (index 0) also speaks HTTP."""
 
         def __init__(self, export_dir: str, index: int, n_stages: int, options: Dict[str, Any],
-                     limits: Dict[str, int], next_stage: Any = None, retry_timeout_s: float = 60.0) -> None:
+                     limits: Dict[str, int], next_stage: Any = None, retry_timeout_s: float = 30.0) -> None:
             manifest = read_manifest(export_dir)
             self.specs = stage_specs(manifest)
             self.index, self.n_stages = index, n_stages
@@ -129,16 +154,7 @@ def stage_deployment() -> Any:
 
         async def _finish(self, logits: np.ndarray, conf: np.ndarray, exits: np.ndarray,
                           pending: Optional[tuple]) -> Dict[str, np.ndarray]:
-            """This stage's answers, with the escalated rows' answers from the next stages merged in."""
-            stage = np.full(len(logits), self.index, dtype=np.int64)
-            if pending is not None:
-                call, rows = pending
-                down = await call
-                escalated = np.flatnonzero(~exits)
-                logits[escalated] = down["logits"][rows]
-                stage[escalated] = down["stage"][rows]
-                conf[escalated] = down["confidence"][rows]
-            return {"logits": logits, "stage": stage, "confidence": conf}
+            return await merge_next(self.index, logits, conf, exits, pending)
 
         async def info(self) -> List[Dict[str, Any]]:
             """This stage and the ones after it (for the health route)."""
@@ -212,4 +228,4 @@ def stage_deployment() -> Any:
     return CascadeStage
 
 
-__all__ = ["INFO_TIMEOUT_S", "NextDeployment", "stage_deployment"]
+__all__ = ["INFO_TIMEOUT_S", "NextDeployment", "merge_next", "stage_deployment"]
