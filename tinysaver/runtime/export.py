@@ -11,20 +11,26 @@ runtimes that only take one file.
 The directory holds::
 
     cascade.json              format, opset, thresholds, and per stage: name, file, sha256, input
-                              shape, preprocessing (the model's timm data config), GMACs, confidence
+                              shape, preprocessing (the model's timm data config), GMACs, confidence,
+                              precision (int8/fp16: the converter, the agreement check, the images)
     stage0_<name>.onnx ...    one graph per stage: input "input" [batch, C, H, W] float32,
-                              output "logits" [batch, classes] float32
+                              output "logits" [batch, classes] float32 (in every precision)
     cascade_single.onnx       (optional) the single graph
 
 Exporter: ``torch.onnx.export(..., dynamo=False)`` (TorchScript-based; the ``torch.export``-based
 exporter needs the ``onnxscript`` package), default opset :data:`DEFAULT_OPSET`. Every exported
 graph is run once with onnxruntime and compared with the PyTorch model before anything is written.
+Stages asked for in int8 or fp16 are then converted from that checked fp32 graph and checked by
+their top-1 agreement with it (:mod:`tinysaver.runtime.quantize`).
 
 Examples:
     >>> from tinysaver import Cascade
     >>> from tinysaver.plugins.timm import create_classifier
     >>> cascade = Cascade(create_classifier("fmnist_cnn_s"), create_classifier("fmnist_cnn_l"), threshold=0.9)
     >>> export_cascade(cascade, "outputs/exported/fmnist_s_l", names=["fmnist_cnn_s", "fmnist_cnn_l"])  # doctest: +SKIP
+    >>> from tinysaver.runtime.quantize import Calibration
+    >>> export_cascade(cascade, "outputs/exported/fmnist_s_l_int8", names=["fmnist_cnn_s", "fmnist_cnn_l"],
+    ...                precision=["int8", "fp32"], calib=Calibration("fashion_mnist", "holdout"))  # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -33,7 +39,7 @@ import hashlib
 import io
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -42,12 +48,12 @@ from ..errors import TinySaverError
 from ..io import atomic_open, write_json
 from ..thresholds import threshold_to_json
 from .backends import get_backend
-from .manifest import FORMAT, MANIFEST, VERSION
+from .manifest import FORMAT, INPUT, MANIFEST, OUTPUT, VERSION
+from .quantize import Calibration, CalibrationImages, check_precisions, convert_stage
 
 #: ONNX opset of the exported graphs (onnxruntime >= 1.14 runs it)
 DEFAULT_OPSET = 17
 SINGLE_GRAPH = "cascade_single.onnx"
-INPUT, OUTPUT = "input", "logits"
 #: keys of a timm data config that describe the eval preprocessing
 PREPROCESS_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
 #: an exported graph must reproduce the PyTorch logits to this (absolute, on random inputs)
@@ -57,7 +63,8 @@ EXPORT_ATOL = 1e-3
 def export_cascade(cascade: Any, out_dir: str | Path, *, names: Optional[Sequence[str]] = None,
                    data_configs: Optional[Sequence[Mapping[str, Any]]] = None,
                    gmacs: Optional[Sequence[float]] = None, opset: int = DEFAULT_OPSET,
-                   single_graph: bool = False) -> Dict[str, Any]:
+                   single_graph: bool = False, precision: Union[str, Sequence[str]] = "fp32",
+                   calib: Optional[Calibration] = None) -> Dict[str, Any]:
     """Writes ``cascade`` as ONNX stage graphs and ``cascade.json`` into ``out_dir``.
 
     Args:
@@ -73,13 +80,29 @@ def export_cascade(cascade: Any, out_dir: str | Path, *, names: Optional[Sequenc
         opset: ONNX opset.
         single_graph: Also write :data:`SINGLE_GRAPH`, the cascade as one graph
             (:func:`export_single_graph`).
+        precision: ``fp32``, ``fp16`` or ``int8`` (:mod:`tinysaver.runtime.quantize`): one for every
+            stage, or a list with one per stage (``["int8", "fp32"]``: an int8 saver before an fp32
+            base). Each stage is exported and checked in fp32 first, then converted and checked by
+            its top-1 agreement with the fp32 graph (stored in the manifest).
+        calib: The images that calibrate int8 stages (required with int8) and check fp16 ones
+            (optional), e.g. ``Calibration("fashion_mnist", "holdout", limit=512)``; each stage
+            sees them through its own preprocessing.
 
     Returns:
         The manifest written to ``cascade.json``.
 
     Raises:
         TinySaverError: A stage that cannot be exported as asked (unregistered confidence, a torch
-            preprocess callable, a graph whose onnxruntime logits differ from PyTorch's).
+            preprocess callable, a graph whose onnxruntime logits differ from PyTorch's, an unknown
+            precision, int8 without ``calib``, a converted graph that agrees with its fp32 graph on
+            fewer than half the top-1 answers). :class:`~tinysaver.runtime.quantize.CalibrationError`:
+            calibration images that cannot be used (a missing split, images the stage cannot take).
+
+    Examples:
+        >>> export_cascade(cascade, "outputs/exported/fmnist_s_l_int8", precision=["int8", "fp32"],
+        ...                calib=Calibration("fashion_mnist", "holdout", limit=512))  # doctest: +SKIP
+        >>> OnnxCascade("outputs/exported/fmnist_s_l_int8").specs[0].precision        # doctest: +SKIP
+        'int8'
     """
     import torch
 
@@ -95,6 +118,8 @@ def export_cascade(cascade: Any, out_dir: str | Path, *, names: Optional[Sequenc
     configs = [dict(c) for c in data_configs] if data_configs is not None else [_resolve_data_config(m) for m in models]
     if len(configs) != n:
         raise TinySaverError(f"{len(configs)} data configs for {n} stages")
+    precisions = check_precisions(precision, n, calib, opset)
+    images = CalibrationImages(calib) if calib is not None else None  # the split is opened (checked) here
     stages: List[Dict[str, Any]] = []
     graphs: Dict[str, bytes] = {}
     with torch.no_grad():
@@ -102,12 +127,15 @@ def export_cascade(cascade: Any, out_dir: str | Path, *, names: Optional[Sequenc
             model = copy.deepcopy(model).float().cpu().eval()
             preprocess = _preprocess_of(cfg, name)
             graph, num_classes = _export_stage(model, preprocess["input_size"], opset, name)
+            inputs = images.inputs(preprocess, name) if images is not None and precisions[k] != "fp32" else None
+            graph, conversion = convert_stage(graph, precisions[k], name, inputs,
+                                              images.describe() if images is not None else None)
             file = f"stage{k}_{_safe(name)}.onnx"
-            graphs[file] = graph
+            graphs[file] = graph  # the sha256 below is of these bytes, the file written
             cost = float(gmacs[k]) if gmacs is not None else _count_gmacs(model, preprocess["input_size"])
             stages.append(dict(name=name, file=file, sha256=hashlib.sha256(graph).hexdigest(), input=INPUT,
                                output=OUTPUT, num_classes=num_classes, gmacs=cost, confidence=confidences[k],
-                               preprocess=preprocess))
+                               preprocess=preprocess, **conversion))
     manifest = dict(format=FORMAT, version=VERSION, opset=opset, exporter=f"torch.onnx (TorchScript) {torch.__version__}",
                     thresholds=[threshold_to_json(t) for t in cascade.thresholds], stages=stages, single_graph=None)
     if len({s["num_classes"] for s in stages}) != 1:

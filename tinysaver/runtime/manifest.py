@@ -1,6 +1,9 @@
 """``cascade.json``, the manifest of an export directory (:mod:`tinysaver.runtime.export`): its
 format, its checks (format, version, one threshold per stage but the last, every stage file present
-with its sha256) and each stage's entry as a :class:`StageSpec`.
+with its sha256, a precision the runtime runs) and each stage's entry as a :class:`StageSpec`.
+
+Each stage says its ``precision`` (:data:`PRECISIONS`; a manifest written before precisions existed
+has none: its stages are fp32). Every precision keeps the graph's float32 input and output.
 
 Numpy-free and torch-free: the exporter, the runtime and the server all read it.
 """
@@ -15,6 +18,10 @@ from ..errors import TinySaverError
 
 MANIFEST = "cascade.json"
 FORMAT, VERSION = "tinysaver-onnx-cascade", 1
+#: every stage graph's input and output names
+INPUT, OUTPUT = "input", "logits"
+#: the precisions a stage graph may have (:mod:`tinysaver.runtime.quantize`); the first is the default
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 class StageSpec(NamedTuple):
@@ -27,6 +34,7 @@ class StageSpec(NamedTuple):
     confidence: str
     gmacs: float
     num_classes: int
+    precision: str = PRECISIONS[0]
 
 
 def read_manifest(directory: str | Path) -> Dict[str, Any]:
@@ -47,6 +55,10 @@ def read_manifest(directory: str | Path) -> Dict[str, Any]:
         raise TinySaverError(f"{path}: needs >= 2 stages and one threshold per stage but the last")
     for stage in stages:
         check_file(directory, stage["file"], stage["sha256"])
+        precision = stage.get("precision", PRECISIONS[0])
+        if precision not in PRECISIONS:
+            raise TinySaverError(f"{path}: stage {stage.get('name')!r} has precision {precision!r}, which this "
+                                 f"runtime does not run (it runs {', '.join(PRECISIONS)})")
     return manifest
 
 
@@ -62,7 +74,8 @@ def check_file(directory: Path, file: str, sha256: str) -> None:
 def stage_specs(manifest: Mapping[str, Any]) -> List[StageSpec]:
     return [StageSpec(name=s["name"], file=s["file"], input_size=tuple(s["preprocess"]["input_size"]),
                       preprocess=dict(s["preprocess"]), confidence=s["confidence"], gmacs=float(s["gmacs"]),
-                      num_classes=int(s["num_classes"])) for s in manifest["stages"]]
+                      num_classes=int(s["num_classes"]), precision=s.get("precision", PRECISIONS[0]))
+            for s in manifest["stages"]]
 
 
 def preprocess_key(p: Mapping[str, Any]) -> tuple:
@@ -70,5 +83,5 @@ def preprocess_key(p: Mapping[str, Any]) -> tuple:
     return tuple((k, json.dumps(p[k], sort_keys=True)) for k in sorted(p))
 
 
-__all__ = ["MANIFEST", "FORMAT", "VERSION", "StageSpec", "read_manifest", "check_file", "stage_specs",
-           "preprocess_key"]
+__all__ = ["MANIFEST", "FORMAT", "VERSION", "INPUT", "OUTPUT", "PRECISIONS", "StageSpec", "read_manifest", "check_file",
+           "stage_specs", "preprocess_key"]
