@@ -6,12 +6,14 @@
 - :mod:`~tinysaver.runtime.backends`: the registry of runtimes (onnxruntime first); every session is
   built there, so a TensorRT/OpenVINO runtime is one registered class;
 - :mod:`~tinysaver.runtime.cascade`: :class:`OnnxCascade`, routed by :func:`tinysaver.routing.route`;
+- :mod:`~tinysaver.runtime.recording`: records an exported stage on a dataset as it runs (its own
+  preprocessing and confidence, plus its measured latency): ``tinysaver record --runtime onnxruntime``;
 - :mod:`~tinysaver.runtime.export`: writes an export directory from a torch cascade (imports torch
   and onnx inside its functions only).
 
 Importing this package never imports torch (``tests/test_export.py`` checks it).
 
-May import: the core (errors, io, registry, routing, thresholds, confidence) and, inside
+May import: the core (errors, io, registry, routing, thresholds, confidence, records) and, inside
 :mod:`~tinysaver.runtime.export`'s functions only, the torch layer (models).
 """
 from __future__ import annotations
