@@ -155,14 +155,20 @@ def test_latencies_measured_differently_are_refused_unless_allowed(runtime, tmp_
     assert main(argv[:-2]) == 0
 
 
-def test_missing_latency_and_gmacs_overrides_are_refused_with_latency(runtime, tmp_path, capsys):
+def test_missing_latency_other_graphs_and_gmacs_overrides_are_refused_with_latency(runtime, tmp_path, capsys):
     plain = load_record(runtime["l"])
     extras = {k: v for k, v in plain.extras.items() if not k.startswith("latency") and k != "runtime"}
     torch_like = save_record(tmp_path / "l_torch.npz", replace(plain, extras=extras))
     capsys.readouterr()
+    other_graph = load_record(runtime["s_holdout"])
+    other_graph.extras["export_sha256"] = np.str_("0" * 64)
+    other_graph = save_record(tmp_path / "s_other_graph.npz", other_graph)
     for argv, expected in (
             (["tradeoff", "--base", str(torch_like), "--saver", str(runtime["s"]), "--cost", "latency"],
              "has no measured latency (latency_ms)"),
+            (["tradeoff", "--base", str(runtime["l"]), "--saver", str(runtime["s"]), "--calib-base",
+              str(runtime["l_holdout"]), "--calib-saver", str(other_graph), "--cost", "latency"],
+             "model 'fmnist_cnn_s' was recorded on another graph"),
             (["select", "--base", str(runtime["l"]), "--saver", str(runtime["s"]), "--cost", "latency",
               "--gmacs", "fmnist_cnn_s=0.1"], "--gmacs states GMACs"),
             (["chain", "--stages", str(runtime["s"]), str(torch_like), "--thresholds", "0.9", "--cost", "latency"],

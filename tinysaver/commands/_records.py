@@ -12,11 +12,13 @@ replaces the recorded one in every record of that model the command reads.
 ``cost`` object says how the ms were measured), CSV and plots say ms and the speed-up over the base.
 Refused with one line: a record without ``latency_ms``; latencies measured at another batch size,
 thread count, runtime or machine than the first record's (not comparable; ``--allow-mixed-latency``
-weighs them anyway); ``--gmacs`` (it states GMACs: with ``--cost latency`` every cost is a
-measurement, so there is nothing to override — record the model on the runtime instead). A model
-costs the ms of the first record of it the command reads (the reported split's; commands read it
-first), in every record of it: like its GMACs, a model's cost does not depend on the split, and a
-calibration split's own measurement of the same model differs only by timing noise.
+weighs them anyway); records of one model name made on different exported graphs
+(``export_sha256``: e.g. its fp32 and int8 graphs, whose latencies differ); ``--gmacs`` (it states
+GMACs: with ``--cost latency`` every cost is a measurement, so there is nothing to override —
+record the model on the runtime instead). A model costs the ms of the first record of it the
+command reads (the reported split's; commands read it first), in every record of it: like its
+GMACs, a model's cost does not depend on the split, and a calibration split's own measurement of
+the same graph differs only by timing noise.
 
 Detection records (``det-tradeoff``, ``det-signals``) likewise: a record without GFLOPs is refused
 unless ``--saver-gflops``/``--base-gflops`` state them (:func:`load_costed_det_record`).
@@ -91,7 +93,8 @@ class CostedRecords:
         self.costs = parse_costs(costs)
         self.cost, self.allow_mixed = cost, allow_mixed
         self._used: set = set()
-        self._ms: Dict[str, float] = {}  # --cost latency: each model's ms (its first record's)
+        self._ms: Dict[str, Tuple[float, str, Optional[str]]] = {}  # --cost latency: each model's
+        # (ms, path, export_sha256) of its first record
         self._setting: Optional[Tuple[str, Any]] = None  # the first latency's (path, Latency)
         self._mixed = False  # latencies of several settings were allowed (--allow-mixed-latency)
 
@@ -147,7 +150,13 @@ class CostedRecords:
                                      f"({differ}): not comparable; record both alike, or give "
                                      f"--allow-mixed-latency to weigh them anyway")
             self._mixed = True
-        ms = self._ms.setdefault(record.name, latency.ms)
+        graph = record.extras.get("export_sha256")
+        graph = None if graph is None else str(graph)
+        ms, first_of_model, first_graph = self._ms.setdefault(record.name, (latency.ms, path, graph))
+        if graph is not None and first_graph is not None and graph != first_graph:
+            raise TinySaverError(f"{path}: model {record.name!r} was recorded on another graph than in {first_of_model} "
+                                 f"(export_sha256 {graph[:12]}… vs {first_graph[:12]}…): one model has one latency; "
+                                 f"give each graph its own name, or use --cost gmacs")
         return replace(record, gmacs=ms, cost_unit="ms")
 
     def load_all(self, paths: Optional[Sequence[str]]) -> List:
