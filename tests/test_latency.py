@@ -211,3 +211,21 @@ def test_a_latency_must_be_whole_and_positive(tmp_path):
     del partial["runtime"]
     with pytest.raises(RecordError, match="missing runtime"):
         Record(**arrays, extras=partial)
+
+
+def test_plot_axes_say_milliseconds_and_how_they_were_measured(runtime, tmp_path, monkeypatch):
+    from tinysaver.report import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig))
+    r = {k: str(v) for k, v in runtime.items() if k in ("s", "l")}
+    for argv in (["tradeoff", "--base", r["l"], "--saver", r["s"]],
+                 ["plan", "--base", r["l"], "--pool", r["s"], "--max-stages", "2", "--grid", "32"]):
+        assert main([*argv, "--plot", str(tmp_path / "p.png")]) == 0
+        assert main([*argv, "--cost", "latency", "--plot", str(tmp_path / "p.png")]) == 0
+    gmacs_t, ms_t, gmacs_p, ms_p = (fig.axes[0].get_xlabel() for fig in figures)
+    assert gmacs_t == "expected cost (GMACs per sample)" and gmacs_p.startswith("expected GMACs per sample")
+    for label in (ms_t, ms_p):
+        first, measured = label.split("\n")
+        assert first.startswith("expected cost (ms per sample)") and "GMACs" not in label
+        assert measured == f"(measured on {load_record(runtime['s']).latency.describe()})"
