@@ -16,6 +16,16 @@ Optional: ``confidence`` (str scalar, the registered confidence function that pr
 ``max_softmax`` when absent, which is then range-checked), ``num_classes`` (int scalar; checks
 ``pred``/``label``), ``logits`` or any other extra array of length M.
 
+Measured latency (written by ``tinysaver record --runtime onnxruntime``; optional, all but
+``latency_device`` and ``export_sha256`` together): ``latency_ms`` (float scalar, mean milliseconds
+per sample at ``latency_batch_size`` samples per run), ``latency_batch_size`` (int scalar),
+``latency_threads`` (int scalar, intra-op threads; 0: the runtime's default), ``runtime`` (str
+scalar, e.g. ``onnxruntime 1.17.1 (CPUExecutionProvider)``), ``latency_device`` (str scalar, the
+machine it was measured on) and ``export_sha256`` (str scalar, the sha256 of the exported stage
+graph that made the record). Analyses weigh ``latency_ms`` instead of ``gmacs`` when asked
+(``--cost latency``); latencies measured at other batch sizes, threads, runtimes or machines are
+not comparable.
+
 Class map (written by ``tinysaver record`` for folder datasets): ``class_map_folders`` (str [F], the
 class folders), ``class_map_index`` (int [F], the model output index of each folder: the labels are
 these indices) and ``mask_to_folders`` (bool scalar: logits of the other classes were set to -inf).
@@ -30,7 +40,7 @@ import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
@@ -44,6 +54,32 @@ UNLABELLED = -1
 REQUIRED_ARRAYS = ("conf", "pred", "label")
 REQUIRED_SCALARS = ("name", "gmacs")
 DEFAULT_CONFIDENCE = "max_softmax"
+#: the unit of ``gmacs`` as written in a record (an analysis may weigh measured ms instead)
+GMACS_UNIT = "GMACs"
+#: the keys of a measured latency that go together (``latency_device`` and ``export_sha256`` are optional)
+LATENCY_KEYS = ("latency_ms", "latency_batch_size", "latency_threads", "runtime")
+
+
+class Latency(NamedTuple):
+    """A record's measured cost per sample on a runtime (see the module docstring)."""
+
+    ms: float
+    batch_size: int
+    threads: int
+    runtime: str
+    device: str = ""
+
+    @property
+    def setting(self) -> Dict[str, Any]:
+        """What must agree for two latencies to be comparable: all but ``ms``."""
+        return {"batch_size": self.batch_size, "threads": self.threads, "runtime": self.runtime,
+                "device": self.device}
+
+    def describe(self) -> str:
+        """``onnxruntime 1.17.1 (CPUExecutionProvider), batch 32, 2 threads`` (threads 0: the
+        runtime's default)."""
+        threads = f"{self.threads} thread{'s' if self.threads != 1 else ''}" if self.threads else "default threads"
+        return f"{self.runtime}, batch {self.batch_size}, {threads}"
 
 
 @dataclass
@@ -63,6 +99,8 @@ class Record:
         class_map_folders: Class folder names ``[F]`` of a folder dataset, when known.
         class_map_index: The model class index of each folder ``[F]`` (what the labels are).
         mask_to_folders: The logits were restricted to ``class_map_index`` before confidence and argmax.
+        cost_unit: The unit of ``gmacs`` as an analysis weighs it: ``GMACs`` as recorded, or ``ms``
+            when a command weighs the measured latency instead (never written to the file).
     """
 
     name: str
@@ -77,6 +115,7 @@ class Record:
     class_map_folders: Optional[np.ndarray] = None
     class_map_index: Optional[np.ndarray] = None
     mask_to_folders: bool = False
+    cost_unit: str = GMACS_UNIT
 
     def __post_init__(self) -> None:
         self.validate()
@@ -98,6 +137,15 @@ class Record:
         """How the record was made (``tinysaver record`` stores it); empty for records made elsewhere."""
         text = self.extras.get("recording")
         return json.loads(str(text)) if text is not None else {}
+
+    @property
+    def latency(self) -> Optional[Latency]:
+        """The measured latency per sample (``latency_ms`` and its setting), or None when not measured."""
+        if "latency_ms" not in self.extras:
+            return None
+        get = lambda key, default=None: np.asarray(self.extras.get(key, default)).item()  # noqa: E731
+        return Latency(float(get("latency_ms")), int(get("latency_batch_size")), int(get("latency_threads")),
+                       str(get("runtime")), str(get("latency_device", "")))
 
     def split_name(self, default: str) -> str:
         """The split the record was made on (``test``, ``train_aug``...), else ``default``."""
@@ -146,6 +194,7 @@ class Record:
             raise fail(out_of_range)
         if "recording" in self.extras:
             self._validate_recording(fail)
+        self._validate_latency(fail)
         if self.num_classes is not None:
             for key in ("pred", "label"):
                 arr = getattr(self, key)
@@ -164,6 +213,29 @@ class Record:
                        "was made); it does not parse") from None
         if not isinstance(settings, dict):
             raise fail(f"'recording' must be a JSON object, got {type(settings).__name__}")
+
+    def _validate_latency(self, fail) -> None:
+        # The measured latency (tinysaver record --runtime ...): all its keys, each a scalar of its type.
+        present = [k for k in LATENCY_KEYS if k in self.extras]
+        if not present:
+            return
+        if len(present) < len(LATENCY_KEYS):
+            missing = [k for k in LATENCY_KEYS if k not in self.extras]
+            raise fail(f"a measured latency needs {', '.join(LATENCY_KEYS)} together; missing {', '.join(missing)}")
+        # numpy dtype kinds each key accepts: a number (float or int), an int, a str
+        kinds = {"latency_ms": ("fiu", "a number"), "latency_batch_size": ("iu", "an int"),
+                 "latency_threads": ("iu", "an int"), "runtime": ("U", "a str"), "latency_device": ("U", "a str"),
+                 "export_sha256": ("U", "a str")}
+        for key, (accepted, what) in kinds.items():
+            value = np.asarray(self.extras[key]) if key in self.extras else None
+            if value is not None and (value.ndim != 0 or value.dtype.kind not in accepted):
+                raise fail(f"{key!r} must be {what} scalar, got {value.dtype} of shape {value.shape}")
+        latency = self.latency
+        if not (np.isfinite(latency.ms) and latency.ms > 0):
+            raise fail(f"'latency_ms' must be a finite time > 0, got {latency.ms}")
+        if latency.batch_size < 1 or latency.threads < 0 or not latency.runtime:
+            raise fail(f"a measured latency needs latency_batch_size >= 1, latency_threads >= 0 (0: the runtime's "
+                       f"default) and a runtime; got {latency.batch_size}, {latency.threads}, {latency.runtime!r}")
 
     def _validate_class_map(self, fail) -> None:
         if (self.class_map_folders is None) != (self.class_map_index is None):

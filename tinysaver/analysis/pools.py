@@ -14,7 +14,7 @@ def split_pool(base: Record, pool: Sequence[Record]) -> Tuple[List[int], List[Di
     for i, rec in enumerate(pool):
         if rec.gmacs >= base.gmacs:
             skipped.append({"name": rec.name, "gmacs": rec.gmacs,
-                            "why": f"costs {rec.gmacs:g} GMACs >= the base's {base.gmacs:g}: cannot save"})
+                            "why": f"costs {rec.gmacs:g} {rec.cost_unit} >= the base's {base.gmacs:g}: cannot save"})
         else:
             usable.append(i)
     return sorted(usable, key=lambda i: pool[i].gmacs), skipped
@@ -40,8 +40,8 @@ def check_calibration(pool: Sequence[Record], calib_pool: Sequence[Record], base
             raise TinySaverError(f"calibration record {cal.path} is model {cal.name!r} but its report-split "
                                  f"counterpart {rec.path} is {rec.name!r}: same models, same order")
         if rec.gmacs != cal.gmacs:
-            raise TinySaverError(f"model {rec.name!r} costs {rec.gmacs:g} GMACs in {rec.path} but {cal.gmacs:g} "
-                                 f"in {cal.path}")
+            raise TinySaverError(f"model {rec.name!r} costs {rec.gmacs:g} {rec.cost_unit} in {rec.path} but "
+                                 f"{cal.gmacs:g} in {cal.path}")
 
 
 __all__ = ["split_pool", "check_pool", "check_calibration"]

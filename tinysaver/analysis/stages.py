@@ -74,7 +74,7 @@ def check_chain_records(records: Sequence[Record]) -> None:
         if b.gmacs < a.gmacs:
             order = " ".join(r.name for r in sorted(records, key=lambda r: r.gmacs))
             raise TinySaverError(
-                f"stages must be in order of increasing cost (GMACs): {a.name} ({a.gmacs:g}) comes before "
+                f"stages must be in order of increasing cost ({a.cost_unit}): {a.name} ({a.gmacs:g}) comes before "
                 f"{b.name} ({b.gmacs:g}); by cost the order is: {order}")
 
 

@@ -13,8 +13,8 @@ from ..io import write_json, write_text
 
 
 def finish(args: argparse.Namespace, *, json_data: Any, markdown: str, console: Optional[str] = None,
-           plot: Optional[Callable[[str], None]] = None, extra: Optional[Dict[str, Callable[[str], None]]] = None
-           ) -> int:
+           plot: Optional[Callable[[str], None]] = None, extra: Optional[Dict[str, Callable[[str], None]]] = None,
+           unit: Any = None) -> int:
     """Writes ``--json``, ``--markdown``, every ``extra`` option given (``{"curve_csv": writer}``)
     and ``--plot`` (in that order; everything was computed before the first file is written), then
     prints ``console`` (default: the markdown table).
@@ -26,12 +26,14 @@ def finish(args: argparse.Namespace, *, json_data: Any, markdown: str, console: 
         console: What is printed; None prints ``markdown``.
         plot: Draws the plot to the path ``--plot`` names.
         extra: Further outputs: option name -> writer of that path.
+        unit: The :class:`~tinysaver.report.CostUnit` of the costs: with ms, the JSON's ``gmacs``
+            keys say ``ms`` and a top-level ``cost`` object says how they were measured.
 
     Returns:
         0, the command's exit status.
     """
     if args.json:
-        write_json(args.json, json_data)
+        write_json(args.json, json_data if unit is None else unit.relabel(json_data))
     if args.markdown:
         write_text(args.markdown, markdown)
     for option, write in (extra or {}).items():

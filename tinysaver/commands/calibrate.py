@@ -81,5 +81,5 @@ def run(args: argparse.Namespace) -> int:
         result = crc_calibrate_records(records, args.drop, args.seed)
     else:
         result = calibrate_records(records, args.drop, args.delta, args.method, args.seed)
-    text = calibration_markdown(result)
-    return finish(args, json_data=result.to_json(), markdown=text)
+    text = calibration_markdown(result, unit=loader.unit)
+    return finish(args, json_data=result.to_json(), markdown=text, unit=loader.unit)

@@ -47,5 +47,5 @@ def run(args: argparse.Namespace) -> int:
     loader.check_all_used()
     distinct_models(records, "--stages")
     point = chain_from_records(records, args.thresholds)
-    table = chain_markdown(point)
-    return finish(args, json_data=point.to_json(), markdown=table)
+    table = chain_markdown(point, unit=loader.unit)
+    return finish(args, json_data=point.to_json(), markdown=table, unit=loader.unit)

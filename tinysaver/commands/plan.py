@@ -65,7 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--json", metavar="OUT.json", help="write the plan as JSON (accuracies as fractions)")
     p.add_argument("--markdown", metavar="OUT.md", help="write the markdown table")
-    p.add_argument("--plot", metavar="OUT.png", help="plot accuracy vs GMACs: front, best pair, models, oracle")
+    p.add_argument("--plot", metavar="OUT.png", help="plot accuracy vs GMACs (ms with --cost latency): front, best pair, models, oracle")
     add_cost_arguments(p)
 
 
@@ -100,5 +100,7 @@ def run(args: argparse.Namespace) -> int:
                          seed=args.seed, descent=not args.no_descent, starts=args.starts, pair_grid=args.pair_grid,
                          sweep=args.sweep,
                          certify=args.certify, certify_method=ltt[0] if ltt else "wsr", certify_expected=expected)
-    table = plan_markdown(result)
-    return finish(args, json_data=result.to_json(), markdown=table, plot=lambda path: plot_plan(result, path))
+    unit = records.unit
+    table = plan_markdown(result, unit=unit)
+    return finish(args, json_data=result.to_json(), markdown=table, unit=unit,
+                  plot=lambda path: plot_plan(result, path, unit=unit))

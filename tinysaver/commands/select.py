@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     records.check_all_used()
     ranking = rank_savers(base, savers)
     split = base.split_name("selection")
-    table = selection_markdown(base.name, ranking, split=split)
+    unit = records.unit
+    table = selection_markdown(base.name, ranking, split=split, unit=unit)
     return finish(args, json_data=[s.to_json() for s in ranking], markdown=table,
-                  console=selection_console(base.name, ranking, split=split))
+                  console=selection_console(base.name, ranking, split=split, unit=unit), unit=unit)

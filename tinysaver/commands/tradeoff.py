@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "over the base is required; default: 1 0.5 0.1 0)")
     p.add_argument("--json", metavar="OUT.json", help="write the row as JSON (accuracies as fractions)")
     p.add_argument("--markdown", metavar="OUT.md", help="write the markdown table")
-    p.add_argument("--plot", metavar="OUT.png", help="plot accuracy vs GMACs")
+    p.add_argument("--plot", metavar="OUT.png", help="plot accuracy vs GMACs (ms with --cost latency)")
     p.add_argument("--curve-csv", metavar="OUT.csv", help="write the exit curve at every threshold")
     p.add_argument("--ci", type=float, metavar="LEVEL",
                    help="calibrated mode: bootstrap intervals (e.g. 0.95) of each cell's measured accuracy and "
@@ -79,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
         for drop, cell in result.required.items():
             if cell is not None:
                 cell.ci = intervals.get(drop)
-    table = tradeoff_markdown([result])
-    return finish(args, json_data=result.to_json(), markdown=table, console=tradeoff_console([result]),
-                  extra={"curve_csv": lambda path: write_csv(path, curve_table(curve))},
-                  plot=lambda path: plot_tradeoff(curve, result, path))
+    unit = records.unit
+    table = tradeoff_markdown([result], unit=unit)
+    return finish(args, json_data=result.to_json(), markdown=table, console=tradeoff_console([result], unit=unit),
+                  extra={"curve_csv": lambda path: write_csv(path, curve_table(curve, unit=unit))},
+                  plot=lambda path: plot_tradeoff(curve, result, path, unit=unit), unit=unit)

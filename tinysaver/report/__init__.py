@@ -17,11 +17,11 @@ from .detection import det_tradeoff_markdown, plot_det_tradeoff, plot_signals, s
 from .plan import calibration_markdown, chain_markdown, plan_markdown, plot_plan
 from .plots import label_box, place_labels, pyplot, save_figure
 from .summary import summary_console
-from .text import CONSOLE_WIDTH
+from .text import CONSOLE_WIDTH, GMACS, CostUnit
 from .tradeoff import (curve_table, draw_tradeoff, plot_exit_accuracy, plot_tradeoff, selection_console,
                        selection_markdown, tradeoff_console, tradeoff_markdown, write_csv)
 
 __all__ = ["det_tradeoff_markdown", "plot_det_tradeoff", "plot_signals", "signals_markdown", "calibration_markdown",
            "chain_markdown", "plan_markdown", "plot_plan", "label_box", "place_labels", "pyplot", "save_figure",
-           "summary_console", "CONSOLE_WIDTH", "curve_table", "draw_tradeoff", "plot_exit_accuracy", "plot_tradeoff",
+           "summary_console", "CONSOLE_WIDTH", "GMACS", "CostUnit", "curve_table", "draw_tradeoff", "plot_exit_accuracy", "plot_tradeoff",
            "selection_console", "selection_markdown", "tradeoff_console", "tradeoff_markdown", "write_csv"]

@@ -10,7 +10,7 @@ from typing import Dict, Optional, Union
 
 from ..analysis import Calibration, ChainPoint, Plan
 from . import plots
-from .text import pct
+from .text import GMACS, CostUnit
 
 PathLike = Union[str, os.PathLike]
 
@@ -38,20 +38,21 @@ def _interval(ci: Optional[Dict[str, object]], key: str, fmt: str) -> str:
     return f" [{format(lo, fmt)}, {format(hi, fmt)}]"
 
 
-def plan_markdown(plan: Plan) -> str:
-    """The plan as markdown: per drop the cheapest chain and the best pair, then the oracle.
+def plan_markdown(plan: Plan, unit: CostUnit = GMACS) -> str:
+    """The plan as markdown: per drop the cheapest chain and the best pair, then the oracle (costs
+    in ``unit``: GMACs and the saving in %, or measured ms and the speed-up over the base).
 
     In the calibrated mode every number is what the chosen thresholds *measured* on the reported
     split (with bootstrap intervals when computed); "✗ missed" marks a drop the measured accuracy
     did not keep.
     """
     calibrated = plan.selection == "calibrated"
-    lines = [f"Chain plan for base {plan.base} ({plan.base_gmacs:.4g} GMACs, acc. {plan.base_acc:.2%}), "
+    lines = [f"Chain plan for base {plan.base} ({plan.base_gmacs:.4g} {unit.name}, acc. {plan.base_acc:.2%}), "
              f"pool: {', '.join(plan.pool) or 'none'}; up to {plan.max_stages} stages; search: {plan.mode} "
              f"({plan.search['chains']} chains); thresholds chosen on the "
              f"{'calibration split, measured on the reported split' if calibrated else 'reported split'}",
              ""]
-    head = ["drop ≤", "chain", "thresholds", "answered", "acc.", "GMACs (vs base)", "best pair", "pair GMACs",
+    head = ["drop ≤", "chain", "thresholds", "answered", "acc.", unit.column, "best pair", f"pair {unit.name}",
             "headroom captured"]
     if calibrated:
         head[5:5] = ["calib. acc.", "target"]
@@ -59,13 +60,14 @@ def plan_markdown(plan: Plan) -> str:
     headroom = plan.headroom_captured
     for drop, p in plan.required.items():
         pair = plan.best_pair.get(drop)
-        pair_cells = ["-", "-"] if pair is None else [_chain(pair), f"{pair.gmacs:.4g} ({pct(pair.gmacs, plan.base_gmacs)})"]
+        pair_cells = (["-", "-"] if pair is None
+                      else [_chain(pair), f"{pair.gmacs:.4g} ({unit.versus(pair.gmacs, plan.base_gmacs)})"])
         if p is None:
             cells = [f"{drop:g} pt", "none reaches it", "-", "-", "-", "-"] + (["-", "-"] if calibrated else [])
         else:
             cells = [f"{drop:g} pt", _chain(p), _thresholds(p), _answered(p),
                      f"{p.acc:.2%}" + _interval(p.ci, "acc", ".2%"),
-                     f"{p.gmacs:.4g} ({pct(p.gmacs, plan.base_gmacs)})" + _interval(p.ci, "gmacs", ".4g")]
+                     f"{p.gmacs:.4g} ({unit.versus(p.gmacs, plan.base_gmacs)})" + _interval(p.ci, "gmacs", ".4g")]
             if calibrated:
                 cells[5:5] = [f"{p.calib_acc:.2%}", "kept" if p.meets_target else "✗ missed"]
         h = headroom.get(drop)
@@ -79,14 +81,14 @@ def plan_markdown(plan: Plan) -> str:
                       "data from the calibration split's distribution is within the target (a finite split such as "
                       "the reported one adds its own sampling noise); chosen on the calibration split, measured on "
                       "the reported split):", ""]
-        lines += _certified_rows(certified, plan.base_gmacs)
+        lines += _certified_rows(certified, plan.base_gmacs, unit)
     expected = plan.extra.get("certified_expected")
     if expected:
         lines += ["", "Certified on average (conformal risk control on the loss 1[base right and the answering stage "
                       "wrong]: for each drop, averaged over calibration draws, the drop on new data from the "
                       "calibration split's distribution is within the target; one draw may land above it; chosen on "
                       "the calibration split, measured on the reported split):", ""]
-        lines += _certified_rows(expected, plan.base_gmacs)
+        lines += _certified_rows(expected, plan.base_gmacs, unit)
     if certified or expected:
         gains = [d for d in plan.required if d < 0]
         if gains:
@@ -95,7 +97,7 @@ def plan_markdown(plan: Plan) -> str:
                                                "Learn then Test here bounds") + " a drop >= 0)."]
     o = plan.oracle
     lines += ["", f"Oracle (each sample answered by the cheapest model that gets it right): acc. {o.acc:.2%}, "
-                  f"{o.gmacs:.4g} GMACs ({pct(o.gmacs, plan.base_gmacs)}). Pareto front: {len(plan.front)} "
+                  f"{o.gmacs:.4g} {unit.name} ({unit.versus(o.gmacs, plan.base_gmacs)}). Pareto front: {len(plan.front)} "
                   f"configurations (JSON)."]
     above = [d for d, h in headroom.items() if h is not None and h > 1]
     if above:
@@ -107,9 +109,9 @@ def plan_markdown(plan: Plan) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _certified_rows(certified: Dict[str, Dict[str, object]], base_gmacs: float) -> list:
+def _certified_rows(certified: Dict[str, Dict[str, object]], base_gmacs: float, unit: CostUnit = GMACS) -> list:
     """The table of certified choices (JSON form, by drop) measured on the reported split."""
-    lines = ["| drop ≤ | chain | thresholds | acc. | calib. acc. | target | GMACs (vs base) |",
+    lines = [f"| drop ≤ | chain | thresholds | acc. | calib. acc. | target | {unit.column} |",
              "|---|---|---|---|---|---|---|"]
     for drop, c in certified.items():
         alone = len(c["stages"]) == 1
@@ -118,18 +120,18 @@ def _certified_rows(certified: Dict[str, Dict[str, object]], base_gmacs: float) 
         t_text = ", ".join(_threshold(float(x)) for x in t) if not alone else "–"
         lines.append(f"| {float(drop):g} pt | {chain} | {t_text} | {c['acc']:.2%} | {c['calib_acc']:.2%} | "
                      f"{'kept' if c['meets_target'] else '✗ missed'} | "
-                     f"{c['gmacs']:.4g} ({pct(c['gmacs'], base_gmacs)}) |")
+                     f"{c['gmacs']:.4g} ({unit.versus(c['gmacs'], base_gmacs)}) |")
     return lines
 
 
-def chain_markdown(point: ChainPoint) -> str:
-    """One chain at given thresholds as a one-row markdown table."""
-    head = ["chain", "thresholds", "answered", "acc.", "GMACs"]
+def chain_markdown(point: ChainPoint, unit: CostUnit = GMACS) -> str:
+    """One chain at given thresholds as a one-row markdown table (its expected cost in ``unit``)."""
+    head = ["chain", "thresholds", "answered", "acc.", unit.name]
     return ("| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n"
             f"| {_chain(point)} | {_thresholds(point)} | {_answered(point)} | {point.acc:.2%} | {point.gmacs:.4g} |\n")
 
 
-def calibration_markdown(cal: Calibration) -> str:
+def calibration_markdown(cal: Calibration, unit: CostUnit = GMACS) -> str:
     """A calibrated threshold with its guarantee, as a short markdown block."""
     t = ", ".join(_threshold(x) for x in cal.thresholds)
     expected = cal.guarantee == "expected"
@@ -149,14 +151,14 @@ def calibration_markdown(cal: Calibration) -> str:
                    "adds its own sampling noise to what it measures).")
     return (f"Calibrated {'threshold' if len(cal.thresholds) == 1 else 'thresholds'} for {' → '.join(cal.stages)}: "
             f"**{t}** ({method}, {cal.samples} calibration samples)\n\n{promise}\n\n"
-            "| calib. exit ratio | calib. acc. | calib. base acc. | calib. GMACs |\n|---|---|---|---|\n"
+            f"| calib. exit ratio | calib. acc. | calib. base acc. | calib. {unit.name} |\n|---|---|---|---|\n"
             f"| {cal.calib_exit_ratio:.1%} | {cal.calib_acc:.2%} | {cal.calib_base_acc:.2%} | {cal.calib_gmacs:.4g} |\n")
 
 
-def plot_plan(plan: Plan, path: PathLike, title: Optional[str] = None) -> None:
-    """Accuracy vs expected GMACs: the chain front, the best pairs' front, every model, the oracle
-    and the cheapest chain per drop. Every label is in the legend (outside the axes), so none can
-    overlap a point or another label."""
+def plot_plan(plan: Plan, path: PathLike, title: Optional[str] = None, unit: CostUnit = GMACS) -> None:
+    """Accuracy vs expected GMACs (or ms, ``unit``): the chain front, the best pairs' front, every
+    model, the oracle and the cheapest chain per drop. Every label is in the legend (outside the
+    axes), so none can overlap a point or another label."""
     plt = plots.pyplot()
     fig, ax = plt.subplots(figsize=(7.6, 4.8), dpi=120)
     # in the order of the split the front was found on: measured costs of neighbours may swap
@@ -183,7 +185,8 @@ def plot_plan(plan: Plan, path: PathLike, title: Optional[str] = None) -> None:
     gmacs = [m["gmacs"] for m in plan.models if m["gmacs"] > 0] + [p.gmacs for p in front if p.gmacs > 0]
     if gmacs and max(gmacs) / min(gmacs) > 20:
         ax.set_xscale("log")
-    ax.set_xlabel("expected GMACs per sample" + (" (log scale)" if ax.get_xscale() == "log" else ""))
+    log = " (log scale)" if ax.get_xscale() == "log" else ""
+    ax.set_xlabel(unit.axis("expected cost", log) if unit.is_time else "expected GMACs per sample" + log)
     ax.set_ylabel("accuracy (%)")
     how = "calibrated, measured on the reported split" if plan.selection == "calibrated" else "same split"
     ax.set_title(title or f"Chains in front of {plan.base} ({plan.mode}, {how})", fontsize=9)

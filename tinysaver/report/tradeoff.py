@@ -13,15 +13,15 @@ import numpy as np
 from ..analysis import ExitCurve, OperatingPoint, SaverScore, Tradeoff, match_point
 from ..io import atomic_open
 from . import plots
-from .text import CONSOLE_WIDTH, aligned, column_groups, column_widths, pct
+from .text import CONSOLE_WIDTH, GMACS, CostUnit, aligned, column_groups, column_widths
 
 PathLike = Union[str, os.PathLike]
 
 
-def _cell(point, base_gmacs: float) -> str:
+def _cell(point, base_gmacs: float, unit: CostUnit = GMACS) -> str:
     if point is None:
         return "-"
-    text = f"{point.gmacs:.4g} ({pct(point.gmacs, base_gmacs)})"
+    text = f"{point.gmacs:.4g} ({unit.versus(point.gmacs, base_gmacs)})"
     if point.calib_acc is not None:
         # Honest mode: the threshold came from another split; show what it measured here.
         text += f", acc {point.acc:.2%}"
@@ -33,9 +33,10 @@ def _cell(point, base_gmacs: float) -> str:
     return text
 
 
-def tradeoff_markdown(rows: Iterable[Tradeoff]) -> str:
+def tradeoff_markdown(rows: Iterable[Tradeoff], unit: CostUnit = GMACS) -> str:
     """Markdown table with the columns of the paper's Tables 1 and 5 (GMACs instead of "GFLOPs",
-    which the paper reports as multiply-adds).
+    which the paper reports as multiply-adds; or measured ms per sample and the speed-up over the
+    base, with ``unit`` :meth:`CostUnit.latency`).
 
     In the calibrated mode each cell is what its threshold *measured* on the reported split (with
     that accuracy), and a cell whose measured accuracy fell below the base's minus the drop is
@@ -44,29 +45,31 @@ def tradeoff_markdown(rows: Iterable[Tradeoff]) -> str:
     """
     rows = list(rows)
     drops = list(rows[0].required) if rows else []
-    head = (["Base", "GMACs", "Acc.", "Saver", "GMACs", "Acc."]
-            + [f"GMACs (%) at drop ≤ {d:g} pt" for d in drops]
-            + ["Max perf. GMACs", "Acc.", "ΔC (split)", "Mode"])
+    u = unit.name
+    head = (["Base", u, "Acc.", "Saver", u, "Acc."]
+            + [f"{u} ({unit.versus_name}) at drop ≤ {d:g} pt" for d in drops]
+            + [f"Max perf. {u}", "Acc.", "ΔC (split)", "Mode"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         mp = r.max_performance
         cells = [r.base, f"{r.base_gmacs:.4g}", f"{r.base_acc:.2%}", r.saver, f"{r.saver_gmacs:.4g}",
                  f"{r.saver_acc:.2%}"]
-        cells += [_cell(r.required[d], r.base_gmacs) for d in drops]
+        cells += [_cell(r.required[d], r.base_gmacs, unit) for d in drops]
         delta_c = f"{r.delta_c:+.3f} ({r.split})"
         if r.calib_delta_c is not None:
             delta_c += f", {r.calib_delta_c:+.3f} ({r.calib_split})"
-        cells += [f"{mp.gmacs:.4g} ({pct(mp.gmacs, r.base_gmacs)})",
+        cells += [f"{mp.gmacs:.4g} ({unit.versus(mp.gmacs, r.base_gmacs)})",
                   f"{mp.acc:.2%} ({(mp.acc - r.base_acc) * 100:+.2f} pt)", delta_c, r.mode]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def selection_markdown(base_name: str, scores: Sequence[SaverScore], split: str = "selection") -> str:
+def selection_markdown(base_name: str, scores: Sequence[SaverScore], split: str = "selection",
+                       unit: CostUnit = GMACS) -> str:
     """Ranking of candidate savers by ΔC (measured on ``split``), with a plain verdict per row."""
     lines = [f"Saver selection for base {base_name}: ΔC on the {split} split (lower is better; "
              f"ΔC < 0 compresses)", "",
-             "| rank | saver | GMACs | C_S/C_B | acc. | r_match | threshold | ΔC | verdict |",
+             f"| rank | saver | {unit.name} | C_S/C_B | acc. | r_match | threshold | ΔC | verdict |",
              "|---|---|---|---|---|---|---|---|---|"]
     for i, s in enumerate(scores, 1):
         verdict = ("compresses" if s.compresses
@@ -79,16 +82,16 @@ def selection_markdown(base_name: str, scores: Sequence[SaverScore], split: str 
 # --- console: aligned plain-text tables that fit a 100-column terminal --------------------------
 
 
-def _console_cell(point: Optional[OperatingPoint], base_gmacs: float) -> str:
-    # "-43.6% 92.60✗": GMACs vs the base, measured accuracy (%) and the missed-target mark; the
-    # trailing space of a met target keeps the numbers of a column right-aligned.
+def _console_cell(point: Optional[OperatingPoint], base_gmacs: float, unit: CostUnit = GMACS) -> str:
+    # "-43.6% 92.60✗": GMACs vs the base (or the speed-up, "1.77×"), measured accuracy (%) and the
+    # missed-target mark; the trailing space of a met target keeps the numbers of a column right-aligned.
     if point is None:
         return "- "
     mark = "✗" if point.meets_target is False else " "
-    return f"{pct(point.gmacs, base_gmacs)} {point.acc * 100:.2f}{mark}"
+    return f"{unit.versus(point.gmacs, base_gmacs)} {point.acc * 100:.2f}{mark}"
 
 
-def tradeoff_console(rows: Iterable[Tradeoff]) -> str:
+def tradeoff_console(rows: Iterable[Tradeoff], unit: CostUnit = GMACS) -> str:
     """The trade-off rows for a terminal: one block per saver/base pair, one line per threshold
     source, each cell the cost vs the base and the accuracy measured on the reported split.
 
@@ -110,16 +113,17 @@ def tradeoff_console(rows: Iterable[Tradeoff]) -> str:
     blocks = []
     for (saver, base, split), group in _pairs(rows).items():
         first = group[0]
-        title = (f"saver {saver} ({first.saver_gmacs:.4g} GMACs, {first.saver_acc:.2%}) → base {base} "
-                 f"({first.base_gmacs:.4g} GMACs, {first.base_acc:.2%}) on {split}")
+        title = (f"saver {saver} ({first.saver_gmacs:.4g} {unit.name}, {first.saver_acc:.2%}) → base {base} "
+                 f"({first.base_gmacs:.4g} {unit.name}, {first.base_acc:.2%}) on {split}")
         if len(title) > CONSOLE_WIDTH:  # long model names: the base goes on a line of its own
             title = title.replace(" → ", "\n  → ", 1)
         table = [head]
         for r in group:
             source = r.calib_split or (r.split if r.mode == "same-split" else r.mode)
             delta_c = r.calib_delta_c if r.calib_delta_c is not None else r.delta_c
-            table.append([source, f"{delta_c:+.3f}"] + [_console_cell(r.required.get(d), r.base_gmacs) for d in drops]
-                         + [_console_cell(r.max_performance, r.base_gmacs)])
+            table.append([source, f"{delta_c:+.3f}"]
+                         + [_console_cell(r.required.get(d), r.base_gmacs, unit) for d in drops]
+                         + [_console_cell(r.max_performance, r.base_gmacs, unit)])
         blocks.append((title, table))
     # One set of column widths for all pairs, so their columns line up.
     widths = column_widths([row for _, table in blocks for row in table])
@@ -133,7 +137,10 @@ def tradeoff_console(rows: Iterable[Tradeoff]) -> str:
             lines += aligned([[row[c] for c in columns] for row in table], [right[c] for c in columns],
                               indent="  ", widths=[widths[c] for c in columns])
     split = rows[0].split
-    legend = (f"Cells: expected GMACs vs the base's and accuracy (%) measured on {split}, at the cheapest "
+    measured = f"; measured on {unit.note}" if unit.note else ""
+    cost = (f"speed-up over the base (its ms per sample / the expected ms per sample{measured})" if unit.is_time
+            else "expected GMACs vs the base's")
+    legend = (f"Cells: {cost} and accuracy (%) measured on {split}, at the cheapest "
               f"threshold within each allowed accuracy drop, chosen on the split on the left (ΔC is that "
               f"split's). ✗: below the base's accuracy minus the drop on {split}; -: no threshold meets "
               f"the drop where it is chosen.")
@@ -147,9 +154,10 @@ def _pairs(rows: Sequence[Tradeoff]) -> Dict[tuple, List[Tradeoff]]:
     return pairs
 
 
-def selection_console(base_name: str, scores: Sequence[SaverScore], split: str = "selection") -> str:
+def selection_console(base_name: str, scores: Sequence[SaverScore], split: str = "selection",
+                      unit: CostUnit = GMACS) -> str:
     """:func:`selection_markdown` as an aligned plain table for a terminal."""
-    table = [["rank", "saver", "GMACs", "C_S/C_B", "acc.", "r_match", "threshold", "ΔC", "verdict"]]
+    table = [["rank", "saver", unit.name, "C_S/C_B", "acc.", "r_match", "threshold", "ΔC", "verdict"]]
     for i, s in enumerate(scores, 1):
         table.append([str(i), s.saver, f"{s.saver_gmacs:.4g}", f"{s.saver_gmacs / s.base_gmacs:.3f}",
                       f"{s.saver_acc:.2%}", f"{s.r_match:.4f}", f"{s.threshold:.6g}", f"{s.delta_c:+.4f}",
@@ -160,16 +168,17 @@ def selection_console(base_name: str, scores: Sequence[SaverScore], split: str =
 
 
 def plot_tradeoff(curve: ExitCurve, result: Tradeoff, path: PathLike,
-                  title: Optional[str] = None) -> None:
-    """Accuracy vs expected GMACs: the cascade over all thresholds, both models as points and the
-    operating points of the table (see :func:`draw_tradeoff`)."""
+                  title: Optional[str] = None, unit: CostUnit = GMACS) -> None:
+    """Accuracy vs expected GMACs (or ms): the cascade over all thresholds, both models as points
+    and the operating points of the table (see :func:`draw_tradeoff`)."""
     plt = plots.pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.6), dpi=120)
-    draw_tradeoff(ax, curve, result, title=title)
+    draw_tradeoff(ax, curve, result, title=title, unit=unit)
     plots.save_figure(fig, path)
 
 
-def draw_tradeoff(ax, curve: ExitCurve, result: Tradeoff, title: Optional[str] = None) -> List[Any]:
+def draw_tradeoff(ax, curve: ExitCurve, result: Tradeoff, title: Optional[str] = None,
+                  unit: CostUnit = GMACS) -> List[Any]:
     """Draws the trade-off on a matplotlib ``ax`` and returns the drop labels.
 
     Each operating point is labelled with its allowed drops ("≤1/0.5 pt" where several share it);
@@ -199,7 +208,7 @@ def draw_tradeoff(ax, curve: ExitCurve, result: Tradeoff, title: Optional[str] =
         ax.plot([x for x, _, _ in points], [y for _, y, _ in points], "x", ls="none", label=what, **style)
         labels += [(x, y, f"≤{'/'.join(drops)} pt" + (" missed" if missed else ""), style["color"])
                    for x, y, drops in points]
-    ax.set_xlabel("expected cost (GMACs per sample)")
+    ax.set_xlabel(unit.axis())
     ax.set_ylabel(f"accuracy on {result.split} (%)")
     source = f"thresholds chosen on {result.calib_split}" if result.calib_split else result.mode
     ax.set_title(title or f"{result.base} with saver {result.saver} on {result.split} ({source})", fontsize=9)
@@ -235,11 +244,12 @@ def plot_exit_accuracy(curves: Mapping[str, ExitCurve], path: PathLike,
     plots.save_figure(fig, path)
 
 
-def curve_table(curve: ExitCurve) -> Dict[str, np.ndarray]:
-    """The full exit curve as columns (for CSV export)."""
+def curve_table(curve: ExitCurve, unit: CostUnit = GMACS) -> Dict[str, np.ndarray]:
+    """The full exit curve as columns (for CSV export); the cost column is ``expected_gmacs``, or
+    ``expected_ms`` for time."""
     return {"threshold": curve.threshold, "exit_ratio": curve.exit_ratio,
             "saver_acc_exited": curve.saver_acc_exited, "base_acc_exited": curve.base_acc_exited,
-            "system_acc": curve.system_acc, "expected_gmacs": curve.expected_gmacs}
+            "system_acc": curve.system_acc, "expected_" + ("ms" if unit.is_time else "gmacs"): curve.expected_gmacs}
 
 
 def write_csv(path: PathLike, columns: Mapping[str, np.ndarray]) -> None:

@@ -9,12 +9,14 @@
 - :mod:`~tinysaver.runtime.quantize`: stage graphs in int8 (onnxruntime's static QDQ quantization,
   calibrated on a named split through the registry's datasets) or fp16, checked by their top-1
   agreement with the fp32 graph (imports onnxruntime and onnx inside its functions only);
+- :mod:`~tinysaver.runtime.recording`: records an exported stage on a dataset as it runs (its own
+  preprocessing and confidence, plus its measured latency): ``tinysaver record --runtime onnxruntime``;
 - :mod:`~tinysaver.runtime.export`: writes an export directory from a torch cascade (imports torch
   and onnx inside its functions only).
 
 Importing this package never imports torch (``tests/test_export.py`` checks it).
 
-May import: the core (errors, io, registry, routing, thresholds, confidence) and, inside
+May import: the core (errors, io, registry, routing, thresholds, confidence, records) and, inside
 :mod:`~tinysaver.runtime.export`'s functions only, the torch layer (models). Calibration images
 come through the core's dataset registry (:func:`tinysaver.registry.dataset_source`), never from a
 plugin imported by name.
