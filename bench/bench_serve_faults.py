@@ -137,6 +137,8 @@ def malformed(url: str, max_bytes: int) -> List[Dict[str, Any]]:
                                                   "shape": (10**12, 1, 28, 28)})
     f16 = io.BytesIO()
     np.save(f16, np.zeros((1, 1, 28, 28), np.float16))
+    huge = io.BytesIO()  # finite float32, but the model's logits overflow to NaN
+    np.save(huge, np.full((2, 1, 28, 28), 3e38, np.float32))
     cases = [
         ("JSON nested 100,000 deep (200 kB)", b"[" * 100_000 + b"]" * 100_000, "application/json"),
         (".npy header claiming (10^12, 1, 28, 28)", header.getvalue() + b"\0" * 64, "application/x-npy"),
@@ -144,6 +146,7 @@ def malformed(url: str, max_bytes: int) -> List[Dict[str, Any]]:
          b"0" * (max_bytes + 1_000_000), "application/x-npy"),
         ("float16 .npy", f16.getvalue(), "application/x-npy"),
         ("JSON numbers as strings", json.dumps({"inputs": [[["0.5"] * 28] * 28]}).encode(), "application/json"),
+        ("finite inputs of 3e38 (the logits overflow)", huge.getvalue(), "application/x-npy"),
     ]
     rows = []
     for what, body, ctype in cases:
@@ -212,6 +215,99 @@ def big_images(url: str, load: Load, seconds: float, baseline: float) -> Dict[st
                        f"{w['non_200_count']} non-200", **w}
 
 
+def hang_ups(port: int, load: Load, body: bytes, seconds: float, baseline: float) -> Dict[str, Any]:
+    """Clients that send a whole request and close the connection without reading the answer (their
+    samples share batches, and calls to the base, with the good clients' samples)."""
+    stop = threading.Event()
+    sent = [0]
+    request = (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-npy\r\n"
+               b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+    def leaver():
+        while not stop.is_set():
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall(request)
+                time.sleep(0.002)  # long enough to reach a batch, not to be answered
+            sent[0] += 1
+
+    threads = [threading.Thread(target=leaver, daemon=True) for _ in range(8)]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    end = time.monotonic()
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+    w = load.window(start, end)
+    return {"what": f"8 clients send a request and hang up before the answer, in a loop for {seconds:g} s",
+            "outcome": f"{sent[0]} hang-ups; good clients {w['throughput_rps']} req/s "
+                       f"({100 * w['throughput_rps'] / baseline:.0f} % of undisturbed), {w['non_200_count']} non-200 "
+                       f"{w['non_200'] or ''}", **w}
+
+
+def children(pid: int) -> List[int]:
+    """Processes whose parent is ``pid`` (from /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+def decoder_kill(url: str, load: Load, ingress_pid: int) -> Dict[str, Any]:
+    """kill -9 of the ingress's image-decode processes while a client sends PNGs."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (56, 56), 90).save(buf, format="PNG")
+    stop = threading.Event()
+    codes: List[int] = []
+
+    def sender():
+        while not stop.is_set():
+            codes.append(post(f"{url}/predict", buf.getvalue(), "image/png")[0])
+
+    t = threading.Thread(target=sender, daemon=True)
+    start = time.monotonic()
+    t.start()
+    time.sleep(2.0)
+    victims = children(ingress_pid)
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(4.0)
+    stop.set()
+    t.join(timeout=60)
+    w = load.window(start, time.monotonic())
+    restarts = (health(url) or {}).get("ingress", {}).get("decoder_restarts")
+    return {"what": "kill -9 of the ingress's image-decode processes while a client sends PNGs",
+            "outcome": f"{len(victims)} killed; the PNG client got {len(codes)} answers "
+                       f"{sorted({str(c) for c in codes})}; decoder_restarts {restarts}; good clients "
+                       f"{w['non_200_count']} non-200", **w}
+
+
+def config_edits(config: Path, load: Load) -> Dict[str, Any]:
+    """The served config file vanishes for a while (an editor replacing it), then gets an edit Ray
+    Serve refuses, then is restored."""
+    text = config.read_text()
+    start = time.monotonic()
+    config.unlink()
+    time.sleep(3.0)
+    config.write_text(text.replace("num_cpus: 1", "num_cpus: -1", 1))
+    time.sleep(3.0)
+    config.write_text(text)
+    time.sleep(3.0)
+    w = load.window(start, time.monotonic())
+    return {"what": "the config file vanishes for 3 s, then gets an edit Ray Serve refuses, then is restored",
+            "outcome": f"server kept serving: good clients {w['non_200_count']} non-200 (see the log lines below)",
+            **w}
+
+
 def kill(url: str, load: Load, which: str, pid: int, replica_of) -> Dict[str, Any]:
     before = replica_of(health(url))
     start = time.monotonic()
@@ -273,6 +369,9 @@ def main() -> None:
                          "outcome": f"{baseline} req/s, {base['non_200_count']} non-200", **base})
             rows.append(slow_uploads(url, port, load, args.slow, 20.0, baseline))
             rows.append(big_images(url, load, 15.0, baseline))
+            rows.append(hang_ups(port, load, bodies[0], 10.0, baseline))
+            rows.append(decoder_kill(url, load, int(health(url)["ingress"]["replica"].split("-")[0])))
+            rows.append(config_edits(tmp / "serve.yaml", load))
             stage_pid = lambda k: int(health(url)["stages"][k]["replica"].split("-")[0])  # noqa: E731
             rows.append(kill(url, load, "base (stage 1)", stage_pid(1), lambda h: h and h["stages"][1].get("replica")))
             rows.append(kill(url, load, "saver (stage 0)", stage_pid(0), lambda h: h and h["stages"][0].get("replica")))
