@@ -23,6 +23,8 @@ bench: setup
 	$(PY) bench/bench_planner_vs_dyce.py
 	$(PY) bench/bench_det_sweep.py
 	$(PY) bench/bench_serve.py
+	$(PY) bench/bench_serve_faults.py
+	$(PY) bench/bench_int8.py
 
 # Every Table 1 and Table 4 config at full model size, random weights, 2 images (not part of `make
 # test`; about 25 min on 2 cores): writes results/paper_scale/.
