@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tinysaver import Cascade
+from tinysaver.routing import Stage
 from tinysaver.models.recording import record_predictions
 from tinysaver.plugins.timm import create_classifier, eval_transform
 
@@ -145,6 +146,10 @@ def test_bad_cascade_arguments_are_clear(pair):
     with pytest.raises(ValueError, match="NaN"):
         cascade.thresholds = [float("nan")]
     assert cascade.threshold == 0.5
+    with pytest.raises(ValueError, match="not a number"):
+        cascade.thresholds = [True]  # float(True) == 1.0 would pass silently
+    with pytest.raises(ValueError, match="NaN"):
+        Stage(saver, threshold=float("nan"))  # the routing core's own stage, used by every runtime
 
 
 def test_infinite_threshold_lets_nothing_exit_even_an_infinite_confidence():
@@ -169,6 +174,7 @@ assert "torch" not in sys.modules
 import torch
 from torch._dynamo.testing import CompileCounter
 from tinysaver import Cascade
+from tinysaver.routing import Stage
 torch.manual_seed(0)
 c = Cascade(torch.nn.Linear(8, 10), torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10)),
             threshold=0.3)

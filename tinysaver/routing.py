@@ -31,6 +31,7 @@ from typing import Any, Callable, List, Optional, Sequence
 import numpy as np
 
 from .confidence import build_confidence
+from .errors import ThresholdError
 
 #: gathers the samples ``indices`` of a batch (a tensor, an array, a list)
 Take = Callable[[Any, Any], Any]
@@ -122,6 +123,9 @@ class Stage:
         if isinstance(self.confidence, str):
             self.confidence = build_confidence(self.confidence)
         self.threshold = float(self.threshold)
+        if math.isnan(self.threshold):
+            # NaN >= anything is False: the stage would silently answer nothing
+            raise ThresholdError(f"stage {self.name or '?'}: the threshold is NaN")
 
 
 @dataclass

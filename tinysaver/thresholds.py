@@ -41,6 +41,9 @@ def check_thresholds(values: Sequence[Any], num_stages: int) -> List[float]:
         raise ThresholdError(f"thresholds must be a sequence (one per stage but the last), got {values!r}")
     out = []
     for v in values:
+        if isinstance(v, bool):
+            # float(True) is 1.0: a flag passed where a threshold belongs, not a threshold
+            raise ThresholdError(f"threshold {v!r} is not a number or 'inf'")
         try:
             t = float(v)
         except (TypeError, ValueError):
