@@ -223,6 +223,7 @@ def small_export(pool, tmp_path_factory):
     (np.zeros((2, 1, 28, 27), np.float32), "shape [2, 1, 28, 27]"),
     (np.zeros((2, 1, 28, 28), np.int64), "dtype int64"),
     (np.full((2, 1, 28, 28), np.nan, np.float32), "NaN"),
+    (np.full((2, 1, 28, 28), 1e300, np.float64), "NaN or infinity"),  # finite in float64, inf in float32
     (np.zeros((0, 1, 28, 28), np.float32), "empty batch"),
     ([[0.0]], "expected a numpy array"),
 ])
