@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import os
 import socket
 import subprocess
@@ -239,6 +240,18 @@ def test_image_limits_are_checked_before_decoding():
     kind, images = parse_payload("application/json", json.dumps({"images": [base64.b64encode(_png(500, 400)).decode()]
                                                                   * 5}).encode(), max_pixels=1_000_000)
     assert kind == "images" and len(images) == 5 and images[0].shape == (400, 500)  # 5 x 200,000 = the limit
+
+
+def test_npy_headers_with_negative_or_boolean_dimensions_are_one_line_errors():
+    """numpy's header parser accepts any Python int as a dimension: (-2, -1, 28, 28) matches a body of
+    2 x 28 x 28 floats by its product, and failed in the reshape (a 500)."""
+    from tinysaver import TinySaverError
+    from tinysaver.serve import parse_payload
+
+    for shape in [(-2, -1, 28, 28), (2, -1, -28, 28), (True, 1, 28, 28)]:
+        body = _npy_header(shape) + b"\0" * (4 * abs(math.prod(shape)))
+        with pytest.raises(TinySaverError, match=r"\.npy header: shape .* \(dimensions must be integers >= 0\)"):
+            parse_payload("application/x-npy", body)
 
 
 def test_new_thresholds_reconfigure_the_running_replicas(server, models, data):
