@@ -254,6 +254,25 @@ def test_npy_headers_with_negative_or_boolean_dimensions_are_one_line_errors():
             parse_payload("application/x-npy", body)
 
 
+def test_serve_says_when_the_config_overrides_thresholds_calibrated_into_the_export(models, tmp_path):
+    """`export --calib-records` writes its thresholds into cascade.json; a config with `thresholds`
+    (the repository's has [0.9]) silently served those instead."""
+    from tinysaver.commands.serve import calibrated_thresholds_note
+    from tinysaver.runtime.manifest import read_manifest, write_thresholds
+
+    export = tmp_path / "exp"
+    export_cascade(Cascade(*models, threshold=0.9), export, names=["fmnist_cnn_s", "fmnist_cnn_l"],
+                   data_configs=[FMNIST_PREPROCESS] * 2)
+    args = {"export_dir": str(export), "thresholds": [0.9]}
+    assert calibrated_thresholds_note(args, "c.yaml") is None  # not calibrated: the config's thresholds are the plan
+    write_thresholds(export, [0.75], {"guarantee": "expected", "drop": 0.5})
+    note = calibrated_thresholds_note(args, "c.yaml")
+    assert note and "[0.9] of c.yaml, not [0.75]" in note and "\n" not in note
+    assert calibrated_thresholds_note({"export_dir": str(export)}, "c.yaml") is None  # cascade.json's are served
+    assert calibrated_thresholds_note({**args, "thresholds": [0.75]}, "c.yaml") is None
+    assert read_manifest(export)["thresholds"] == [0.75]
+
+
 def test_new_thresholds_reconfigure_the_running_replicas(server, models, data):
     from ray import serve
 
