@@ -311,7 +311,9 @@ def test_the_help_example_runs(tmp_path, monkeypatch):
     import tinysaver.commands.export as command
     from tinysaver.cli import main
 
-    example = command.__doc__.strip().splitlines()[-1]
+    # the first one-line example (the docstring ends with the multi-line retune example)
+    example = next(line.strip() for line in command.__doc__.splitlines()
+                   if line.strip().startswith("tinysaver export --stages") and not line.rstrip().endswith("\\"))
     argv = shlex.split(example)
     assert argv[:2] == ["tinysaver", "export"]
     monkeypatch.chdir(tmp_path)
