@@ -89,6 +89,11 @@ def test_retuning_refuses_records_of_other_graphs_in_one_line(int8, tmp_path, ca
         (["--calib-records", base, saver, "--drop", "0.5"], "give one record per stage, in that order"),
         (["--calib-records", saver, base], "--calib-records needs --drop PT"),
         (["--calib-records", saver, base, "--drop", "0.5", "--thresholds", "0.3"], "--thresholds belong to writing one"),
+        # options of writing an export are refused, not silently ignored (the graphs are not rewritten)
+        (["--calib-records", saver, base, "--drop", "0.5", "--precision", "int8"], "--precision belong to writing one"),
+        (["--calib-records", saver, base, "--drop", "0.5", "--confidence", "entropy"], "--confidence belong to"),
+        (["--calib-records", saver, base, "--drop", "0.5", "--calib-split", "test"], "--calib-split belong to"),
+        (["--calib-records", saver, base, "--drop", "0.5", "--opset", "13"], "--opset belong to"),
         (["--calib-records", saver, base, "--drop", "0.5", "--guarantee", "expected", "--delta", "0.1"],
          "--delta belong to --guarantee high-probability"),
     ]

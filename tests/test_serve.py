@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import os
 import socket
 import subprocess
@@ -239,6 +240,37 @@ def test_image_limits_are_checked_before_decoding():
     kind, images = parse_payload("application/json", json.dumps({"images": [base64.b64encode(_png(500, 400)).decode()]
                                                                   * 5}).encode(), max_pixels=1_000_000)
     assert kind == "images" and len(images) == 5 and images[0].shape == (400, 500)  # 5 x 200,000 = the limit
+
+
+def test_npy_headers_with_negative_or_boolean_dimensions_are_one_line_errors():
+    """numpy's header parser accepts any Python int as a dimension: (-2, -1, 28, 28) matches a body of
+    2 x 28 x 28 floats by its product, and failed in the reshape (a 500)."""
+    from tinysaver import TinySaverError
+    from tinysaver.serve import parse_payload
+
+    for shape in [(-2, -1, 28, 28), (2, -1, -28, 28), (True, 1, 28, 28)]:
+        body = _npy_header(shape) + b"\0" * (4 * abs(math.prod(shape)))
+        with pytest.raises(TinySaverError, match=r"\.npy header: shape .* \(dimensions must be integers >= 0\)"):
+            parse_payload("application/x-npy", body)
+
+
+def test_serve_says_when_the_config_overrides_thresholds_calibrated_into_the_export(models, tmp_path):
+    """`export --calib-records` writes its thresholds into cascade.json; a config with `thresholds`
+    (the repository's has [0.9]) silently served those instead."""
+    from tinysaver.commands.serve import calibrated_thresholds_note
+    from tinysaver.runtime.manifest import read_manifest, write_thresholds
+
+    export = tmp_path / "exp"
+    export_cascade(Cascade(*models, threshold=0.9), export, names=["fmnist_cnn_s", "fmnist_cnn_l"],
+                   data_configs=[FMNIST_PREPROCESS] * 2)
+    args = {"export_dir": str(export), "thresholds": [0.9]}
+    assert calibrated_thresholds_note(args, "c.yaml") is None  # not calibrated: the config's thresholds are the plan
+    write_thresholds(export, [0.75], {"guarantee": "expected", "drop": 0.5})
+    note = calibrated_thresholds_note(args, "c.yaml")
+    assert note and "[0.9] of c.yaml, not [0.75]" in note and "\n" not in note
+    assert calibrated_thresholds_note({"export_dir": str(export)}, "c.yaml") is None  # cascade.json's are served
+    assert calibrated_thresholds_note({**args, "thresholds": [0.75]}, "c.yaml") is None
+    assert read_manifest(export)["thresholds"] == [0.75]
 
 
 def test_new_thresholds_reconfigure_the_running_replicas(server, models, data):

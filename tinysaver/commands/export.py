@@ -139,7 +139,11 @@ def retune(args: argparse.Namespace) -> int:
     from ._records import CostedRecords
 
     mixed = [flag for flag, value in (("--stages", args.stages), ("--thresholds", args.thresholds),
-                                      ("--calib-data", args.calib_data), ("--single-graph", args.single_graph))
+                                      ("--calib-data", args.calib_data), ("--calib-split", args.calib_split),
+                                      ("--calib-limit", args.calib_limit is not None),
+                                      ("--precision", args.precision != ["fp32"]),
+                                      ("--confidence", args.confidence != "max_softmax"),
+                                      ("--opset", args.opset is not None), ("--single-graph", args.single_graph))
              if value]
     if mixed:
         raise TinySaverError(f"--calib-records retunes the export at --out; {', '.join(mixed)} belong to writing one "

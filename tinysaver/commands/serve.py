@@ -22,6 +22,7 @@ Example (after the `tinysaver export` example wrote outputs/exported/fmnist_s_l)
 from __future__ import annotations
 
 import argparse
+from typing import Optional
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -86,6 +87,9 @@ def run(args: argparse.Namespace) -> int:
         serve.run(build_app(loaded["args"]), name=name, route_prefix=prefix)
         url = f"http://{http['host']}:{http['port']}{prefix.rstrip('/')}"
         print(f"serving {name}: POST {url}/predict, GET {url}/health", flush=True)
+        note = calibrated_thresholds_note(loaded["args"], args.config)
+        if note:
+            print(note, file=sys.stderr, flush=True)
         if args.check:
             return _check(url, ServeConfig.from_dict(loaded["args"], args.config))
         watch = ReplicaWatch(name, getattr(context, "address_info", {}).get("session_dir"))
@@ -215,6 +219,27 @@ def read_config(path: str) -> dict:
         raise TinySaverError(f"{path}: invalid serve config ({type(exc).__name__}: "
                              f"{' '.join(str(exc).split())[:160]})") from None
     return loaded
+
+
+def calibrated_thresholds_note(config: dict, path: str) -> Optional[str]:
+    """A line when the config's ``thresholds`` replace those that ``tinysaver export --calib-records``
+    chose and wrote into cascade.json (else None): the server runs the config's, and the retuned
+    export's thresholds would otherwise be dropped without a word."""
+    from ..runtime.manifest import read_manifest
+    from ..serve import ServeConfig
+    from ..thresholds import threshold_to_json
+
+    if "thresholds" not in config:
+        return None
+    cfg = ServeConfig.from_dict(config, path)
+    manifest = read_manifest(cfg.export_dir)
+    calibration = manifest.get("calibration")
+    served = [threshold_to_json(t) for t in cfg.thresholds]
+    if not calibration or served == manifest["thresholds"]:
+        return None
+    return (f"tinysaver serve: serving the thresholds {served} of {path}, not {manifest['thresholds']} that "
+            f"cascade.json was calibrated to ({calibration.get('guarantee')}, drop <= {calibration.get('drop')} pt); "
+            f"remove 'thresholds' from {path} to serve those")
 
 
 def _check(url: str, cfg) -> int:

@@ -97,9 +97,11 @@ def check_batch(x: Any, input_size: Sequence[int], what: str = "input") -> np.nd
         raise TinySaverError(f"{what}: shape {list(x.shape)} (expected [batch, {', '.join(map(str, want))}])")
     if len(x) == 0:
         raise TinySaverError(f"{what}: empty batch")
+    with np.errstate(over="ignore"):  # float64 beyond float32's range narrows to inf: refused below
+        x = np.ascontiguousarray(x, dtype=np.float32)
     if not np.isfinite(x).all():
-        raise TinySaverError(f"{what}: contains NaN or infinity")
-    return np.ascontiguousarray(x, dtype=np.float32)
+        raise TinySaverError(f"{what}: contains NaN or infinity (in float32, which the model computes in)")
+    return x
 
 
 class OnnxCascade(ThresholdsMixin):

@@ -168,6 +168,8 @@ def parse_npy(body: bytes, max_samples: Optional[int] = None) -> np.ndarray:
     except Exception as exc:  # whatever the header parser raises on a malformed header (ValueError, TokenError, ...)
         raise TinySaverError(f"body is not a .npy array ({type(exc).__name__})") from None
     check_dtype(dtype)
+    if any(type(d) is not int or d < 0 for d in shape):  # the header parser lets -2 and True through
+        raise TinySaverError(f".npy header: shape {list(shape)} (dimensions must be integers >= 0)")
     if len(shape) not in (3, 4):
         raise TinySaverError(f"inputs: shape {list(shape)} (expected [batch, C, H, W] or [C, H, W])")
     if max_samples is not None and len(shape) == 4 and shape[0] > max_samples:
