@@ -153,6 +153,11 @@ def test_latencies_measured_differently_are_refused_unless_allowed(runtime, tmp_
     assert "measured on mixed settings" in " ".join(capsys.readouterr().out.split())  # the legend, wrapped
     # GMACs do not care how the latency was measured
     assert main(argv[:-2]) == 0
+    # ...so weighing mixed latencies there is a flag that would do nothing: refused, one line
+    capsys.readouterr()
+    assert main([*argv[:-2], "--allow-mixed-latency"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "needs --cost latency" in err
 
 
 def test_missing_latency_other_graphs_and_gmacs_overrides_are_refused_with_latency(runtime, tmp_path, capsys):

@@ -90,6 +90,9 @@ class CostedRecords:
             raise TinySaverError(f"{COST_OPTION} states GMACs, and --cost latency weighs each record's measured ms "
                                  f"instead: drop {COST_OPTION}, or record the model on the runtime (tinysaver record "
                                  f"--runtime onnxruntime) to measure its latency")
+        if allow_mixed and cost != "latency":
+            # it weighs latencies only: accepted silently it would look applied to GMACs
+            raise TinySaverError("--allow-mixed-latency weighs measured latencies: it needs --cost latency")
         self.costs = parse_costs(costs)
         self.cost, self.allow_mixed = cost, allow_mixed
         self._used: set = set()

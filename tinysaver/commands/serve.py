@@ -79,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
     # SIGTERM (a service manager, `kill`) ends it like Ctrl-C: the application is removed (set after
     # ray.init, whose own handler exits with status 15)
     signal.signal(signal.SIGTERM, _interrupt)
+    # SIGINT too: a shell starts background jobs with SIGINT ignored, so `kill -INT` would do nothing
+    signal.signal(signal.SIGINT, _interrupt)
     name = loaded["name"]
     try:
         serve.start(http_options={"host": http["host"], "port": http["port"],
