@@ -135,6 +135,11 @@ def test_every_analysis_command_takes_runtime_records_in_both_costs(runtime, tmp
         assert "ms" in printed and "GMACs" not in printed, (argv, printed)
         text = out.read_text()
         assert "gmacs" not in text and ("_ms" in text or '"ms"' in text), (argv, text)
+        if argv[0] == "chain":  # in ms, also how much faster than the base alone
+            chain = json.loads(text)
+            base_ms = load_record(runtime["l"]).latency.ms
+            assert chain["speedup"] == pytest.approx(base_ms / chain["ms"], rel=1e-12)
+            assert "speed-up vs base" in printed and f"{base_ms / chain['ms']:.2f}×" in printed
     # plan in ms: a model costs its reported split's latency in both splits (the holdout measurement
     # of the same graph differs by timing noise only)
     plan = json.loads((tmp_path / "plan.json").read_text())

@@ -124,11 +124,15 @@ def _certified_rows(certified: Dict[str, Dict[str, object]], base_gmacs: float, 
     return lines
 
 
-def chain_markdown(point: ChainPoint, unit: CostUnit = GMACS) -> str:
-    """One chain at given thresholds as a one-row markdown table (its expected cost in ``unit``)."""
+def chain_markdown(point: ChainPoint, unit: CostUnit = GMACS, base_cost: Optional[float] = None) -> str:
+    """One chain at given thresholds as a one-row markdown table (its expected cost in ``unit``;
+    with ``base_cost``, the base alone's cost in that unit, also the speed-up over the base)."""
     head = ["chain", "thresholds", "answered", "acc.", unit.name]
-    return ("| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n"
-            f"| {_chain(point)} | {_thresholds(point)} | {_answered(point)} | {point.acc:.2%} | {point.gmacs:.4g} |\n")
+    row = [_chain(point), _thresholds(point), _answered(point), f"{point.acc:.2%}", f"{point.gmacs:.4g}"]
+    if base_cost is not None:
+        head.append("speed-up vs base")
+        row.append(f"{base_cost / point.gmacs:.2f}×")
+    return ("| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n| " + " | ".join(row) + " |\n")
 
 
 def calibration_markdown(cal: Calibration, unit: CostUnit = GMACS) -> str:
