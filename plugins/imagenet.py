@@ -333,7 +333,7 @@ def model_num_classes(name: str) -> int:
         return 1000
     import timm
 
-    import_module("tinysaver.plugins.timm_zoo")  # registers the local models with timm
+    import_module("tinysaver.plugins.timm.zoo")  # registers the local models with timm
     cfg = timm.models.get_pretrained_cfg(name) if timm.is_model(name) else None
     if cfg is not None and getattr(cfg, "num_classes", None):
         return int(cfg.num_classes)

@@ -21,7 +21,7 @@ from tinysaver import Record, save_record
 from tinysaver.analysis import exit_curve, tradeoff
 from tinysaver.cli import COMMANDS, main
 from tinysaver.errors import TinySaverError
-from tinysaver.plugins import timm_zoo
+from tinysaver.plugins.timm import zoo as timm_zoo
 from tinysaver.plugins.timm import NO_WEIGHTS, create_classifier, eval_transform
 
 from .helpers import WEIGHTS, fmnist_dataset, stack_inputs

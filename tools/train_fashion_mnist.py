@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from tinysaver.io import atomic_open, write_json
 from tinysaver.plugins.datasets import load_fashion_mnist
-from tinysaver.plugins.timm_zoo import ARCHS, FASHION_MNIST_MEAN, FASHION_MNIST_STD
+from tinysaver.plugins.timm.zoo import ARCHS, FASHION_MNIST_MEAN, FASHION_MNIST_STD
 
 ROOT = Path(__file__).resolve().parents[1]
 # Bigger models get more epochs: each is trained to a plateau without a huge CPU bill.

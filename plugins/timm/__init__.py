@@ -22,7 +22,7 @@ its own: a state dict handed over first, then a file, then the Hugging Face hub)
    record's ``weights``): ``hub:<repo id>@<revision> (sha256 <16 hex of the file>)``. A weights
    file named ``hub`` or ``hub:...`` is passed as ``./hub``.
 4. the model's registered offline weights — the Fashion-MNIST pool ``fmnist_cnn_*``
-   (:mod:`tinysaver.plugins.timm_zoo`), checked against its manifest's sha256.
+   (:mod:`tinysaver.plugins.timm.zoo`), checked against its manifest's sha256.
 5. ``random_init=True`` (``--random-init``; weights spec ``random-init``) — an untrained model,
    for cost counting and tests. Without it a model with no weights is refused: recording random
    weights is never what a user means.
@@ -58,7 +58,7 @@ from tinysaver.models.checkpoint import load_state_dict, sha256_of
 from tinysaver.registry import CLASSIFIER_SOURCES
 
 # hub_weights is re-exported: `from tinysaver.plugins.timm import hub_weights`
-from .timm_hub import HUB, TORCHVISION_PREFIX, hub_weights
+from .hub import HUB, TORCHVISION_PREFIX, hub_weights
 
 PYPI_PREFIX = "pypi:"
 #: Weights spec of an untrained model (``NAME=random-init`` in a model list; ``--random-init``).
@@ -240,7 +240,7 @@ class MultiTransform:
 
 def _register_local_zoo() -> None:
     # The Fashion-MNIST pool lives in timm's registry once its module is imported.
-    importlib.import_module("tinysaver.plugins.timm_zoo")
+    importlib.import_module("tinysaver.plugins.timm.zoo")
 
 
 def _check_known(name: str) -> None:
@@ -353,14 +353,14 @@ class TimmClassifiers:
     @staticmethod
     def num_classes(name: str) -> int:
         """Outputs of model ``name`` without building it (see :func:`tinysaver.plugins.imagenet.model_num_classes`)."""
-        from .imagenet import model_num_classes
+        from ..imagenet import model_num_classes
 
         return model_num_classes(name)
 
     @staticmethod
     def output_classes(model: nn.Module, input_size: Sequence[int]) -> int:
         """Outputs of a built model (``num_classes``, else one forward pass)."""
-        from .imagenet import output_classes
+        from ..imagenet import output_classes
 
         return output_classes(model, input_size)
 
