@@ -36,7 +36,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -186,20 +186,16 @@ def slow_uploads(url: str, port: int, load: Load, n: int, hold_s: float, baselin
                        f"{w['non_200_count']} non-200, longest gap {w['longest_gap_s']} s", **w}
 
 
-def big_images(url: str, load: Load, seconds: float, baseline: float) -> Dict[str, Any]:
-    from PIL import Image
-
-    buf = io.BytesIO()  # small on the wire (one colour compresses well), 192 MB decoded
-    Image.new("RGB", (8000, 8000), (120, 30, 200)).save(buf, format="PNG", compress_level=9)
-    png = buf.getvalue()
+def in_a_loop(step: Callable[[], None], clients: int, seconds: float, join_timeout: float) -> Tuple[float, float]:
+    """``clients`` threads each run ``step`` in a loop for ``seconds``; returns the (start, end) of that
+    window (monotonic clock), after joining the threads."""
     stop = threading.Event()
-    sent: List[Any] = []
 
-    def attacker():
+    def loop():
         while not stop.is_set():
-            sent.append(post(f"{url}/predict", png, "image/png", timeout=120)[0])
+            step()
 
-    threads = [threading.Thread(target=attacker, daemon=True) for _ in range(2)]
+    threads = [threading.Thread(target=loop, daemon=True) for _ in range(clients)]
     start = time.monotonic()
     for t in threads:
         t.start()
@@ -207,7 +203,19 @@ def big_images(url: str, load: Load, seconds: float, baseline: float) -> Dict[st
     end = time.monotonic()
     stop.set()
     for t in threads:
-        t.join(timeout=120)
+        t.join(timeout=join_timeout)
+    return start, end
+
+
+def big_images(url: str, load: Load, seconds: float, baseline: float) -> Dict[str, Any]:
+    from PIL import Image
+
+    buf = io.BytesIO()  # small on the wire (one colour compresses well), 192 MB decoded
+    Image.new("RGB", (8000, 8000), (120, 30, 200)).save(buf, format="PNG", compress_level=9)
+    png = buf.getvalue()
+    sent: List[Any] = []
+    start, end = in_a_loop(lambda: sent.append(post(f"{url}/predict", png, "image/png", timeout=120)[0]),
+                           clients=2, seconds=seconds, join_timeout=120)
     w = load.window(start, end)
     return {"what": f"2 clients send an 8000x8000 RGB PNG ({len(png) / 1e6:.1f} MB) in a loop for {seconds:g} s",
             "outcome": f"{len(sent)} images answered {sorted({str(s) for s in sent})}; good clients "
@@ -218,27 +226,17 @@ def big_images(url: str, load: Load, seconds: float, baseline: float) -> Dict[st
 def hang_ups(port: int, load: Load, body: bytes, seconds: float, baseline: float) -> Dict[str, Any]:
     """Clients that send a whole request and close the connection without reading the answer (their
     samples share batches, and calls to the base, with the good clients' samples)."""
-    stop = threading.Event()
     sent = [0]
     request = (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-npy\r\n"
                b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
 
-    def leaver():
-        while not stop.is_set():
-            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-                s.sendall(request)
-                time.sleep(0.002)  # long enough to reach a batch, not to be answered
-            sent[0] += 1
+    def leave():
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(request)
+            time.sleep(0.002)  # long enough to reach a batch, not to be answered
+        sent[0] += 1
 
-    threads = [threading.Thread(target=leaver, daemon=True) for _ in range(8)]
-    start = time.monotonic()
-    for t in threads:
-        t.start()
-    time.sleep(seconds)
-    end = time.monotonic()
-    stop.set()
-    for t in threads:
-        t.join(timeout=30)
+    start, end = in_a_loop(leave, clients=8, seconds=seconds, join_timeout=30)
     w = load.window(start, end)
     return {"what": f"8 clients send a request and hang up before the answer, in a loop for {seconds:g} s",
             "outcome": f"{sent[0]} hang-ups; good clients {w['throughput_rps']} req/s "
