@@ -101,6 +101,34 @@ def server(models, data, tmp_path_factory):
         ray.shutdown()
 
 
+def _start_front(server, **ingress):
+    """tinysaver serve's HTTP front (in this process, on a free port) for the "cascade" application."""
+    from ray import serve
+
+    from tinysaver.serve.config import IngressOptions
+    from tinysaver.serve.front import HttpFront, start_front
+
+    app = HttpFront(lambda: serve.get_app_handle("cascade"), ["fmnist_cnn_s", "fmnist_cnn_l"],
+                    IngressOptions(**ingress), server["config"]["max_request_bytes"], "/", 60.0)
+    port = _free_port()
+    return start_front(app, "127.0.0.1", port), f"http://127.0.0.1:{port}", port
+
+
+@pytest.fixture(scope="module")
+def front(server):
+    running, url, port = _start_front(server)
+    try:
+        yield {"url": url, "port": port, "app": running.app}
+    finally:
+        running.stop()
+
+
+@pytest.fixture(params=["ray_proxy", "front"])
+def url(request, server):
+    """The cascade's URL through Ray Serve's proxy and through tinysaver serve's own HTTP front."""
+    return server["url"] if request.param == "ray_proxy" else request.getfixturevalue("front")["url"]
+
+
 def _png(width: int, height: int) -> bytes:
     from PIL import Image
 
@@ -214,12 +242,12 @@ def test_multi_sample_json_and_images_equal_arrays(server, models, data):
      "dtype float16"),
     (dict(json={"inputs": [[["0.5"] * 28] * 28]}), "rectangular nested list of numbers (got strings)"),
 ])
-def test_bad_requests_get_400_with_one_line_and_the_server_keeps_serving(server, data, kwargs, reason):
-    r = requests.post(f"{server['url']}/predict", timeout=120, **kwargs)
+def test_bad_requests_get_400_with_one_line_and_the_server_keeps_serving(url, data, kwargs, reason):
+    r = requests.post(f"{url}/predict", timeout=120, **kwargs)
     assert r.status_code == (413 if "max_request_bytes" in reason else 400)
     error = r.json()["error"]
     assert reason in error and "\n" not in error
-    code, answer = _post_npy(server["url"], data[1][:1])
+    code, answer = _post_npy(url, data[1][:1])
     assert code == 200 and len(answer["stage"]) == 1
 
 
@@ -355,7 +383,8 @@ def test_an_int8_saver_is_served_like_its_onnx_cascade(server, models, data, tmp
         serve.delete("int8")
 
 
-def test_cli_serve_check_joins_the_cluster(server, tmp_path):
+@pytest.mark.parametrize("proxy", ["tinysaver", "ray"])
+def test_cli_serve_check_joins_the_cluster(server, tmp_path, proxy):
     import ray
 
     config = tmp_path / "serve.yaml"
@@ -364,8 +393,9 @@ def test_cli_serve_check_joins_the_cluster(server, tmp_path):
         "args": {"export_dir": str(server["export_dir"]),
                  "stage_defaults": {"ray_actor_options": {"num_cpus": 0.25}}}}]}))
     address = ray.get_runtime_context().gcs_address
+    port = _free_port() if proxy == "tinysaver" else server["port"]  # Ray's proxy of this cluster: its port
     result = subprocess.run([sys.executable, "-m", "tinysaver.cli", "serve", str(config), "--address", address,
-                             "--port", str(server["port"]), "--check"],
+                             "--port", str(port), "--proxy", proxy, "--check"],
                             capture_output=True, text=True, cwd=ROOT, timeout=300, env={**os.environ})
     assert result.returncode == 0, result.stderr[-2000:]
     assert "health:" in result.stdout and "predict (one zero sample): class" in result.stdout
@@ -402,7 +432,7 @@ def test_cli_serve_applies_a_changed_config_to_the_running_replicas(server, tmp_
 
     def health():
         try:
-            r = requests.get(f"{server['url']}/watch/health", timeout=30)
+            r = requests.get(f"http://127.0.0.1:{port}/watch/health", timeout=30)
             return r.json()["stages"] if r.status_code == 200 else None
         except requests.RequestException:
             return None
@@ -419,8 +449,9 @@ def test_cli_serve_applies_a_changed_config_to_the_running_replicas(server, tmp_
     config = tmp_path / "watch.yaml"
     write(0.5)
     address = ray.get_runtime_context().gcs_address
+    port = _free_port()  # the HTTP front's
     proc = subprocess.Popen([sys.executable, "-m", "tinysaver.cli", "serve", str(config), "--address", address,
-                             "--port", str(server["port"]), "--poll-s", "0.2"],
+                             "--port", str(port), "--poll-s", "0.2"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         before = wait_for(lambda s: s[0]["threshold"] == 0.5)
@@ -456,13 +487,13 @@ def test_cli_serve_applies_a_changed_config_to_the_running_replicas(server, tmp_
             print(out, err[-3000:])
 
 
-def test_an_over_long_body_gets_a_413_that_urllib_reads(server):
+def test_an_over_long_body_gets_a_413_that_urllib_reads(url):
     """urllib sends the whole body before it reads the answer: the server reads (and drops) the rest
     of an over-long body before answering, so the client reads the 413 instead of a reset."""
     import urllib.error
     import urllib.request
 
-    request = urllib.request.Request(f"{server['url']}/predict", data=b"0" * 5_000_000,
+    request = urllib.request.Request(f"{url}/predict", data=b"0" * 5_000_000,
                                      headers={"content-type": "application/x-npy"})
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(request, timeout=60)
@@ -606,8 +637,9 @@ def test_cli_serve_ends_within_30_s_of_sigterm_under_load(server, tmp_path):
         "args": {"export_dir": str(server["export_dir"]), "ingress": {"ray_actor_options": {"num_cpus": 0.25}},
                  "stage_defaults": {"ray_actor_options": {"num_cpus": 0.25}}}}]}))
     address = ray.get_runtime_context().gcs_address
+    port = _free_port()  # the HTTP front's
     proc = subprocess.Popen([sys.executable, "-m", "tinysaver.cli", "serve", str(config), "--address", address,
-                             "--port", str(server["port"])],
+                             "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     stop = threading.Event()
     body = _npy(np.zeros((8, 1, 28, 28), np.float32))
@@ -615,7 +647,7 @@ def test_cli_serve_ends_within_30_s_of_sigterm_under_load(server, tmp_path):
     def client():
         while not stop.is_set():
             try:
-                requests.post(f"{server['url']}/term/predict", data=body, timeout=30,
+                requests.post(f"http://127.0.0.1:{port}/term/predict", data=body, timeout=30,
                               headers={"content-type": "application/x-npy"})
             except requests.RequestException:
                 pass
@@ -710,9 +742,9 @@ def test_a_dead_decode_process_is_replaced_and_the_request_answered(server, data
     try:
         with pytest.raises(Exception):
             ingress._decoder.submit(os._exit, 1).result(timeout=60)  # the pool is now broken
-        kind, x = asyncio.run(ingress._parse(_request("POST", "/predict", _png(28, 28), "image/png")))
+        kind, x = asyncio.run(ingress._parse("image/png", _png(28, 28)))
         assert kind == "arrays" and x.shape == (1, 1, 28, 28) and ingress.decoder_restarts == 1
-        kind, x = asyncio.run(ingress._parse(_request("POST", "/predict", _png(28, 28), "image/png")))
+        kind, x = asyncio.run(ingress._parse("image/png", _png(28, 28)))
         assert x.shape == (1, 1, 28, 28) and ingress.decoder_restarts == 1
     finally:
         ingress.__del__()
@@ -737,3 +769,153 @@ def test_an_unforeseen_failure_is_a_one_line_500_and_json(server):
         assert json.loads(response.body) == {"error": "internal error (RuntimeError: something unexpected)"}
     finally:
         ingress.__del__()
+
+
+def test_a_killed_ingress_replica_loses_no_request_through_the_front(server, front, data):
+    """kill -9 of the ingress replica under 4 clients of tinysaver serve's HTTP front: every request
+    is answered 200 (the front holds the body and sends it again to the new replica). Through Ray's
+    proxy the same kill answered the requests in flight 500 (bench/results/bench_serve_faults.md)."""
+    import signal
+    import threading
+    import time
+
+    url, x = front["url"], data[1]
+    codes = []
+    stop = threading.Event()
+
+    def client(i):
+        while not stop.is_set():
+            try:
+                codes.append(_post_npy(url, x[i:i + 1])[0])
+            except requests.RequestException as exc:  # a reset would be a lost request too
+                codes.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        before = requests.get(f"{url}/health", timeout=60).json()["ingress"]["replica"]
+        os.kill(int(before.split("-")[0]), signal.SIGKILL)
+        end, seen = time.monotonic() + 60, []
+        while time.monotonic() < end:
+            body = requests.get(f"{url}/health", timeout=60).json()
+            seen.append(body["status"])
+            if body["status"] == "ok" and body["ingress"]["replica"] != before:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("the ingress was not back within 60 s")
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert len(codes) > 20 and set(codes) == {200}, sorted(map(str, set(codes)))
+
+
+class _FakeIngress:
+    """A handle whose replica dies ``deaths`` times, then answers (for the front without Ray's cluster)."""
+
+    def __init__(self, deaths: int) -> None:
+        self.deaths, self.calls = deaths, 0
+        outer = self
+
+        class Method:
+            def __init__(self, answer):
+                self.answer = answer
+
+            def remote(self, *args):
+                async def call():
+                    from ray.exceptions import ActorDiedError
+
+                    outer.calls += 1
+                    if outer.calls <= outer.deaths:
+                        raise ActorDiedError()
+                    return self.answer
+                return call()
+
+        self.predict = Method({"class": [3]})
+        self.health = Method({"status": "ok", "stages": [], "ingress": {"status": "up"}})
+
+
+def _asgi(app, method: str, path: str, body: bytes = b""):
+    """(status, JSON) of one request to an ASGI app, run here."""
+    import asyncio
+
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": method, "path": path, "root_path": "", "query_string": b"",
+             "headers": [(b"content-type", b"application/x-npy"), (b"content-length", str(len(body)).encode())]}
+    asyncio.run(app(scope, receive, send))
+    return sent[0]["status"], json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
+
+
+def test_the_front_sends_a_request_again_while_the_ingress_is_dead_and_says_when_it_gave_up():
+    from tinysaver.serve.config import IngressOptions
+    from tinysaver.serve.front import HttpFront
+
+    fake = _FakeIngress(deaths=2)
+    app = HttpFront(lambda: fake, ["s", "l"], IngressOptions(retry_timeout_s=5), 1000, "/api")
+    assert _asgi(app, "POST", "/api/predict", b"x") == (200, {"class": [3]})
+    assert fake.calls == 3 and app.retries == 2
+    assert _asgi(app, "GET", "/api/health")[1] == {"status": "ok", "stages": [], "ingress": {"status": "up"},
+                                                    "front": {"uploads": 0, "retries": 2}}
+    assert _asgi(app, "POST", "/predict")[0] == 404  # outside the route prefix
+    dead = HttpFront(lambda: _FakeIngress(deaths=10**9), ["s", "l"], IngressOptions(retry_timeout_s=0.3), 1000)
+    status, answer = _asgi(dead, "POST", "/predict", b"x")
+    assert status == 503 and answer["error"].startswith("the ingress is down (its replica died; retried")
+    assert _asgi(dead, "GET", "/health")[1] == {
+        "status": "degraded", "stages": [{"name": "s", "status": "unknown"}, {"name": "l", "status": "unknown"}],
+        "ingress": {"status": "down"}, "front": {"uploads": 0, "retries": dead.retries}}
+    assert _asgi(app, "POST", "/api/predict", b"0" * 1001)[0] == 413
+
+
+def test_stalled_uploads_at_the_front_are_bounded_and_timed_out(server, data):
+    """The front's upload slots and body deadline: stalled clients get 408, one beyond the bound 503
+    at once, good clients are answered meanwhile."""
+    import time
+
+    running, url, port = _start_front(server, max_concurrent_uploads=3, body_timeout_s=2.0)
+    try:
+        assert _post_npy(url, data[1][:1])[0] == 200
+        stalled = [_slow_upload(port, "/predict") for _ in range(3)]
+        time.sleep(0.5)
+        start = time.monotonic()
+        code, answer = _post_npy(url, data[1][:1])
+        assert code == 503 and "max_concurrent_uploads is 3" in answer["error"]
+        assert _post_npy(server["url"], data[1][:1])[0] == 200
+        for sock in stalled:
+            answer = b""
+            while b"}" not in answer:
+                part = sock.recv(4096)
+                if not part:
+                    break
+                answer += part
+            assert answer.startswith(b"HTTP/1.1 408") and b"not received within 2 s" in answer, answer
+            sock.close()
+        assert time.monotonic() - start < 10
+        assert _post_npy(url, data[1][:1])[0] == 200
+    finally:
+        running.stop()
+
+
+def test_cli_serve_refuses_a_port_in_use_in_one_line_before_ray_starts(server, tmp_path, capsys):
+    from tinysaver.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = {"export_dir": str(server["export_dir"])}
+        path = tmp_path / "port.yaml"
+        path.write_text(json.dumps(config))
+        assert main(["serve", str(path), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and err.count("\n") == 1

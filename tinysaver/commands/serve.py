@@ -33,6 +33,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
     p.add_argument("--check", action="store_true", help="deploy, call /health and /predict once, shut down")
     p.add_argument("--poll-s", type=float, default=1.0, help="how often CONFIG is checked for changes (seconds)")
+    p.add_argument("--proxy", choices=("tinysaver", "ray"), default="tinysaver",
+                   help="who answers HTTP: tinysaver's own front in this process, which sends a request again when "
+                        "the ingress replica holding it dies (default), or Ray Serve's proxy actors (as `serve run`; "
+                        "a killed ingress replica then loses the requests it held)")
     p.add_argument("--object-store-mb", type=int, default=1024,
                    help="object store of the local Ray instance, in MiB (default 1024; Ray's own default is 30%% "
                         "of the machine's memory)")
@@ -46,6 +50,7 @@ PROXY_OPTIONS = ("request_timeout_s", "keep_alive_timeout_s")
 
 def run(args: argparse.Namespace) -> int:
     import json
+    import logging
     import os
     import signal
     import sys
@@ -63,14 +68,17 @@ def run(args: argparse.Namespace) -> int:
         raise TinySaverError(f"--poll-s must be > 0 seconds, got {args.poll_s}")
     mtime = os.stat(args.config).st_mtime if os.path.exists(args.config) else None  # before reading: no edit missed
     loaded = read_config(args.config)  # refuse a bad config before Ray starts
-    import ray
-    from ray import serve
-
     http = {"host": "127.0.0.1", "port": 8000, **loaded["http_options"]}
     if args.host:
         http["host"] = args.host
     if args.port:
         http["port"] = args.port
+    own_front = args.proxy == "tinysaver"
+    if own_front:
+        check_port_free(http["host"], int(http["port"]))  # before Ray starts, not after a deploy
+    import ray
+    from ray import serve
+
     if args.address:
         context = ray.init(address=args.address, include_dashboard=False, log_to_driver=False)
     else:  # a local instance talks over the loopback only
@@ -82,11 +90,20 @@ def run(args: argparse.Namespace) -> int:
     # SIGINT too: a shell starts background jobs with SIGINT ignored, so `kill -INT` would do nothing
     signal.signal(signal.SIGINT, _interrupt)
     name = loaded["name"]
+    front = None
     try:
-        serve.start(http_options={"host": http["host"], "port": http["port"],
-                                  **{k: http[k] for k in PROXY_OPTIONS if k in http}})
+        if own_front:  # no Ray proxy: this process answers HTTP
+            serve.start(proxy_location="Disabled")
+            # Ray's "Application ... is ready at http://127.0.0.1:8000/" names its proxy's default
+            # address, where nothing listens now: this command prints where the front listens
+            logging.getLogger("ray.serve").addFilter(lambda record: "is ready at http" not in record.getMessage())
+        else:
+            serve.start(http_options={"host": http["host"], "port": http["port"],
+                                      **{k: http[k] for k in PROXY_OPTIONS if k in http}})
         prefix = loaded["route_prefix"]
         serve.run(build_app(loaded["args"]), name=name, route_prefix=prefix)
+        if own_front:
+            front = start_http_front(name, loaded, args.config, http)
         url = f"http://{http['host']}:{http['port']}{prefix.rstrip('/')}"
         print(f"serving {name}: POST {url}/predict, GET {url}/health", flush=True)
         note = calibrated_thresholds_note(loaded["args"], args.config)
@@ -107,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
                 try:
                     loaded = read_config(args.config)
                     serve.run(build_app(loaded["args"]), name=name, route_prefix=prefix)
+                    if front is not None:  # the front's limits follow the config too
+                        front.app.reconfigure(ServeConfig.from_dict(loaded["args"], args.config))
                 except Exception as exc:  # a bad edit or a failed redeploy: keep serving, say why
                     detail = " ".join(str(exc).split())[:300]  # a TinySaverError names the file already
                     where = "" if isinstance(exc, TinySaverError) else f"{args.config}: redeploy failed: "
@@ -116,16 +135,52 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        _shut_down(name, bool(args.address))
+        _shut_down(name, bool(args.address), front)
 
 
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _shut_down(name: str, shared: bool) -> None:
-    """Removes the application (a shared cluster) or stops Serve and the local Ray instance, within
-    :data:`SHUTDOWN_S` whatever the load; further signals are ignored meanwhile."""
+def check_port_free(host: str, port: int) -> None:
+    """Refuses, in one line, a host:port this process cannot listen on."""
+    import socket
+
+    from ..errors import TinySaverError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(infos[0][4])
+    except OSError as exc:
+        raise TinySaverError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port "
+                             f"or --host") from None
+
+
+def start_http_front(name: str, loaded: dict, path: str, http: dict):
+    """Starts the HTTP front (:mod:`tinysaver.serve.front`) for the deployed application ``name``."""
+    from ray import serve
+
+    from ..serve import ServeConfig
+    from ..serve.front import HttpFront, start_front
+
+    cfg = ServeConfig.from_dict(loaded["args"], path)
+    timeout = http.get("request_timeout_s")
+    app = HttpFront(lambda: serve.get_app_handle(name), served_names(cfg), cfg.ingress, cfg.max_request_bytes,
+                    loaded["route_prefix"], float(timeout) if timeout is not None else None)
+    return start_front(app, http["host"], int(http["port"]), http)
+
+
+def served_names(cfg) -> list:
+    """The names of the stages a config serves (the last alone with ``base_only``)."""
+    return cfg.names[-1:] if cfg.base_only else list(cfg.names)
+
+
+def _shut_down(name: str, shared: bool, front=None) -> None:
+    """Stops the HTTP front (its requests in flight get 5 s), then removes the application (a
+    shared cluster) or stops Serve and the local Ray instance, within :data:`SHUTDOWN_S` whatever
+    the load; further signals are ignored meanwhile."""
     import os
     import signal
     import sys
@@ -144,6 +199,8 @@ def _shut_down(name: str, shared: bool) -> None:
     timer.daemon = True
     timer.start()
     try:
+        if front is not None:
+            front.stop()
         if shared:  # a shared cluster: remove this application only
             serve.delete(name)
         else:

@@ -15,7 +15,7 @@ import os
 import uuid
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -80,6 +80,24 @@ def decode_threads(options: IngressOptions) -> int:
     return max(1, int(float(options.ray_actor_options.get("num_cpus", 1) or 1)))
 
 
+def error_answer(exc: BaseException, what: str) -> Tuple[int, Dict[str, str], Optional[Dict[str, str]]]:
+    """``(status, {"error": one line}, headers)`` of a request that failed with ``exc``: the
+    message a stage or the ingress raised (not Ray's traceback), 503 for a full queue, a one-line
+    500 (details logged) for anything unforeseen. Shared by the ingress and the HTTP front."""
+    from ray.serve.exceptions import BackPressureError
+
+    if isinstance(exc, BackPressureError):  # a deployment's queue is full (max_queued_requests)
+        return 503, {"error": f"overloaded: {' '.join(str(cause_of(exc)).split())[:200]}"}, None
+    cause = cause_of(exc)
+    if isinstance(cause, TinySaverError):  # raised by a stage or the ingress: its own message
+        status = getattr(cause, "status", 400)
+        headers = {"connection": "close"} if status in (413, 503) else None
+        return status, {"error": (str(cause).splitlines() or [""])[0]}, headers
+    logger.error("tinysaver: %s failed", what, exc_info=exc)  # a bug or an unforeseen failure
+    detail = " ".join(str(cause).split())[:200]
+    return 500, {"error": f"internal error ({type(cause).__name__}: {detail})"}, None
+
+
 def ingress_deployment() -> Any:
     """The ingress class (built on first use, so importing this module does not import Ray)."""
 
@@ -118,7 +136,7 @@ def ingress_deployment() -> Any:
                     pool.shutdown(wait=False, cancel_futures=True)
 
         async def __call__(self, request: Any) -> Any:
-            from ray.serve.exceptions import BackPressureError
+            """The HTTP entry of Ray Serve's proxy (``serve run``): the body is read here."""
             from starlette.responses import JSONResponse
 
             # the path below the application's route prefix (Ray Serve sets it as the ASGI root_path)
@@ -126,47 +144,48 @@ def ingress_deployment() -> Any:
             path = path[len(root):] if root and path.startswith(root) else path
             try:
                 if path == "/health" and request.method == "GET":
-                    stages = await self.info()
-                    status = "degraded" if any(s.get("status") == "down" for s in stages) else "ok"
-                    return JSONResponse({"status": status, "stages": stages, "ingress": {
-                        "replica": self.replica, "uploads": self.uploads, "retries": self.retries,
-                        "decoder_restarts": self.decoder_restarts}})
+                    return JSONResponse(await self.health())
                 if path == "/predict" and request.method == "POST":
-                    kind, data = await self._parse(request)
-                    out = await call_with_retry(lambda: self.first.answer.remote(kind, data),
-                                                self.options.retry_timeout_s, f"stage {self.specs[self.first_index].name}",
-                                                on_retry=self._count_retry)
-                    return JSONResponse(self._to_json(out))
+                    return JSONResponse(await self.predict(request.headers.get("content-type", ""),
+                                                           await self._read(request)))
                 return JSONResponse({"error": "use POST .../predict or GET .../health"}, status_code=404)
-            except BackPressureError as exc:  # a stage's queue is full (max_queued_requests)
-                return JSONResponse({"error": f"overloaded: {' '.join(str(cause_of(exc)).split())[:200]}"},
-                                    status_code=503)
-            except TinySaverError as exc:
-                exc = cause_of(exc)  # raised by a stage: its own message, not Ray's traceback
-                status = getattr(exc, "status", 400)
-                headers = {"connection": "close"} if status in (413, 503) else None
-                return JSONResponse({"error": (str(exc).splitlines() or [""])[0]}, status_code=status,
-                                    headers=headers)
-            except Exception as exc:  # a bug or an unforeseen failure: one line, the details in the log
-                logger.exception("tinysaver ingress: %s %s failed", request.method, path)
-                detail = " ".join(str(cause_of(exc)).split())[:200]
-                return JSONResponse({"error": f"internal error ({type(cause_of(exc)).__name__}: {detail})"},
-                                    status_code=500)
+            except Exception as exc:
+                status, body, headers = error_answer(exc, f"{request.method} {path}")
+                return JSONResponse(body, status_code=status, headers=headers)
+
+        async def predict(self, content_type: str, body: bytes) -> Dict[str, Any]:
+            """The answer to a ``/predict`` body already read (by :meth:`__call__`, or by the HTTP
+            front of ``tinysaver serve`` through a handle, which sends it again if this replica dies)."""
+            kind, data = await self._parse(content_type, body)
+            out = await call_with_retry(lambda: self.first.answer.remote(kind, data),
+                                        self.options.retry_timeout_s, f"stage {self.specs[self.first_index].name}",
+                                        on_retry=self._count_retry)
+            return self._to_json(out)
+
+        async def health(self) -> Dict[str, Any]:
+            """The ``/health`` answer: the stages' reports and this replica's."""
+            stages = await self.info()
+            status = "degraded" if any(s.get("status") == "down" for s in stages) else "ok"
+            return {"status": status, "stages": stages, "ingress": {
+                "replica": self.replica, "uploads": self.uploads, "retries": self.retries,
+                "decoder_restarts": self.decoder_restarts, "status": "up"}}
 
         def _count_retry(self, exc: BaseException) -> None:
             self.retries += 1
 
-        async def _parse(self, request: Any) -> tuple:
+        async def _read(self, request: Any) -> bytes:
+            """The body, under an upload slot (:func:`~tinysaver.serve.payload.read_body` limits)."""
             if self.uploads >= self.options.max_concurrent_uploads:
                 await discard_body(request, self.limits["max_request_bytes"], REFUSED_BODY_S)
                 raise RequestError(f"too many uploads in progress (max_concurrent_uploads is "
                                    f"{self.options.max_concurrent_uploads})", 503)
             self.uploads += 1
             try:
-                body = await read_body(request, self.limits["max_request_bytes"], self.options.body_timeout_s)
+                return await read_body(request, self.limits["max_request_bytes"], self.options.body_timeout_s)
             finally:
                 self.uploads -= 1
-            ctype = request.headers.get("content-type", "")
+
+        async def _parse(self, ctype: str, body: bytes) -> tuple:
             spec = self.specs[self.first_index]
             images = carries_images(ctype, body)
             if not images and not self._shared:
@@ -220,4 +239,4 @@ def ingress_deployment() -> Any:
 
 
 __all__ = ["HEALTH_TIMEOUT_S", "DECODE_NICE", "REFUSED_BODY_S", "lower_priority", "decode_body", "carries_images",
-           "non_finite_rows", "decode_threads", "ingress_deployment"]
+           "non_finite_rows", "decode_threads", "error_answer", "ingress_deployment"]

@@ -1,0 +1,195 @@
+"""The HTTP front of ``tinysaver serve`` (:class:`HttpFront`, :func:`start_front`): an HTTP server
+in the serving process, outside Ray's actors, that reads each body and sends it to the ingress
+deployment through a handle, again if the ingress replica died.
+
+Why not Ray Serve's proxy: the proxy forwards a request to one ingress replica and, when that
+replica is killed, answers 500 for every request it was holding (it never sends them again), so a
+kill -9 of the ingress lost requests however many ingress replicas ran. Here the body stays in the
+front until the answer arrives, and a call that meets a dead replica is sent again
+(:func:`~tinysaver.serve.retry.call_with_retry`; inference is idempotent) to a live one or to the
+replica the controller starts in its place. ``serve run`` with Ray's proxy keeps working
+(``tinysaver serve --proxy ray`` too); it just lacks this.
+
+The front does what the ingress's ``__call__`` does before parsing: upload slots
+(``ingress.max_concurrent_uploads``), the body deadline (``body_timeout_s``) and size limit
+(``max_request_bytes``), all before the ingress is involved; it decodes nothing (the ingress's
+decode processes do), so its event loop only moves bytes.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from typing import Any, Callable, Dict, List, Mapping, Optional
+
+from ..errors import TinySaverError
+from .config import IngressOptions
+from .ingress import HEALTH_TIMEOUT_S, REFUSED_BODY_S, error_answer
+from .payload import RequestError, discard_body, read_body
+from .retry import call_with_retry
+
+logger = logging.getLogger("tinysaver.serve")
+
+#: how long :func:`start_front` waits for the server to listen
+START_TIMEOUT_S = 30.0
+
+
+class HttpFront:
+    """The ASGI application of the front: ``POST <prefix>/predict`` and ``GET <prefix>/health``.
+
+    Args:
+        handle: A callable returning the ingress deployment's handle
+            (``lambda: serve.get_app_handle(name)``); asked once, on the first request.
+        stage_names: The served stages' names (for /health while the ingress does not answer).
+        options: The ingress options (upload slots, body timeout, retry window).
+        max_request_bytes: Largest body accepted (413 beyond).
+        route_prefix: The application's route prefix.
+        request_timeout_s: A request not answered within this many seconds gets 408 (as Ray
+            Serve's proxy's ``request_timeout_s``; None: no limit).
+    """
+
+    def __init__(self, handle: Callable[[], Any], stage_names: List[str], options: IngressOptions,
+                 max_request_bytes: int, route_prefix: str = "/", request_timeout_s: Optional[float] = None) -> None:
+        self._get_handle = handle
+        self._handle: Any = None
+        self.stage_names = list(stage_names)
+        self.options = options
+        self.max_request_bytes = int(max_request_bytes)
+        self.prefix = "/" + route_prefix.strip("/") if route_prefix.strip("/") else ""
+        self.request_timeout_s = request_timeout_s
+        self.uploads = 0  # bodies being received now
+        self.retries = 0  # calls sent again after the ingress replica died
+
+    def reconfigure(self, config: Any) -> None:
+        """Takes the limits of a redeployed :class:`~tinysaver.serve.config.ServeConfig`."""
+        self.options = config.ingress
+        self.max_request_bytes = int(config.max_request_bytes)
+
+    @property
+    def handle(self) -> Any:
+        if self._handle is None:
+            self._handle = self._get_handle()
+        return self._handle
+
+    async def __call__(self, scope: Dict[str, Any], receive: Callable, send: Callable) -> None:
+        from starlette.requests import Request
+        from starlette.responses import JSONResponse
+
+        if scope["type"] != "http":  # lifespan, websockets: nothing to do
+            return
+        request = Request(scope, receive)
+        path = request.url.path.rstrip("/")
+        if self.prefix:  # the path below the route prefix ("" outside it: 404)
+            path = path[len(self.prefix):] if path.startswith(self.prefix + "/") else ""
+        try:
+            if path == "/health" and request.method == "GET":
+                status, body, headers = 200, await self.health(), None
+            elif path == "/predict" and request.method == "POST":
+                status, body, headers = 200, await self._within_timeout(self.predict(request)), None
+            else:
+                await discard_body(request, self.max_request_bytes, REFUSED_BODY_S)
+                status, body, headers = 404, {"error": "use POST .../predict or GET .../health"}, None
+        except Exception as exc:
+            status, body, headers = error_answer(exc, f"{request.method} {path}")
+        await JSONResponse(body, status_code=status, headers=headers)(scope, receive, send)
+
+    async def _within_timeout(self, answer: Any) -> Any:
+        if self.request_timeout_s is None:
+            return await answer
+        try:
+            return await asyncio.wait_for(answer, self.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise RequestError(f"not answered within {self.request_timeout_s:g} s (request_timeout_s)", 408) from None
+
+    async def predict(self, request: Any) -> Dict[str, Any]:
+        """Reads the body under an upload slot, then asks the ingress (again while its replica is dead)."""
+        if self.uploads >= self.options.max_concurrent_uploads:
+            await discard_body(request, self.max_request_bytes, REFUSED_BODY_S)
+            raise RequestError(f"too many uploads in progress (max_concurrent_uploads is "
+                               f"{self.options.max_concurrent_uploads})", 503)
+        self.uploads += 1
+        try:
+            body = await read_body(request, self.max_request_bytes, self.options.body_timeout_s)
+        finally:
+            self.uploads -= 1
+        ctype = request.headers.get("content-type", "")
+        handle = self.handle
+        return await call_with_retry(lambda: handle.predict.remote(ctype, body), self.options.retry_timeout_s,
+                                     "the ingress", on_retry=self._count_retry)
+
+    def _count_retry(self, exc: BaseException) -> None:
+        self.retries += 1
+
+    async def health(self) -> Dict[str, Any]:
+        """The ingress's /health with the front's own counts; "degraded", the ingress "down" and the
+        stages "unknown" when the ingress does not answer within :data:`HEALTH_TIMEOUT_S`."""
+        front = {"uploads": self.uploads, "retries": self.retries}
+        try:
+            answer = await asyncio.wait_for(self._ask_health(), HEALTH_TIMEOUT_S)
+        except Exception:  # its replica is dead, restarting, or not answering
+            return {"status": "degraded", "stages": [{"name": n, "status": "unknown"} for n in self.stage_names],
+                    "ingress": {"status": "down"}, "front": front}
+        return {**answer, "front": front}
+
+    async def _ask_health(self) -> Dict[str, Any]:
+        return await self.handle.health.remote()
+
+
+class RunningFront:
+    """A started front: ``stop()`` lets the requests in flight finish (at most ``grace_s``), then
+    closes the server."""
+
+    def __init__(self, server: Any, thread: threading.Thread, app: HttpFront) -> None:
+        self.server, self.thread, self.app = server, thread, app
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(grace_s + 5.0)
+        if self.thread.is_alive():  # requests still open after the grace period: close them
+            self.server.force_exit = True
+            self.thread.join(5.0)
+
+
+def start_front(app: HttpFront, host: str, port: int, http_options: Optional[Mapping[str, Any]] = None,
+                grace_s: float = 5.0) -> RunningFront:
+    """Serves ``app`` with uvicorn on ``host:port`` in a thread of this process.
+
+    Args:
+        app: The front.
+        host, port: Where to listen.
+        http_options: The config's ``http_options``; ``keep_alive_timeout_s`` is used (idle
+            keep-alive connections are closed after it; 5 s by default, as Ray's proxy).
+        grace_s: How long :meth:`RunningFront.stop` lets requests in flight finish.
+
+    Raises:
+        TinySaverError: The server could not listen (the port is taken, the host is not local).
+    """
+    import uvicorn
+
+    opts = dict(http_options or {})
+    config = uvicorn.Config(app, host=host, port=int(port), log_level="warning", lifespan="off",
+                            access_log=False, timeout_keep_alive=int(float(opts.get("keep_alive_timeout_s", 5))),
+                            timeout_graceful_shutdown=int(grace_s))
+    server = uvicorn.Server(config)
+    failed: List[BaseException] = []
+
+    def run() -> None:
+        try:
+            server.run()
+        except BaseException as exc:  # uvicorn exits with SystemExit(1) when it cannot bind
+            failed.append(exc)
+
+    thread = threading.Thread(target=run, name="tinysaver-http-front", daemon=True)
+    thread.start()
+    end = time.monotonic() + START_TIMEOUT_S
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > end:
+            server.should_exit = True
+            raise TinySaverError(f"cannot listen on {host}:{port} (is the port in use, or the host not this "
+                                 f"machine's?)")
+        time.sleep(0.02)
+    return RunningFront(server, thread, app)
+
+
+__all__ = ["HttpFront", "RunningFront", "start_front", "START_TIMEOUT_S"]
