@@ -15,9 +15,11 @@ preprocessed Fashion-MNIST test image as .npy per request. Each row is one attac
   is "ok" with a new replica;
 - SIGINT to `tinysaver serve` under the good clients: the time until it has ended.
 
-Writes bench/results/bench_serve_faults.{json,md}. Takes about three minutes.
+Writes bench/results/bench_serve_faults.{json,md} (``--proxy ray``: Ray Serve's proxy answers
+HTTP instead of tinysaver serve's own front; bench_serve_faults_ray_proxy.{json,md}). Takes about
+three minutes.
 
-    python bench/bench_serve_faults.py [--clients 8] [--num-cpus 2]
+    python bench/bench_serve_faults.py [--clients 8] [--num-cpus 2] [--proxy tinysaver|ray]
 """
 from __future__ import annotations
 
@@ -335,6 +337,8 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--num-cpus", type=int, default=2)
     ap.add_argument("--slow", type=int, default=150)
+    ap.add_argument("--proxy", choices=("tinysaver", "ray"), default="tinysaver",
+                    help="tinysaver serve --proxy: its own HTTP front (default) or Ray Serve's proxy")
     args = ap.parse_args()
     import yaml
 
@@ -349,7 +353,7 @@ def main() -> None:
     max_bytes = int(config["applications"][0]["args"]["max_request_bytes"])
     env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
     proc = subprocess.Popen([sys.executable, "-m", "tinysaver.cli", "serve", str(tmp / "serve.yaml"),
-                             "--num-cpus", str(args.num_cpus)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             "--num-cpus", str(args.num_cpus), "--proxy", args.proxy], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=ROOT, env=env)
     line = proc.stdout.readline()
     if "serving" not in line:
@@ -395,17 +399,21 @@ def main() -> None:
             proc.communicate()
         shutil.rmtree(tmp, ignore_errors=True)
     log = [ln for ln in err.splitlines() if ln.startswith("tinysaver serve:")]
-    result = {"rows": rows, "serve_log": log, "clients": args.clients, "num_cpus": args.num_cpus,
+    result = {"rows": rows, "serve_log": log, "clients": args.clients, "num_cpus": args.num_cpus, "proxy": args.proxy,
               "load_average_end": [round(v, 2) for v in os.getloadavg()], "config": "configs/serve/fmnist_cascade.yaml"}
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "bench_serve_faults.json").write_text(json.dumps(result, indent=1) + "\n")
+    stem = "bench_serve_faults" if args.proxy == "tinysaver" else "bench_serve_faults_ray_proxy"
+    (OUT / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+    answered = "tinysaver serve's own front" if args.proxy == "tinysaver" else "Ray Serve's proxy"
     md = ["# `tinysaver serve` under attacks and faults", "",
-          f"`python bench/bench_serve_faults.py` ({args.clients} good clients, local Ray with {args.num_cpus} CPUs, "
+          f"`python bench/bench_serve_faults.py --proxy {args.proxy}` (HTTP answered by "
+          f"{answered}; "
+          f"{args.clients} good clients, local Ray with {args.num_cpus} CPUs, "
           f"{result['config']}; load average at the end {result['load_average_end']}).", "",
           "| attack / fault | outcome |", "|---|---|"]
     md += [f"| {r['what']} | {r['outcome']} |" for r in rows]
     md += ["", "Lines `tinysaver serve` printed meanwhile:", "", "```", *log, "```", ""]
-    (OUT / "bench_serve_faults.md").write_text("\n".join(md))
+    (OUT / f"{stem}.md").write_text("\n".join(md))
     print("\n".join(md))
 
 

@@ -843,9 +843,12 @@ def _asgi(app, method: str, path: str, body: bytes = b""):
     """(status, JSON) of one request to an ASGI app, run here."""
     import asyncio
 
-    sent = []
+    sent, received = [], []
 
-    async def receive():
+    async def receive():  # the body, then nothing: the client waits for its answer
+        if received:
+            await asyncio.Event().wait()
+        received.append(True)
         return {"type": "http.request", "body": body, "more_body": False}
 
     async def send(message):
@@ -866,14 +869,14 @@ def test_the_front_sends_a_request_again_while_the_ingress_is_dead_and_says_when
     assert _asgi(app, "POST", "/api/predict", b"x") == (200, {"class": [3]})
     assert fake.calls == 3 and app.retries == 2
     assert _asgi(app, "GET", "/api/health")[1] == {"status": "ok", "stages": [], "ingress": {"status": "up"},
-                                                    "front": {"uploads": 0, "retries": 2}}
+                                                    "front": {"uploads": 0, "retries": 2, "hang_ups": 0}}
     assert _asgi(app, "POST", "/predict")[0] == 404  # outside the route prefix
     dead = HttpFront(lambda: _FakeIngress(deaths=10**9), ["s", "l"], IngressOptions(retry_timeout_s=0.3), 1000)
     status, answer = _asgi(dead, "POST", "/predict", b"x")
     assert status == 503 and answer["error"].startswith("the ingress is down (its replica died; retried")
     assert _asgi(dead, "GET", "/health")[1] == {
         "status": "degraded", "stages": [{"name": "s", "status": "unknown"}, {"name": "l", "status": "unknown"}],
-        "ingress": {"status": "down"}, "front": {"uploads": 0, "retries": dead.retries}}
+        "ingress": {"status": "down"}, "front": {"uploads": 0, "retries": dead.retries, "hang_ups": 0}}
     assert _asgi(app, "POST", "/api/predict", b"0" * 1001)[0] == 413
 
 
@@ -919,3 +922,48 @@ def test_cli_serve_refuses_a_port_in_use_in_one_line_before_ray_starts(server, t
         assert main(["serve", str(path), "--port", str(port)]) == 2
     err = capsys.readouterr().err
     assert f"cannot listen on 127.0.0.1:{port}" in err and err.count("\n") == 1
+
+
+def test_the_front_cancels_the_call_of_a_client_that_left_and_answers_408_past_request_timeout():
+    import asyncio
+
+    from tinysaver.serve.config import IngressOptions
+    from tinysaver.serve.front import HttpFront
+
+    cancelled = []
+
+    class NeverAnswers:
+        def __await__(self):
+            return asyncio.sleep(3600).__await__()
+
+        def cancel(self):
+            cancelled.append(True)
+
+    class Handle:
+        class predict:
+            @staticmethod
+            def remote(*args):
+                return NeverAnswers()
+
+    def run(app, then):
+        messages = [{"type": "http.request", "body": b"x", "more_body": False}, *then]
+        sent = []
+
+        async def receive():
+            return messages.pop(0) if messages else await asyncio.sleep(3600)
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/predict", "root_path": "", "query_string": b"",
+                 "headers": [(b"content-type", b"application/x-npy")]}
+        asyncio.run(asyncio.wait_for(app(scope, receive, send), 10))
+        return sent
+
+    app = HttpFront(lambda: Handle, ["s", "l"], IngressOptions(), 1000)
+    assert run(app, [{"type": "http.disconnect"}]) == []  # nobody to answer
+    assert app.hang_ups == 1 and cancelled == [True]
+    slow = HttpFront(lambda: Handle, ["s", "l"], IngressOptions(), 1000, request_timeout_s=0.2)
+    sent = run(slow, [])
+    assert sent[0]["status"] == 408 and b"not answered within 0.2 s (request_timeout_s)" in sent[1]["body"]
+    assert cancelled == [True, True]

@@ -3,16 +3,23 @@
 CONFIG is a Ray Serve config file whose first application's args are the cascade config (see
 tinysaver.serve and configs/serve/fmnist_cascade.yaml), or that args mapping alone. The command
 starts a local Ray instance (or joins --address, and then removes only its own application at
-the end), deploys the cascade and serves it until interrupted: POST <prefix>/predict (JSON inputs or base64 images, .npy, or image bytes), GET
-<prefix>/health. While it runs, saving new thresholds or batching options into CONFIG applies them to
-the running replicas (Ray Serve user_config: no restart, queues kept). --check deploys, calls
-/health, answers one request and exits.
+the end), deploys the cascade and serves it until interrupted: POST <prefix>/predict (JSON inputs
+or base64 images, .npy, or image bytes), GET <prefix>/health.
 
-SIGINT or SIGTERM ends it within 30 s at any load: the replicas get graceful_shutdown_timeout_s
-(5 s by default) to finish their requests, then the application is removed (and the local Ray
-instance stopped); past 30 s it exits with status 1. While it runs it prints a line whenever a
-deployment's replicas stop running (a crash, Ray's memory monitor) and when they are back, and
-the lines in which Ray's memory monitor reports killing workers.
+HTTP is answered by this process (--proxy tinysaver, the default): it holds each body until it is
+answered and sends it again when the ingress replica holding it dies. --proxy ray leaves HTTP to
+Ray Serve's proxy (as `serve run`), which answers 500 for those requests instead.
+
+While it runs, saving new thresholds or batching options into CONFIG applies them to the running
+replicas (Ray Serve user_config: no restart, queues kept). --check deploys, calls /health, answers
+one request and exits.
+
+SIGINT or SIGTERM ends it within 30 s at any load: the HTTP front stops taking connections and
+gives its requests in flight 5 s, the replicas get graceful_shutdown_timeout_s (5 s by default) to
+finish theirs, then the application is removed (and the local Ray instance stopped); past 30 s it
+exits with status 1. While it runs it prints a line whenever a deployment's replicas stop running
+(a crash, Ray's memory monitor) and when they are back, and the lines in which Ray's memory
+monitor reports killing workers.
 
 The same file works with Ray's own CLI: `serve run configs/serve/fmnist_cascade.yaml`.
 

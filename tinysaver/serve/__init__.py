@@ -61,8 +61,15 @@ Config (the ``args`` of a Ray Serve application, see ``configs/serve/fmnist_casc
       - {num_replicas: 2, ray_actor_options: {num_cpus: 1}}
       - {num_replicas: 1, ray_actor_options: {num_gpus: 1}, providers: [CUDAExecutionProvider]}
 
+Who answers HTTP: ``tinysaver serve`` runs its own front in its process (:mod:`~tinysaver.serve.front`):
+it reads each body under the ingress's upload limits and sends it to the ingress deployment
+through a handle, again when the ingress replica holding it dies, so no replica's death loses a
+request. ``serve run`` (and ``tinysaver serve --proxy ray``) use Ray Serve's proxy, which sends
+requests to the ingress's ``__call__`` and answers 500 for those a dying ingress replica held.
+
 Modules: :mod:`~tinysaver.serve.config` (the config, each stage's and the ingress's options),
 :mod:`~tinysaver.serve.payload` (request bodies), :mod:`~tinysaver.serve.ingress` (HTTP),
+:mod:`~tinysaver.serve.front` (``tinysaver serve``'s HTTP front),
 :mod:`~tinysaver.serve.stage` (a stage as a deployment), :mod:`~tinysaver.serve.retry` (calls that
 survive a replica's death), :mod:`~tinysaver.serve.app` (:func:`build_app`).
 

@@ -60,6 +60,7 @@ class HttpFront:
         self.request_timeout_s = request_timeout_s
         self.uploads = 0  # bodies being received now
         self.retries = 0  # calls sent again after the ingress replica died
+        self.hang_ups = 0  # clients that left before their answer (their call cancelled)
 
     def reconfigure(self, config: Any) -> None:
         """Takes the limits of a redeployed :class:`~tinysaver.serve.config.ServeConfig`."""
@@ -86,7 +87,10 @@ class HttpFront:
             if path == "/health" and request.method == "GET":
                 status, body, headers = 200, await self.health(), None
             elif path == "/predict" and request.method == "POST":
-                status, body, headers = 200, await self._within_timeout(self.predict(request)), None
+                answer = await self.predict(request)
+                if answer is None:  # the client left: nobody to answer
+                    return
+                status, body, headers = 200, answer, None
             else:
                 await discard_body(request, self.max_request_bytes, REFUSED_BODY_S)
                 status, body, headers = 404, {"error": "use POST .../predict or GET .../health"}, None
@@ -94,16 +98,11 @@ class HttpFront:
             status, body, headers = error_answer(exc, f"{request.method} {path}")
         await JSONResponse(body, status_code=status, headers=headers)(scope, receive, send)
 
-    async def _within_timeout(self, answer: Any) -> Any:
-        if self.request_timeout_s is None:
-            return await answer
-        try:
-            return await asyncio.wait_for(answer, self.request_timeout_s)
-        except asyncio.TimeoutError:
-            raise RequestError(f"not answered within {self.request_timeout_s:g} s (request_timeout_s)", 408) from None
-
-    async def predict(self, request: Any) -> Dict[str, Any]:
-        """Reads the body under an upload slot, then asks the ingress (again while its replica is dead)."""
+    async def predict(self, request: Any) -> Optional[Dict[str, Any]]:
+        """Reads the body under an upload slot, then asks the ingress (again while its replica is
+        dead) until it answers, ``request_timeout_s`` passes (408) or the client leaves (None: the
+        call is cancelled, as Ray's proxy cancels it, so that a flood of clients hanging up costs
+        no inference)."""
         if self.uploads >= self.options.max_concurrent_uploads:
             await discard_body(request, self.max_request_bytes, REFUSED_BODY_S)
             raise RequestError(f"too many uploads in progress (max_concurrent_uploads is "
@@ -114,9 +113,30 @@ class HttpFront:
         finally:
             self.uploads -= 1
         ctype = request.headers.get("content-type", "")
-        handle = self.handle
-        return await call_with_retry(lambda: handle.predict.remote(ctype, body), self.options.retry_timeout_s,
-                                     "the ingress", on_retry=self._count_retry)
+        handle, sent = self.handle, []
+
+        def call() -> Any:
+            response = handle.predict.remote(ctype, body)
+            sent.append(response)
+            return response
+
+        answer = asyncio.ensure_future(
+            call_with_retry(call, self.options.retry_timeout_s, "the ingress", on_retry=self._count_retry))
+        gone = asyncio.ensure_future(disconnected(request.receive))
+        try:
+            done, _ = await asyncio.wait({answer, gone}, timeout=self.request_timeout_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if answer in done:
+            return answer.result()
+        answer.cancel()
+        if sent:  # best effort: the replica stops working on it
+            sent[-1].cancel()
+        if gone in done:
+            self.hang_ups += 1
+            return None
+        raise RequestError(f"not answered within {self.request_timeout_s:g} s (request_timeout_s)", 408)
 
     def _count_retry(self, exc: BaseException) -> None:
         self.retries += 1
@@ -124,7 +144,7 @@ class HttpFront:
     async def health(self) -> Dict[str, Any]:
         """The ingress's /health with the front's own counts; "degraded", the ingress "down" and the
         stages "unknown" when the ingress does not answer within :data:`HEALTH_TIMEOUT_S`."""
-        front = {"uploads": self.uploads, "retries": self.retries}
+        front = {"uploads": self.uploads, "retries": self.retries, "hang_ups": self.hang_ups}
         try:
             answer = await asyncio.wait_for(self._ask_health(), HEALTH_TIMEOUT_S)
         except Exception:  # its replica is dead, restarting, or not answering
@@ -134,6 +154,13 @@ class HttpFront:
 
     async def _ask_health(self) -> Dict[str, Any]:
         return await self.handle.health.remote()
+
+
+async def disconnected(receive: Callable) -> None:
+    """Returns when the client has closed its connection (ASGI ``http.disconnect``; called once
+    the body has been read, ``receive`` waits until then)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 class RunningFront:
