@@ -352,12 +352,15 @@ def main() -> None:
     (tmp / "serve.yaml").write_text(yaml.safe_dump(config))
     max_bytes = int(config["applications"][0]["args"]["max_request_bytes"])
     env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
+    # stderr to a file, not a pipe: a pipe nobody reads until the end fills up (64 kB of Ray's
+    # warnings) and then blocks the server's logging, which is the bench's doing, not the server's
+    err_file = open(tmp / "serve.err", "w+")
     proc = subprocess.Popen([sys.executable, "-m", "tinysaver.cli", "serve", str(tmp / "serve.yaml"),
-                             "--num-cpus", str(args.num_cpus), "--proxy", args.proxy], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             "--num-cpus", str(args.num_cpus), "--proxy", args.proxy], stdout=subprocess.PIPE, stderr=err_file,
                             text=True, cwd=ROOT, env=env)
     line = proc.stdout.readline()
     if "serving" not in line:
-        raise SystemExit(f"tinysaver serve did not start: {line}{proc.stderr.read()[-3000:]}")
+        raise SystemExit(f"tinysaver serve did not start: {line}{(tmp / 'serve.err').read_text()[-3000:]}")
     url = f"http://127.0.0.1:{port}"
     rows: List[Dict[str, Any]] = malformed(url, max_bytes)
     try:
@@ -383,20 +386,22 @@ def main() -> None:
             start = time.monotonic()
             proc.send_signal(signal.SIGINT)
             try:
-                _, err = proc.communicate(timeout=90)
+                proc.communicate(timeout=90)
                 took = time.monotonic() - start
                 rows.append({"what": f"SIGINT to tinysaver serve under {args.clients} clients",
                              "outcome": f"ended after {took:.1f} s, exit status {proc.returncode}",
                              "shutdown_s": round(took, 2), "returncode": proc.returncode})
             except subprocess.TimeoutExpired:
                 proc.kill()
-                _, err = proc.communicate()
+                proc.communicate()
                 rows.append({"what": f"SIGINT to tinysaver serve under {args.clients} clients",
                              "outcome": "still running after 90 s (killed)"})
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+        err_file.close()
+        err = (tmp / "serve.err").read_text()
         shutil.rmtree(tmp, ignore_errors=True)
     log = [ln for ln in err.splitlines() if ln.startswith("tinysaver serve:")]
     result = {"rows": rows, "serve_log": log, "clients": args.clients, "num_cpus": args.num_cpus, "proxy": args.proxy,

@@ -131,8 +131,12 @@ class HttpFront:
         if answer in done:
             return answer.result()
         answer.cancel()
-        if sent:  # best effort: the replica stops working on it
-            sent[-1].cancel()
+        # its end is a cancellation or Ray's RequestCancelledError: retrieved here, so asyncio
+        # does not log "Task exception was never retrieved" once per client that left
+        answer.add_done_callback(lambda task: task.cancelled() or task.exception())
+        if sent:  # best effort: the replica stops working on it. Off the event loop: with the
+            # router on its own loop (a driver process), cancel() waits for the replica's assignment
+            asyncio.get_running_loop().run_in_executor(None, sent[-1].cancel)
         if gone in done:
             self.hang_ups += 1
             return None
