@@ -122,6 +122,10 @@ def run(args: argparse.Namespace) -> int:
         while True:  # until Ctrl-C
             time.sleep(args.poll_s)
             watch.poll()
+            if front is not None and not front.thread.is_alive():  # nothing listens any more: say so, end
+                print(f"tinysaver serve: the HTTP front on {http['host']}:{http['port']} stopped; exiting",
+                      file=sys.stderr, flush=True)
+                return 1
             try:
                 now = os.stat(args.config).st_mtime
             except OSError:  # an editor replacing the file (gone for a moment), a moved file: keep serving
@@ -132,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
                     loaded = read_config(args.config)
                     serve.run(build_app(loaded["args"]), name=name, route_prefix=prefix)
                     if front is not None:  # the front's limits follow the config too
-                        front.app.reconfigure(ServeConfig.from_dict(loaded["args"], args.config))
+                        cfg = ServeConfig.from_dict(loaded["args"], args.config)
+                        front.app.reconfigure(cfg, served_names(cfg))
                 except Exception as exc:  # a bad edit or a failed redeploy: keep serving, say why
                     detail = " ".join(str(exc).split())[:300]  # a TinySaverError names the file already
                     where = "" if isinstance(exc, TinySaverError) else f"{args.config}: redeploy failed: "
@@ -155,11 +160,13 @@ def check_port_free(host: str, port: int) -> None:
 
     from ..errors import TinySaverError
 
+    if not 0 < port < 65536:
+        raise TinySaverError(f"HTTP port must be in 1..65535, got {port}")
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        with socket.socket(infos[0][0], socket.SOCK_STREAM) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(infos[0][4])
+        for family, _, _, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+            with socket.socket(family, socket.SOCK_STREAM) as s:  # every address the server will bind
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(address)
     except OSError as exc:
         raise TinySaverError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port "
                              f"or --host") from None
@@ -174,8 +181,10 @@ def start_http_front(name: str, loaded: dict, path: str, http: dict):
 
     cfg = ServeConfig.from_dict(loaded["args"], path)
     timeout = http.get("request_timeout_s")
+    timeout = float(timeout) if timeout is not None and float(timeout) > 0 else None  # <= 0: none, as Ray's proxy
     app = HttpFront(lambda: serve.get_app_handle(name), served_names(cfg), cfg.ingress, cfg.max_request_bytes,
-                    loaded["route_prefix"], float(timeout) if timeout is not None else None)
+                    loaded["route_prefix"], timeout)
+    app.handle  # resolved here: get_app_handle blocks, and must not on the front's event loop
     return start_front(app, http["host"], int(http["port"]), http)
 
 

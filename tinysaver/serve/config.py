@@ -84,8 +84,9 @@ class IngressOptions:
         max_ongoing_requests: Requests an ingress replica holds at once: uploads plus requests
             waiting for their answers (Ray Serve back-pressure beyond it).
         max_queued_requests: Requests waiting beyond that before new ones get 503 (-1: no limit).
-        max_concurrent_uploads: Request bodies being received at once per replica; beyond it a
-            request gets 503 at once. Bounded apart from inference, which the stages'
+        max_concurrent_uploads: Request bodies being received at once, per ingress replica behind
+            Ray's proxy, for the whole process behind ``tinysaver serve``'s own front (which reads
+            the bodies itself); beyond it a request gets 503 at once. Bounded apart from inference, which the stages'
             ``max_ongoing_requests`` bound: slow uploads never hold a stage's slot.
         body_timeout_s: A body not received within this many seconds of the request reaching the
             ingress gets 408 (a stalled client holds an upload slot no longer than this).

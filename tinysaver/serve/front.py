@@ -18,7 +18,6 @@ decode processes do), so its event loop only moves bytes.
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional
@@ -27,9 +26,11 @@ from ..errors import TinySaverError
 from .config import IngressOptions
 from .ingress import HEALTH_TIMEOUT_S, REFUSED_BODY_S, error_answer
 from .payload import RequestError, discard_body, read_body
-from .retry import call_with_retry
+from .retry import call_with_retry, replica_died
 
-logger = logging.getLogger("tinysaver.serve")
+#: how long the front's /health waits for the ingress's, which waits up to HEALTH_TIMEOUT_S for
+#: the stages': longer, so that a slow stage is reported as such and not as a dead ingress
+FRONT_HEALTH_TIMEOUT_S = 2 * HEALTH_TIMEOUT_S + 1.0
 
 #: how long :func:`start_front` waits for the server to listen
 START_TIMEOUT_S = 30.0
@@ -62,10 +63,11 @@ class HttpFront:
         self.retries = 0  # calls sent again after the ingress replica died
         self.hang_ups = 0  # clients that left before their answer (their call cancelled)
 
-    def reconfigure(self, config: Any) -> None:
-        """Takes the limits of a redeployed :class:`~tinysaver.serve.config.ServeConfig`."""
+    def reconfigure(self, config: Any, stage_names: List[str]) -> None:
+        """Takes the limits and stage names of a redeployed :class:`~tinysaver.serve.config.ServeConfig`."""
         self.options = config.ingress
         self.max_request_bytes = int(config.max_request_bytes)
+        self.stage_names = list(stage_names)
 
     @property
     def handle(self) -> Any:
@@ -107,9 +109,14 @@ class HttpFront:
             await discard_body(request, self.max_request_bytes, REFUSED_BODY_S)
             raise RequestError(f"too many uploads in progress (max_concurrent_uploads is "
                                f"{self.options.max_concurrent_uploads})", 503)
+        from starlette.requests import ClientDisconnect
+
         self.uploads += 1
         try:
             body = await read_body(request, self.max_request_bytes, self.options.body_timeout_s)
+        except ClientDisconnect:  # left during its upload: nobody to answer, nothing to log
+            self.hang_ups += 1
+            return None
         finally:
             self.uploads -= 1
         ctype = request.headers.get("content-type", "")
@@ -123,20 +130,16 @@ class HttpFront:
         answer = asyncio.ensure_future(
             call_with_retry(call, self.options.retry_timeout_s, "the ingress", on_retry=self._count_retry))
         gone = asyncio.ensure_future(disconnected(request.receive))
+        done: set = set()
         try:
             done, _ = await asyncio.wait({answer, gone}, timeout=self.request_timeout_s,
                                          return_when=asyncio.FIRST_COMPLETED)
         finally:
             gone.cancel()
+            if answer not in done:  # the client left, the time is up, or this task was cancelled
+                abandon(answer, sent)
         if answer in done:
             return answer.result()
-        answer.cancel()
-        # its end is a cancellation or Ray's RequestCancelledError: retrieved here, so asyncio
-        # does not log "Task exception was never retrieved" once per client that left
-        answer.add_done_callback(lambda task: task.cancelled() or task.exception())
-        if sent:  # best effort: the replica stops working on it. Off the event loop: with the
-            # router on its own loop (a driver process), cancel() waits for the replica's assignment
-            asyncio.get_running_loop().run_in_executor(None, sent[-1].cancel)
         if gone in done:
             self.hang_ups += 1
             return None
@@ -146,18 +149,41 @@ class HttpFront:
         self.retries += 1
 
     async def health(self) -> Dict[str, Any]:
-        """The ingress's /health with the front's own counts; "degraded", the ingress "down" and the
-        stages "unknown" when the ingress does not answer within :data:`HEALTH_TIMEOUT_S`."""
+        """The ingress's /health with the front's own counts; "degraded" with the stages "unknown"
+        when the ingress does not answer within :data:`FRONT_HEALTH_TIMEOUT_S`: the ingress
+        "down" when its replica died (or none is running), "not answering" when it is only slow."""
         front = {"uploads": self.uploads, "retries": self.retries, "hang_ups": self.hang_ups}
         try:
-            answer = await asyncio.wait_for(self._ask_health(), HEALTH_TIMEOUT_S)
-        except Exception:  # its replica is dead, restarting, or not answering
+            answer = await asyncio.wait_for(self._ask_health(), FRONT_HEALTH_TIMEOUT_S)
+        except Exception as exc:
+            from ray.serve.exceptions import DeploymentUnavailableError
+
+            gone = replica_died(exc) or isinstance(exc, DeploymentUnavailableError)
             return {"status": "degraded", "stages": [{"name": n, "status": "unknown"} for n in self.stage_names],
-                    "ingress": {"status": "down"}, "front": front}
+                    "ingress": {"status": "down" if gone else "not answering"}, "front": front}
         return {**answer, "front": front}
 
     async def _ask_health(self) -> Dict[str, Any]:
         return await self.handle.health.remote()
+
+
+def abandon(answer: "asyncio.Future[Any]", sent: List[Any]) -> None:
+    """Cancels a call nobody waits for any more, and the ingress's work on it (best effort)."""
+    answer.cancel()
+    # its end is a cancellation or Ray's RequestCancelledError: retrieved, so that asyncio does not
+    # log "Task exception was never retrieved" once per client that left
+    answer.add_done_callback(lambda task: task.cancelled() or task.exception())
+    if sent:  # DeploymentResponse.cancel() may block briefly on the router's future: off the loop
+        asyncio.get_running_loop().run_in_executor(None, quietly, sent[-1].cancel)
+
+
+def quietly(call: Callable[[], Any]) -> None:
+    """``call()``, whatever it raises (a cancel of a request that failed to be assigned re-raises
+    that failure; it has been answered already)."""
+    try:
+        call()
+    except Exception:
+        pass
 
 
 async def disconnected(receive: Callable) -> None:
@@ -190,7 +216,8 @@ def start_front(app: HttpFront, host: str, port: int, http_options: Optional[Map
         app: The front.
         host, port: Where to listen.
         http_options: The config's ``http_options``; ``keep_alive_timeout_s`` is used (idle
-            keep-alive connections are closed after it; 5 s by default, as Ray's proxy).
+            keep-alive connections are closed after it; by default Ray Serve's own default, 90 s
+            in Ray 2.60).
         grace_s: How long :meth:`RunningFront.stop` lets requests in flight finish.
 
     Raises:
@@ -198,10 +225,12 @@ def start_front(app: HttpFront, host: str, port: int, http_options: Optional[Map
     """
     import uvicorn
 
+    from ray.serve.config import HTTPOptions
+
     opts = dict(http_options or {})
-    config = uvicorn.Config(app, host=host, port=int(port), log_level="warning", lifespan="off",
-                            access_log=False, timeout_keep_alive=int(float(opts.get("keep_alive_timeout_s", 5))),
-                            timeout_graceful_shutdown=int(grace_s))
+    keep_alive = float(opts.get("keep_alive_timeout_s", HTTPOptions().keep_alive_timeout_s))
+    config = uvicorn.Config(app, host=host, port=int(port), log_level="critical", lifespan="off",
+                            access_log=False, timeout_keep_alive=keep_alive, timeout_graceful_shutdown=int(grace_s))
     server = uvicorn.Server(config)
     failed: List[BaseException] = []
 
@@ -217,8 +246,9 @@ def start_front(app: HttpFront, host: str, port: int, http_options: Optional[Map
     while not server.started:
         if not thread.is_alive() or time.monotonic() > end:
             server.should_exit = True
+            why = f": {' '.join(str(failed[0]).split())[:160]}" if failed and str(failed[0]) not in ("", "1") else ""
             raise TinySaverError(f"cannot listen on {host}:{port} (is the port in use, or the host not this "
-                                 f"machine's?)")
+                                 f"machine's?){why}")
         time.sleep(0.02)
     return RunningFront(server, thread, app)
 

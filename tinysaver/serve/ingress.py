@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import uuid
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -84,11 +85,21 @@ def error_answer(exc: BaseException, what: str) -> Tuple[int, Dict[str, str], Op
     """``(status, {"error": one line}, headers)`` of a request that failed with ``exc``: the
     message a stage or the ingress raised (not Ray's traceback), 503 for a full queue, a one-line
     500 (details logged) for anything unforeseen. Shared by the ingress and the HTTP front."""
-    from ray.serve.exceptions import BackPressureError
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+    from starlette.requests import ClientDisconnect
 
-    if isinstance(exc, BackPressureError):  # a deployment's queue is full (max_queued_requests)
-        return 503, {"error": f"overloaded: {' '.join(str(cause_of(exc)).split())[:200]}"}, None
     cause = cause_of(exc)
+    if isinstance(exc, BackPressureError) or isinstance(cause, BackPressureError):  # a full queue (max_queued_requests)
+        pressure = exc if isinstance(exc, BackPressureError) else cause
+        headers = {"connection": "close"}
+        if getattr(pressure, "retry_after_s", None) is not None:
+            headers["retry-after"] = str(max(1, math.ceil(float(pressure.retry_after_s))))
+        return int(getattr(pressure, "status_code", 503) or 503), \
+            {"error": f"overloaded: {' '.join(str(pressure).split())[:200]}"}, headers
+    if isinstance(cause, DeploymentUnavailableError):  # no replica of the deployment runs (yet)
+        return 503, {"error": f"unavailable: {' '.join(str(cause).split())[:200]}"}, {"connection": "close"}
+    if isinstance(cause, ClientDisconnect):  # the client left during its upload: nobody reads this
+        return 499, {"error": "client disconnected"}, None
     if isinstance(cause, TinySaverError):  # raised by a stage or the ingress: its own message
         status = getattr(cause, "status", 400)
         headers = {"connection": "close"} if status in (413, 503) else None
