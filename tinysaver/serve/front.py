@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 from ..errors import TinySaverError
 from .config import IngressOptions
 from .ingress import HEALTH_TIMEOUT_S, REFUSED_BODY_S, error_answer
-from .payload import RequestError, discard_body, read_body
+from .payload import RequestError, UploadSlots, discard_body
 from .retry import call_with_retry, replica_died
 
 #: how long the front's /health waits for the ingress's, which waits up to HEALTH_TIMEOUT_S for
@@ -59,7 +59,7 @@ class HttpFront:
         self.max_request_bytes = int(max_request_bytes)
         self.prefix = "/" + route_prefix.strip("/") if route_prefix.strip("/") else ""
         self.request_timeout_s = request_timeout_s
-        self.uploads = 0  # bodies being received now
+        self.uploads = UploadSlots(REFUSED_BODY_S)  # bodies being received now
         self.retries = 0  # calls sent again after the ingress replica died
         self.hang_ups = 0  # clients that left before their answer (their call cancelled)
 
@@ -105,20 +105,14 @@ class HttpFront:
         dead) until it answers, ``request_timeout_s`` passes (408) or the client leaves (None: the
         call is cancelled, as Ray's proxy cancels it, so that a flood of clients hanging up costs
         no inference)."""
-        if self.uploads >= self.options.max_concurrent_uploads:
-            await discard_body(request, self.max_request_bytes, REFUSED_BODY_S)
-            raise RequestError(f"too many uploads in progress (max_concurrent_uploads is "
-                               f"{self.options.max_concurrent_uploads})", 503)
         from starlette.requests import ClientDisconnect
 
-        self.uploads += 1
         try:
-            body = await read_body(request, self.max_request_bytes, self.options.body_timeout_s)
+            body = await self.uploads.read(request, self.options.max_concurrent_uploads, self.max_request_bytes,
+                                           self.options.body_timeout_s)
         except ClientDisconnect:  # left during its upload: nobody to answer, nothing to log
             self.hang_ups += 1
             return None
-        finally:
-            self.uploads -= 1
         ctype = request.headers.get("content-type", "")
         handle, sent = self.handle, []
 
@@ -152,7 +146,7 @@ class HttpFront:
         """The ingress's /health with the front's own counts; "degraded" with the stages "unknown"
         when the ingress does not answer within :data:`FRONT_HEALTH_TIMEOUT_S`: the ingress
         "down" when its replica died (or none is running), "not answering" when it is only slow."""
-        front = {"uploads": self.uploads, "retries": self.retries, "hang_ups": self.hang_ups}
+        front = {"uploads": self.uploads.active, "retries": self.retries, "hang_ups": self.hang_ups}
         try:
             answer = await asyncio.wait_for(self._ask_health(), FRONT_HEALTH_TIMEOUT_S)
         except Exception as exc:

@@ -25,7 +25,7 @@ from ..runtime.cascade import check_batch
 from ..runtime.manifest import preprocess_key, read_manifest, stage_specs
 from ..runtime.preprocess import preprocess_image
 from .config import IngressOptions
-from .payload import ARRAYS, IMAGES, RequestError, discard_body, parse_payload, read_body
+from .payload import ARRAYS, IMAGES, RequestError, UploadSlots, parse_payload
 from .retry import call_with_retry, cause_of
 
 #: how long /health waits for the stages' own report before calling them down
@@ -123,7 +123,7 @@ def ingress_deployment() -> Any:
             self.limits = limits
             self.first = first_stage
             self.replica = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            self.uploads = 0  # bodies being received now
+            self.uploads = UploadSlots(REFUSED_BODY_S)  # bodies being received now
             self.retries = 0  # calls sent again after a replica died
             served = self.specs[first_index:]
             self._shared = len({(s.input_size, preprocess_key(s.preprocess)) for s in served}) == 1
@@ -178,7 +178,7 @@ def ingress_deployment() -> Any:
             stages = await self.info()
             status = "degraded" if any(s.get("status") == "down" for s in stages) else "ok"
             return {"status": status, "stages": stages, "ingress": {
-                "replica": self.replica, "uploads": self.uploads, "retries": self.retries,
+                "replica": self.replica, "uploads": self.uploads.active, "retries": self.retries,
                 "decoder_restarts": self.decoder_restarts, "status": "up"}}
 
         def _count_retry(self, exc: BaseException) -> None:
@@ -186,15 +186,8 @@ def ingress_deployment() -> Any:
 
         async def _read(self, request: Any) -> bytes:
             """The body, under an upload slot (:func:`~tinysaver.serve.payload.read_body` limits)."""
-            if self.uploads >= self.options.max_concurrent_uploads:
-                await discard_body(request, self.limits["max_request_bytes"], REFUSED_BODY_S)
-                raise RequestError(f"too many uploads in progress (max_concurrent_uploads is "
-                                   f"{self.options.max_concurrent_uploads})", 503)
-            self.uploads += 1
-            try:
-                return await read_body(request, self.limits["max_request_bytes"], self.options.body_timeout_s)
-            finally:
-                self.uploads -= 1
+            return await self.uploads.read(request, self.options.max_concurrent_uploads,
+                                           self.limits["max_request_bytes"], self.options.body_timeout_s)
 
         async def _parse(self, ctype: str, body: bytes) -> tuple:
             spec = self.specs[self.first_index]

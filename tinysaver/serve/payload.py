@@ -95,6 +95,31 @@ async def discard_body(request: Any, max_bytes: int, timeout_s: float) -> None:
         pass
 
 
+class UploadSlots:
+    """Bodies being received at once (``active``), bounded apart from inference: beyond
+    ``max_concurrent`` a request is refused 503 at once (its body read and dropped for at most
+    ``refused_body_s``, so that clients that send the whole body first read the answer)."""
+
+    def __init__(self, refused_body_s: float = 1.0) -> None:
+        self.active = 0
+        self.refused_body_s = refused_body_s
+
+    async def read(self, request: Any, max_concurrent: int, limit: int, timeout_s: Optional[float]) -> bytes:
+        """The body under a slot (:func:`read_body`'s limits and errors).
+
+        Raises:
+            RequestError: 503 when every slot is taken, and :func:`read_body`'s 413 and 408.
+        """
+        if self.active >= max_concurrent:
+            await discard_body(request, limit, self.refused_body_s)
+            raise RequestError(f"too many uploads in progress (max_concurrent_uploads is {max_concurrent})", 503)
+        self.active += 1
+        try:
+            return await read_body(request, limit, timeout_s)
+        finally:
+            self.active -= 1
+
+
 def parse_payload(content_type: str, body: bytes, max_samples: Optional[int] = None,
                   max_pixels: Optional[int] = None, pil: bool = False) -> tuple:
     """``(kind, data)`` of a request body: float32 arrays or decoded uint8 images (one-line errors).
@@ -252,6 +277,6 @@ def decode_to_array(data: bytes, what: str, max_pixels: Optional[int] = None,
     return np.asarray(decode_pil(data, what, max_pixels, request_pixels), dtype=np.uint8)
 
 
-__all__ = ["ARRAYS", "IMAGES", "MAX_JSON_DEPTH", "DRAIN_BYTES", "RequestError", "take", "read_body", "discard_body",
+__all__ = ["ARRAYS", "IMAGES", "MAX_JSON_DEPTH", "DRAIN_BYTES", "RequestError", "UploadSlots", "take", "read_body", "discard_body",
            "parse_payload",
            "parse_npy", "check_dtype", "json_depth", "decode_pil", "decode_to_array"]
